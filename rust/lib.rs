@@ -1,11 +1,26 @@
 //! lmforge's Rust core: byte-level BPE for language-model training.
 //!
-//! The core has no Python in it. `pretokenize` splits text with hand-written scanners, `train`
-//! learns merges from a corpus, `encode` applies them, `vocab` and `format` hold and persist a
-//! tokenizer. The `python` feature adds the PyO3 bindings (`lmforge._bpe`) in `python.rs`.
+//! The core has no Python in it. `pretokenize` splits text with hand-written scanners,
+//! `special` finds special tokens, `corpus` streams files in independently pretokenizable
+//! chunks, `train` learns merges, `vocab` holds them, `encode` applies them and `format` saves
+//! and loads a tokenizer. The `python` feature adds the PyO3 bindings (`lmforge._bpe`) in
+//! `python.rs`, the only file that touches Python.
 
+pub mod corpus;
+pub mod encode;
 pub mod error;
+pub mod format;
+pub mod parallel;
 pub mod pretokenize;
+pub mod progress;
+pub mod special;
+pub mod train;
+pub mod vocab;
 
+#[cfg(feature = "python")]
+mod python;
+
+pub use encode::{StreamEncoder, Tokenizer};
 pub use error::{Error, Result};
 pub use pretokenize::Pattern;
+pub use vocab::Vocab;

@@ -1,0 +1,102 @@
+"""Small helpers shared by the benchmark scripts: child processes with peak RSS, machine facts,
+JSON results and plain-text tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benches" / "results"
+RESULT_PREFIX = "BENCH_RESULT "  # a child prints its result as this prefix + one JSON line
+
+
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str, float]:
+    """Run ``cmd``, return ``(exit code, stdout, peak RSS in MB)`` of that one process.
+
+    ``os.wait4`` gives the rusage of exactly this child (``RUSAGE_CHILDREN`` would be the maximum
+    over every child so far). ``ru_maxrss`` is in KiB on Linux. stderr passes through.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    stdout = proc.stdout.read()
+    proc.stdout.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, stdout, usage.ru_maxrss / 1024
+
+
+def emit_result(result: dict) -> None:
+    """In a child: hand ``result`` to the parent on stdout."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def parse_result(stdout: str) -> dict | None:
+    """In the parent: the last result line a child printed, if any."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    return None
+
+
+def current_rss_mb() -> float:
+    """This process's resident set size now, in MB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine_info() -> dict:
+    """Facts that make a timing comparable: host, CPUs, Python."""
+    cpu_model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_out_path(kind: str) -> Path:
+    """``benches/results/<kind>-<host>-<UTC date and time>.json``."""
+    host = socket.gethostname().split(".")[0] or "host"
+    return RESULTS_DIR / f"{kind}-{host}-{now_utc():%Y%m%dT%H%M%SZ}.json"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` atomically (via a ``.tmp`` sibling), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """Print rows as a left-aligned plain-text table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))

@@ -1,0 +1,284 @@
+"""The public byte-level BPE tokenizer.
+
+A thin wrapper over the Rust core (``lmforge._bpe.CoreTokenizer``): every O(n) operation runs
+in Rust with the GIL released, and this class adds Python conveniences (input detection, warnings,
+pickling). A tokenizer is fully determined by its vocabulary (id -> bytes), ordered merges,
+special tokens and pretokenization pattern.
+
+Training follows GPT-2's byte-level BPE. Ties between equally frequent pairs go to the
+lexicographically greatest pair of byte strings ``(left, right)``, as Python's ``max`` over such
+tuples would pick, which makes training reproducible and comparable with reference trainers.
+When special tokens overlap, the longest match wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import cached_property
+from typing import Any, Union
+
+from lmforge import _bpe
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+"""A filesystem path."""
+
+BUILTIN_PATTERNS = ("gpt2", "cl100k", "o200k")
+"""Names of the pretokenization patterns that have hand-written scanners."""
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer.
+
+    Args:
+        vocab: token id -> token bytes. Must contain all 256 single bytes (any ids). Entries
+            whose id is a special token's id are allowed if their bytes are that token's UTF-8.
+        merges: the merges in rank order, each ``(left_bytes, right_bytes)``; both parts and
+            their concatenation must be in ``vocab``.
+        special_tokens: special token text -> id (ids distinct from ordinary tokens).
+        pattern: ``"gpt2"``, ``"cl100k"``, ``"o200k"`` or any regex for pretokenization.
+
+    Raises:
+        ValueError: when the parts are inconsistent (a byte missing, a merge whose parts or
+            result are not in the vocabulary, duplicate bytes or ids, an invalid regex).
+    """
+
+    def __init__(
+        self,
+        vocab: Mapping[int, bytes],
+        merges: Sequence[tuple[bytes, bytes]],
+        special_tokens: Mapping[str, int] | None = None,
+        pattern: str = "gpt2",
+    ) -> None:
+        specials = dict(special_tokens or {})
+        ordinary = dict(vocab)
+        for text, sid in specials.items():
+            if sid in ordinary:
+                if ordinary[sid] != text.encode("utf-8"):
+                    raise ValueError(
+                        f"id {sid} is special token {text!r} but vocab maps it to {ordinary[sid]!r}"
+                    )
+                del ordinary[sid]
+        core = _bpe.CoreTokenizer(ordinary, list(merges), list(specials.items()), pattern)
+        self._init(core)
+
+    def _init(self, core: _bpe.CoreTokenizer, info: dict[str, Any] | None = None) -> None:
+        self._core = core
+        self.train_info: dict[str, Any] = dict(info or {})
+        """Statistics of the training run that made this tokenizer (empty when loaded)."""
+
+    @classmethod
+    def _wrap(cls, core: _bpe.CoreTokenizer, info: dict[str, Any] | None = None) -> Tokenizer:
+        tok = cls.__new__(cls)
+        tok._init(core, info)
+        return tok
+
+    # ----------------------------------------------------------------------------- training
+
+    @classmethod
+    def train(
+        cls,
+        inputs: PathLike | Sequence[PathLike] | Iterable[str],
+        vocab_size: int,
+        *,
+        special_tokens: Sequence[str] = ("<|endoftext|>",),
+        pattern: str = "gpt2",
+        num_threads: int | None = None,
+        progress: bool = True,
+        errors: str = "strict",
+    ) -> Tokenizer:
+        """Trains a byte-level BPE tokenizer.
+
+        Args:
+            inputs: a path, a list or tuple of paths (files are streamed, never loaded whole),
+                or any other iterable of ``str`` (each item a separate document: pretokens never
+                cross items). To train on texts held in a list, pass ``iter(texts)``.
+            vocab_size: the final vocabulary size, counting the 256 bytes, the merges and the
+                special tokens.
+            special_tokens: strings that are split out of the text before counting, never
+                merged, and added last to the vocabulary.
+            pattern: ``"gpt2"`` (default), ``"cl100k"``, ``"o200k"`` or a custom regex.
+            num_threads: worker threads (default: ``$LMFORGE_NUM_THREADS`` or all cores).
+            progress: draw progress bars on stderr.
+            errors: ``"strict"`` raises on invalid UTF-8 in files; ``"replace"`` substitutes
+                U+FFFD.
+
+        Returns:
+            The trained tokenizer; ``tok.train_info`` holds the run's statistics.
+
+        Raises:
+            ValueError: ``vocab_size`` below 256 + the number of special tokens, empty or
+                duplicate special tokens, an invalid pattern.
+            FileNotFoundError, IsADirectoryError: a path that is not a readable file.
+            lmforge.InvalidUtf8Error: invalid UTF-8 (names the file and byte offset).
+            lmforge.EmptyCorpusError: no text to train on.
+        """
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+        if vocab_size < 0:
+            raise ValueError(f"vocab_size={vocab_size} must be positive")
+        if isinstance(special_tokens, str):
+            raise TypeError("special_tokens must be a sequence of str, e.g. ('<|endoftext|>',)")
+        specials = list(special_tokens)
+        paths = _as_paths(inputs)
+        if paths is not None:
+            core, info = _bpe.CoreTokenizer.train_files(
+                paths, vocab_size, specials, pattern, num_threads, progress, errors
+            )
+        else:
+            core, info = _bpe.CoreTokenizer.train_texts(
+                inputs, vocab_size, specials, pattern, num_threads, progress
+            )
+        if info["exhausted"]:
+            size = 256 + info["merges"] + len(specials)
+            warnings.warn(
+                f"the corpus ran out of pairs to merge: the vocabulary has {size} tokens, "
+                f"fewer than vocab_size={vocab_size}",
+                stacklevel=2,
+            )
+        logger.info("trained %d merges on %d bytes", info["merges"], info["bytes"])
+        return cls._wrap(core, info)
+
+    # ----------------------------------------------------------------------------- encoding
+
+    def encode(self, text: str) -> list[int]:
+        """Encodes ``text``; registered special tokens in it become their ids."""
+        return self._core.encode(text)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encodes ``text`` treating special-token strings as plain text."""
+        return self._core.encode_ordinary(text)
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        """Lazily encodes a stream of strings as if they were one concatenated string.
+
+        Memory stays bounded by the longest unfinished pretoken for the built-in patterns (a
+        custom regex has no known safe cut points, so it buffers up to the next special token).
+        """
+        stream = _bpe.CoreStreamEncoder()
+        for text in iterable:
+            yield from stream.feed(self._core, text)
+        yield from stream.finish(self._core)
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes of the tokens ``ids``, concatenated.
+
+        Raises:
+            ValueError: an id that is not in the vocabulary.
+        """
+        return self._core.decode_bytes(list(ids))
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Decodes ``ids`` to text; invalid UTF-8 (e.g. a cut multi-byte character) becomes
+        U+FFFD with ``errors="replace"`` or raises with ``errors="strict"``."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    # --------------------------------------------------------------------------- inspection
+
+    @cached_property
+    def vocab(self) -> dict[int, bytes]:
+        """Token id -> bytes, special tokens included (as their UTF-8 bytes)."""
+        vocab: dict[int, bytes] = self._core.vocab()
+        for text, sid in self._core.special_tokens():
+            vocab[sid] = text.encode("utf-8")
+        return vocab
+
+    @cached_property
+    def merges(self) -> list[tuple[bytes, bytes]]:
+        """The merges ``(left, right)`` in rank order."""
+        return self._core.merges()
+
+    @cached_property
+    def special_tokens(self) -> dict[str, int]:
+        """Special token text -> id."""
+        return dict(self._core.special_tokens())
+
+    @property
+    def pattern(self) -> str:
+        """The pretokenization pattern's name (``"gpt2"``, ...) or custom regex."""
+        return self._core.pattern
+
+    @property
+    def pattern_regex(self) -> str:
+        """The regex that the pattern is equivalent to."""
+        return self._core.pattern_regex
+
+    @property
+    def n_vocab(self) -> int:
+        """Largest token id + 1, as tiktoken: the least embedding size a model needs."""
+        return self._core.n_vocab
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab={len(self)}, n_vocab={self.n_vocab}, merges={len(self.merges)}, "
+            f"special_tokens={list(self.special_tokens)}, pattern={self.pattern!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tokenizer):
+            return NotImplemented
+        return self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------------- persistence
+
+    def save(self, path: PathLike) -> None:
+        """Saves to ``path`` in lmforge's versioned JSON format, atomically."""
+        self._core.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: PathLike) -> Tokenizer:
+        """Loads a tokenizer saved by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no such file.
+            lmforge.TokenizerFileError: the file is truncated, corrupt or of an unknown version.
+        """
+        return cls._wrap(_bpe.CoreTokenizer.load(os.fspath(path)))
+
+    def to_json(self) -> str:
+        """The tokenizer file's JSON text."""
+        return self._core.to_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> Tokenizer:
+        """Parses the JSON text written by :meth:`to_json`."""
+        return cls._wrap(_bpe.CoreTokenizer.from_json(text))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Tokenizer.from_json, (self.to_json(),))
+
+
+def _as_paths(inputs: object) -> list[str] | None:
+    """The list of paths named by ``inputs``, or None when it is an iterable of texts."""
+    if isinstance(inputs, (str, os.PathLike)):
+        items: list[object] = [inputs]
+    elif isinstance(inputs, (list, tuple)):
+        items = list(inputs)
+    else:
+        return None
+    paths = []
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(
+                f"inputs must be a path, a list of paths or an iterable of str; got a list "
+                f"holding {type(item).__name__}"
+            )
+        path = os.fspath(item)
+        if not os.path.exists(path) and ("\n" in path or " " in path or len(path) > 255):
+            raise FileNotFoundError(
+                f"{path[:60]!r}...: no such file. A list or tuple is read as file paths; to "
+                "train on texts held in a list, pass iter(texts)."
+            )
+        paths.append(path)
+    if not paths:
+        raise ValueError("inputs is empty: give at least one file")
+    return paths

@@ -1,0 +1,249 @@
+//! Streaming a corpus as chunks of text that can be pretokenized independently.
+//!
+//! Files are read in blocks and cut only where cutting provably cannot change the pretokens:
+//! at special tokens (text is split there anyway) or at the pattern's restart points (see
+//! `Pattern::last_restart_point`). Memory therefore stays at a few blocks per thread, whatever
+//! the file size. A custom regex has no restart points, so without special tokens in the text a
+//! file is held whole; the built-in patterns never need that.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::pretokenize::Pattern;
+use crate::special::Specials;
+
+/// What to do with bytes that are not UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Utf8Policy {
+    /// Stop with an error naming the file and byte offset.
+    Strict,
+    /// Replace each invalid sequence with U+FFFD.
+    Replace,
+}
+
+impl Utf8Policy {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "strict" => Ok(Utf8Policy::Strict),
+            "replace" => Ok(Utf8Policy::Replace),
+            _ => Err(Error::InvalidArgument(format!(
+                "errors={s:?} is not supported; use \"strict\" or \"replace\""
+            ))),
+        }
+    }
+
+    /// Decodes `bytes`, which start at byte `offset` of `source`.
+    pub fn decode(self, bytes: Vec<u8>, source: &str, offset: u64) -> Result<String> {
+        match String::from_utf8(bytes) {
+            Ok(s) => Ok(s),
+            Err(e) => match self {
+                Utf8Policy::Strict => Err(Error::InvalidUtf8 {
+                    source_name: source.to_string(),
+                    offset: offset + e.utf8_error().valid_up_to() as u64,
+                }),
+                Utf8Policy::Replace => Ok(match String::from_utf8_lossy(e.as_bytes()) {
+                    Cow::Owned(s) => s,
+                    Cow::Borrowed(s) => s.to_string(),
+                }),
+            },
+        }
+    }
+}
+
+/// Finds where a growing buffer of text may be cut.
+#[derive(Clone, Copy)]
+pub struct Cutter<'a> {
+    pub pattern: &'a Pattern,
+    pub specials: &'a Specials,
+}
+
+impl Cutter<'_> {
+    /// The last position `p` in `buf` (0 < p < buf.len()) where `buf[..p]` can be processed now,
+    /// whatever bytes later follow `buf`. `None` when there is none yet: read more.
+    pub fn cut(&self, buf: &[u8]) -> Option<usize> {
+        // A special token that starts before `limit` lies wholly inside `buf`, and the matcher
+        // decides it exactly as it would on the whole stream.
+        let limit = buf.len().checked_sub(self.specials.max_len().max(1))?;
+        let matches = self.specials.find_all(buf);
+        let by_pattern = self.pattern.last_restart_point(buf, limit).map(|p| {
+            // Never cut inside a special token; its start is a boundary too.
+            match matches.iter().find(|&&(s, e)| s < p && p < e) {
+                Some(&(s, _)) => s,
+                None => p,
+            }
+        });
+        let by_special = matches.iter().rev().map(|&(_, e)| e).find(|&e| e <= limit);
+        by_pattern.max(by_special).filter(|&p| p > 0)
+    }
+}
+
+/// A chunk of a corpus: its text and how many input bytes it covered.
+pub struct Chunk {
+    pub text: String,
+    pub bytes: u64,
+}
+
+/// Reads one file as a sequence of independently pretokenizable chunks.
+pub struct ChunkReader<'a> {
+    path: PathBuf,
+    name: String,
+    file: File,
+    cutter: Cutter<'a>,
+    policy: Utf8Policy,
+    block: usize,
+    buf: Vec<u8>,
+    offset: u64,
+    eof: bool,
+}
+
+/// Checks that `path` is a readable regular file and returns its size.
+pub fn check_file(path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::FileNotFound(path.to_path_buf()),
+        _ => Error::io(path, e),
+    })?;
+    if meta.is_dir() {
+        return Err(Error::IsADirectory(path.to_path_buf()));
+    }
+    Ok(meta.len())
+}
+
+impl<'a> ChunkReader<'a> {
+    /// Opens `path`; chunks are about `block` bytes.
+    pub fn open(path: &Path, cutter: Cutter<'a>, policy: Utf8Policy, block: usize) -> Result<Self> {
+        check_file(path)?;
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(ChunkReader {
+            path: path.to_path_buf(),
+            name: path.display().to_string(),
+            file,
+            cutter,
+            policy,
+            block: block.max(1),
+            buf: Vec::new(),
+            offset: 0,
+            eof: false,
+        })
+    }
+
+    /// Reads until `buf` holds at least `want` bytes or the file ends.
+    fn fill(&mut self, want: usize) -> Result<()> {
+        while !self.eof && self.buf.len() < want {
+            let old = self.buf.len();
+            self.buf.resize(want, 0);
+            let n = self
+                .file
+                .read(&mut self.buf[old..])
+                .map_err(|e| Error::io(&self.path, e));
+            let n = match n {
+                Ok(n) => n,
+                Err(e) if matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::Interrupted) => {
+                    self.buf.truncate(old);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.buf.truncate(old + n);
+            self.eof = n == 0;
+        }
+        Ok(())
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        let mut want = self.block;
+        let cut = loop {
+            self.fill(want)?;
+            if self.eof {
+                break self.buf.len();
+            }
+            if let Some(p) = self.cutter.cut(&self.buf) {
+                break p;
+            }
+            // No safe cut yet (e.g. a very long line without spaces): read more.
+            want = self.buf.len() * 2;
+        };
+        if cut == 0 {
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(cut);
+        let bytes = std::mem::replace(&mut self.buf, rest);
+        let text = self.policy.decode(bytes, &self.name, self.offset)?;
+        self.offset += cut as u64;
+        Ok(Some(Chunk {
+            text,
+            bytes: cut as u64,
+        }))
+    }
+}
+
+impl Iterator for ChunkReader<'_> {
+    type Item = Result<Chunk>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_chunk().transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn chunks_of(content: &[u8], specials: &[&str], block: usize) -> Result<Vec<String>> {
+        let dir = std::env::temp_dir().join(format!("lmforge-corpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("f{block}-{}.txt", content.len()));
+        std::fs::File::create(&path).unwrap().write_all(content).unwrap();
+        let pattern = Pattern::new("gpt2").unwrap();
+        let specials = Specials::new(specials.iter().map(|s| s.to_string()).collect()).unwrap();
+        let cutter = Cutter {
+            pattern: &pattern,
+            specials: &specials,
+        };
+        let out = ChunkReader::open(&path, cutter, Utf8Policy::Strict, block)?
+            .map(|c| c.map(|c| c.text))
+            .collect();
+        std::fs::remove_file(&path).unwrap();
+        out
+    }
+
+    #[test]
+    fn chunks_preserve_text_and_pretokens() {
+        let text = "Hello there,  world!\n\nIt's 12345 o'clock<|endoftext|>Next doc   here.\n".repeat(50);
+        let pattern = Pattern::new("gpt2").unwrap();
+        for block in [1, 7, 64, 1000] {
+            let chunks = chunks_of(text.as_bytes(), &["<|endoftext|>"], block).unwrap();
+            assert!(chunks.len() > 1 || block >= text.len());
+            assert_eq!(chunks.concat(), text);
+            let whole: Vec<&str> = text.split("<|endoftext|>").flat_map(|d| pattern.split(d)).collect();
+            let parts: Vec<String> = chunks
+                .iter()
+                .flat_map(|c| c.split("<|endoftext|>").flat_map(|d| pattern.split(d)).map(str::to_string).collect::<Vec<_>>())
+                .collect();
+            assert_eq!(parts, whole, "block {block}");
+        }
+    }
+
+    #[test]
+    fn never_cuts_inside_a_special_token() {
+        let text = "ab <|x y|> cd <|x y|> ef ".repeat(20);
+        for block in 1..30 {
+            for c in chunks_of(text.as_bytes(), &["<|x y|>"], block).unwrap() {
+                assert_eq!(c.matches("<|").count(), c.matches("|>").count(), "{c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_reports_offset() {
+        let mut content = b"good text here ".repeat(10);
+        content.extend_from_slice(&[0xff, b'x']);
+        match chunks_of(&content, &[], 16) {
+            Err(Error::InvalidUtf8 { offset, .. }) => assert_eq!(offset, 150),
+            other => panic!("expected InvalidUtf8, got {:?}", other.map(|v| v.len())),
+        }
+    }
+}

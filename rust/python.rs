@@ -1,0 +1,353 @@
+//! PyO3 bindings: `lmforge._bpe`. The only file that touches Python.
+//!
+//! Every O(n) call releases the GIL (`Python::detach`) and runs its parallel work on a rayon
+//! pool of the requested size. Core errors map to Python exceptions in `to_py_err`, in one place.
+//! The public face is the Python wrapper `lmforge.Tokenizer`; this module stays private.
+
+use std::path::PathBuf;
+
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyIsADirectoryError, PyKeyboardInterrupt, PyOSError, PyTypeError,
+    PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use rustc_hash::FxHashMap;
+
+use crate::corpus::Utf8Policy;
+use crate::encode::{StreamEncoder, Tokenizer};
+use crate::error::Error;
+use crate::parallel::thread_pool;
+use crate::pretokenize::Pattern;
+use crate::progress::Bar;
+use crate::special::Specials;
+use crate::train::{count::total_size, train_from_counts, PretokenCounts, Trained};
+use crate::vocab::Vocab;
+use crate::format;
+
+pyo3::create_exception!(
+    lmforge,
+    TokenizerFileError,
+    PyValueError,
+    "A tokenizer file is truncated, corrupt or of an unsupported version."
+);
+pyo3::create_exception!(
+    lmforge,
+    InvalidUtf8Error,
+    PyValueError,
+    "Input bytes are not UTF-8; the message names the source and the byte offset."
+);
+pyo3::create_exception!(
+    lmforge,
+    EmptyCorpusError,
+    PyValueError,
+    "The training input holds no text."
+);
+
+fn to_py_err(e: Error) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        Error::FileNotFound(_) => PyFileNotFoundError::new_err(msg),
+        Error::IsADirectory(_) => PyIsADirectoryError::new_err(msg),
+        Error::Io { .. } => PyOSError::new_err(msg),
+        Error::InvalidUtf8 { .. } => InvalidUtf8Error::new_err(msg),
+        Error::CorruptTokenizer { .. } => TokenizerFileError::new_err(msg),
+        Error::EmptyCorpus(_) => EmptyCorpusError::new_err(msg),
+        Error::InvalidArgument(_) | Error::InvalidPattern { .. } => PyValueError::new_err(msg),
+        Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
+    }
+}
+
+/// Pretokenizes `text` with a built-in pattern name or a regex (for tests and inspection).
+#[pyfunction]
+fn pretokenize(py: Python<'_>, text: &str, pattern: &str) -> PyResult<Vec<String>> {
+    let pattern = Pattern::new(pattern).map_err(to_py_err)?;
+    Ok(py.detach(|| pattern.split(text).into_iter().map(str::to_string).collect()))
+}
+
+/// What a training run saw and did, returned beside the tokenizer.
+fn train_info<'py>(
+    py: Python<'py>,
+    t: &Trained,
+    counts: (u64, u64, u64),
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("bytes", counts.0)?;
+    d.set_item("pretokens", counts.1)?;
+    d.set_item("unique_pretokens", counts.2)?;
+    d.set_item("merges", t.vocab.merges().len())?;
+    d.set_item("exhausted", t.exhausted)?;
+    Ok(d)
+}
+
+/// Runs the merge phase with the GIL released, polling Ctrl-C between batches of merges.
+fn finish_training<'py>(
+    py: Python<'py>,
+    counts: PretokenCounts,
+    vocab_size: u64,
+    specials: &[String],
+    pattern: Pattern,
+    pool: &rayon::ThreadPool,
+    progress: bool,
+) -> PyResult<(CoreTokenizer, Bound<'py, PyDict>)> {
+    let stats = (counts.bytes, counts.total(), counts.len() as u64);
+    let mut interrupt: Option<PyErr> = None;
+    let trained = py.detach(|| {
+        let mut check = || {
+            Python::attach(|py| py.check_signals()).map_err(|e| {
+                interrupt = Some(e);
+                Error::Interrupted
+            })
+        };
+        train_from_counts(counts, vocab_size, specials, pool, progress, &mut check)
+    });
+    if let Some(e) = interrupt {
+        return Err(e);
+    }
+    let trained = trained.map_err(to_py_err)?;
+    let info = train_info(py, &trained, stats)?;
+    let inner = Tokenizer::new(trained.vocab, pattern).map_err(to_py_err)?;
+    Ok((CoreTokenizer { inner }, info))
+}
+
+/// The Rust tokenizer behind `lmforge.Tokenizer`.
+#[pyclass(module = "lmforge._bpe", frozen)]
+struct CoreTokenizer {
+    inner: Tokenizer,
+}
+
+#[pymethods]
+impl CoreTokenizer {
+    #[new]
+    #[pyo3(signature = (vocab, merges, special_tokens, pattern))]
+    fn new(
+        vocab: FxHashMap<u32, Vec<u8>>,
+        merges: Vec<(Vec<u8>, Vec<u8>)>,
+        special_tokens: Vec<(String, u32)>,
+        pattern: &str,
+    ) -> PyResult<Self> {
+        let vocab = Vocab::new(vocab, merges, special_tokens).map_err(to_py_err)?;
+        let pattern = Pattern::new(pattern).map_err(to_py_err)?;
+        let inner = Tokenizer::new(vocab, pattern).map_err(to_py_err)?;
+        Ok(CoreTokenizer { inner })
+    }
+
+    /// Trains on text files, streamed in chunks. Returns the tokenizer and a dict of statistics.
+    #[staticmethod]
+    #[pyo3(signature = (paths, vocab_size, special_tokens, pattern, num_threads, progress, errors))]
+    #[allow(clippy::too_many_arguments)]
+    fn train_files<'py>(
+        py: Python<'py>,
+        paths: Vec<PathBuf>,
+        vocab_size: u64,
+        special_tokens: Vec<String>,
+        pattern: &str,
+        num_threads: Option<usize>,
+        progress: bool,
+        errors: &str,
+    ) -> PyResult<(Self, Bound<'py, PyDict>)> {
+        let policy = Utf8Policy::parse(errors).map_err(to_py_err)?;
+        let pat = Pattern::new(pattern).map_err(to_py_err)?;
+        let specials = Specials::new(special_tokens.clone()).map_err(to_py_err)?;
+        crate::train::merges_for(vocab_size, special_tokens.len()).map_err(to_py_err)?;
+        let pool = thread_pool(num_threads).map_err(to_py_err)?;
+        let counts = py
+            .detach(|| {
+                let total = total_size(&paths)?;
+                let bar = Bar::new(progress, "pretokenize", Some(total), true);
+                let mut counts = PretokenCounts::new();
+                pool.install(|| counts.add_files(&paths, &pat, &specials, policy, &bar))?;
+                bar.finish();
+                if counts.is_empty() {
+                    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                    return Err(Error::EmptyCorpus(names.join(", ")));
+                }
+                Ok(counts)
+            })
+            .map_err(to_py_err)?;
+        finish_training(py, counts, vocab_size, &special_tokens, pat, &pool, progress)
+    }
+
+    /// Trains on an iterable of `str`, each item a separate document.
+    #[staticmethod]
+    #[pyo3(signature = (texts, vocab_size, special_tokens, pattern, num_threads, progress, batch_bytes = 16 << 20))]
+    #[allow(clippy::too_many_arguments)]
+    fn train_texts<'py>(
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+        vocab_size: u64,
+        special_tokens: Vec<String>,
+        pattern: &str,
+        num_threads: Option<usize>,
+        progress: bool,
+        batch_bytes: usize,
+    ) -> PyResult<(Self, Bound<'py, PyDict>)> {
+        let pat = Pattern::new(pattern).map_err(to_py_err)?;
+        let specials = Specials::new(special_tokens.clone()).map_err(to_py_err)?;
+        crate::train::merges_for(vocab_size, special_tokens.len()).map_err(to_py_err)?;
+        let pool = thread_pool(num_threads).map_err(to_py_err)?;
+        let bar = Bar::new(progress, "pretokenize", None, true);
+        let mut counts = PretokenCounts::new();
+        let mut batch: Vec<String> = Vec::new();
+        let mut size = 0usize;
+        let flush = |batch: &mut Vec<String>, counts: &mut PretokenCounts| {
+            py.detach(|| pool.install(|| counts.add_texts(batch, &pat, &specials)));
+            bar.inc(batch.iter().map(|s| s.len() as u64).sum());
+            batch.clear();
+        };
+        for (i, item) in texts.try_iter()?.enumerate() {
+            let item = item?;
+            let text: String = item.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "training texts must be str; item {i} is {}",
+                    item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ))
+            })?;
+            size += text.len();
+            batch.push(text);
+            if size >= batch_bytes {
+                flush(&mut batch, &mut counts);
+                size = 0;
+            }
+        }
+        flush(&mut batch, &mut counts);
+        bar.finish();
+        if counts.is_empty() {
+            return Err(to_py_err(Error::EmptyCorpus(format!(
+                "the given texts ({} bytes)",
+                counts.bytes
+            ))));
+        }
+        finish_training(py, counts, vocab_size, &special_tokens, pat, &pool, progress)
+    }
+
+    /// Encodes `text`; registered special tokens in it become their ids.
+    fn encode(&self, py: Python<'_>, text: &str) -> Vec<u32> {
+        py.detach(|| self.inner.encode(text))
+    }
+
+    /// Encodes `text` treating special-token strings as plain text.
+    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> Vec<u32> {
+        py.detach(|| {
+            let mut out = Vec::new();
+            self.inner.encode_ordinary_into(text, &mut out);
+            out
+        })
+    }
+
+    /// The bytes of `ids` concatenated.
+    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = py.detach(|| self.inner.decode_bytes(&ids)).map_err(to_py_err)?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// `{id: bytes}` for the ordinary tokens (special tokens are in `special_tokens`).
+    fn vocab<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let mut ids: Vec<(&u32, &Vec<u8>)> = self.inner.vocab().tokens().iter().collect();
+        ids.sort_unstable_by_key(|(id, _)| **id);
+        for (id, b) in ids {
+            d.set_item(id, PyBytes::new(py, b))?;
+        }
+        Ok(d)
+    }
+
+    /// The merges as `(left, right)` byte strings, in rank order.
+    fn merges<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let v = self.inner.vocab();
+        let bytes = |id: u32| PyBytes::new(py, v.token_bytes(id).unwrap_or_default());
+        let pairs = v.merges().iter().map(|&(a, b)| (bytes(a), bytes(b)));
+        PyList::new(py, pairs)
+    }
+
+    /// The special tokens and their ids, in the order given.
+    fn special_tokens(&self) -> Vec<(String, u32)> {
+        self.inner.vocab().specials().to_vec()
+    }
+
+    /// The pattern's built-in name, or its regex.
+    #[getter]
+    fn pattern(&self) -> String {
+        self.inner.pattern().name().to_string()
+    }
+
+    /// The regex the pattern is equivalent to.
+    #[getter]
+    fn pattern_regex(&self) -> String {
+        self.inner.pattern().regex_source().to_string()
+    }
+
+    /// Largest id + 1.
+    #[getter]
+    fn n_vocab(&self) -> u64 {
+        self.inner.vocab().n_vocab()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.vocab().len()
+    }
+
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| format::save(&self.inner, &path)).map_err(to_py_err)
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = py.detach(|| format::load(&path)).map_err(to_py_err)?;
+        Ok(CoreTokenizer { inner })
+    }
+
+    fn to_json(&self, py: Python<'_>) -> String {
+        py.detach(|| format::to_json(&self.inner))
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (text, origin = "<string>"))]
+    fn from_json(py: Python<'_>, text: &str, origin: &str) -> PyResult<Self> {
+        let inner = py.detach(|| format::from_json(text, origin)).map_err(to_py_err)?;
+        Ok(CoreTokenizer { inner })
+    }
+}
+
+/// Encodes pieces of a stream as one text, holding only the unfinished tail.
+#[pyclass(module = "lmforge._bpe")]
+struct CoreStreamEncoder {
+    inner: StreamEncoder,
+}
+
+#[pymethods]
+impl CoreStreamEncoder {
+    #[new]
+    fn new() -> Self {
+        CoreStreamEncoder {
+            inner: StreamEncoder::new(),
+        }
+    }
+
+    fn feed(&mut self, py: Python<'_>, tok: &CoreTokenizer, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        py.detach(|| self.inner.feed(&tok.inner, text, &mut out));
+        out
+    }
+
+    fn finish(&mut self, py: Python<'_>, tok: &CoreTokenizer) -> Vec<u32> {
+        let mut out = Vec::new();
+        py.detach(|| self.inner.finish(&tok.inner, &mut out));
+        out
+    }
+}
+
+#[pymodule]
+fn _bpe(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<CoreTokenizer>()?;
+    m.add_class::<CoreStreamEncoder>()?;
+    m.add_function(wrap_pyfunction!(pretokenize, m)?)?;
+    m.add("TokenizerFileError", py.get_type::<TokenizerFileError>())?;
+    m.add("InvalidUtf8Error", py.get_type::<InvalidUtf8Error>())?;
+    m.add("EmptyCorpusError", py.get_type::<EmptyCorpusError>())?;
+    m.add("GPT2_PATTERN", crate::pretokenize::GPT2_PATTERN)?;
+    m.add("CL100K_PATTERN", crate::pretokenize::CL100K_PATTERN)?;
+    m.add("O200K_PATTERN", crate::pretokenize::O200K_PATTERN)?;
+    Ok(())
+}

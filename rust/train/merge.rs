@@ -1,0 +1,252 @@
+//! The BPE merge loop.
+//!
+//! Words (unique pretokens as symbol sequences, with counts) are merged in place. We keep the
+//! count of every adjacent pair, an index from each pair to the words that contain it, and a
+//! max-heap of pairs with lazy invalidation: a popped entry whose count is stale is pushed back
+//! with its current count. A merge touches only the words that contain the merged pair, so a
+//! whole run costs about the corpus's unique-pretoken length times a hash lookup, not a full
+//! recount per merge.
+//!
+//! Order: most frequent pair first; among equal counts the lexicographically greatest pair of
+//! byte strings `(bytes_left, bytes_right)` wins, as Python's `max` over such tuples would pick.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+
+use crate::error::Result;
+use crate::progress::Bar;
+
+type Pair = (u32, u32);
+
+/// A unique pretoken as a sequence of token ids, and how often it occurs.
+pub struct Word {
+    pub symbols: Vec<u32>,
+    pub count: u64,
+}
+
+/// The learned merges.
+pub struct Merges {
+    /// Bytes of every token, ids 0..=255 being the single bytes.
+    pub token_bytes: Vec<Vec<u8>>,
+    /// `(left, right)` ids of each merge; merge `i` creates token `256 + i`.
+    pub merges: Vec<Pair>,
+    /// True when the corpus ran out of pairs before `n_merges` were learned.
+    pub exhausted: bool,
+}
+
+struct Entry {
+    count: u64,
+    pair: Pair,
+    left: Arc<[u8]>,
+    right: Arc<[u8]>,
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.count
+            .cmp(&other.count)
+            .then_with(|| self.left.cmp(&other.left))
+            .then_with(|| self.right.cmp(&other.right))
+    }
+}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Entry {}
+
+type PairStats = (FxHashMap<Pair, u64>, FxHashMap<Pair, Vec<u32>>);
+
+/// Counts every adjacent pair and indexes which words hold it (in parallel on the current pool).
+fn index_pairs(words: &[Word]) -> PairStats {
+    words
+        .par_iter()
+        .enumerate()
+        .fold(PairStats::default, |(mut counts, mut index), (i, w)| {
+            let mut pairs: Vec<Pair> = w.symbols.windows(2).map(|p| (p[0], p[1])).collect();
+            for &pair in &pairs {
+                *counts.entry(pair).or_insert(0) += w.count;
+            }
+            // A word is listed once per pair even when the pair repeats in it.
+            pairs.sort_unstable();
+            pairs.dedup();
+            for pair in pairs {
+                index.entry(pair).or_default().push(i as u32);
+            }
+            (counts, index)
+        })
+        .reduce(PairStats::default, |(mut c1, mut i1), (c2, i2)| {
+            for (k, v) in c2 {
+                *c1.entry(k).or_insert(0) += v;
+            }
+            for (k, mut v) in i2 {
+                i1.entry(k).or_default().append(&mut v);
+            }
+            (c1, i1)
+        })
+}
+
+/// Replaces every non-overlapping `(a, b)`, left to right, by `new`. Returns whether any was.
+fn merge_word(symbols: &mut Vec<u32>, (a, b): Pair, new: u32) -> bool {
+    let n = symbols.len();
+    let (mut read, mut write) = (0, 0);
+    while read < n {
+        if read + 1 < n && symbols[read] == a && symbols[read + 1] == b {
+            symbols[write] = new;
+            read += 2;
+        } else {
+            symbols[write] = symbols[read];
+            read += 1;
+        }
+        write += 1;
+    }
+    symbols.truncate(write);
+    write < n
+}
+
+/// Learns up to `n_merges` merges from `words`, indexing pairs on `pool`. `check` runs every few
+/// hundred merges and may stop the loop with an error (the Python bindings use it for Ctrl-C).
+pub fn learn_merges(
+    mut words: Vec<Word>,
+    n_merges: usize,
+    pool: &rayon::ThreadPool,
+    bar: &Bar,
+    check: &mut dyn FnMut() -> Result<()>,
+) -> Result<Merges> {
+    let mut token_bytes: Vec<Arc<[u8]>> = (0..=255u8).map(|b| Arc::from(vec![b])).collect();
+    let (mut counts, mut index) = pool.install(|| index_pairs(&words));
+    let entry = |count, pair: Pair, tb: &[Arc<[u8]>]| Entry {
+        count,
+        pair,
+        left: tb[pair.0 as usize].clone(),
+        right: tb[pair.1 as usize].clone(),
+    };
+    let mut heap: BinaryHeap<Entry> = counts
+        .iter()
+        .map(|(&p, &c)| entry(c, p, &token_bytes))
+        .collect();
+    let mut merges = Vec::with_capacity(n_merges);
+    let mut delta: FxHashMap<Pair, i128> = FxHashMap::default();
+    let mut new_pairs: Vec<Pair> = Vec::new();
+    while merges.len() < n_merges {
+        let Some(top) = heap.pop() else { break };
+        let current = counts.get(&top.pair).copied().unwrap_or(0);
+        if current != top.count {
+            if current > 0 {
+                heap.push(entry(current, top.pair, &token_bytes));
+            }
+            continue;
+        }
+        let pair = top.pair;
+        let new = token_bytes.len() as u32;
+        token_bytes.push([&top.left[..], &top.right[..]].concat().into());
+        merges.push(pair);
+        delta.clear();
+        for &wi in index.remove(&pair).unwrap_or_default().iter() {
+            let w = &mut words[wi as usize];
+            let count = i128::from(w.count);
+            for p in w.symbols.windows(2) {
+                *delta.entry((p[0], p[1])).or_insert(0) -= count;
+            }
+            if !merge_word(&mut w.symbols, pair, new) {
+                for p in w.symbols.windows(2) {
+                    *delta.entry((p[0], p[1])).or_insert(0) += count;
+                }
+                continue;
+            }
+            new_pairs.clear();
+            for p in w.symbols.windows(2) {
+                let q = (p[0], p[1]);
+                *delta.entry(q).or_insert(0) += count;
+                if (q.0 == new || q.1 == new) && !new_pairs.contains(&q) {
+                    new_pairs.push(q);
+                }
+            }
+            for &q in &new_pairs {
+                index.entry(q).or_default().push(wi);
+            }
+        }
+        for (&q, &d) in &delta {
+            if d == 0 {
+                continue;
+            }
+            let c = counts.entry(q).or_insert(0);
+            // Counts stay exact: a pair's total is the sum over words, and each word's old pairs
+            // were subtracted before its new pairs were added.
+            *c = u64::try_from(i128::from(*c) + d).unwrap_or(0);
+            if *c == 0 {
+                counts.remove(&q);
+            } else if q.0 == new || q.1 == new {
+                heap.push(entry(*c, q, &token_bytes));
+            }
+        }
+        bar.inc(1);
+        if merges.len() % 256 == 0 {
+            check()?;
+        }
+    }
+    let exhausted = merges.len() < n_merges;
+    Ok(Merges {
+        token_bytes: token_bytes.iter().map(|b| b.to_vec()).collect(),
+        merges,
+        exhausted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap()
+    }
+
+    fn words(list: &[(&str, u64)]) -> Vec<Word> {
+        list.iter()
+            .map(|&(s, c)| Word {
+                symbols: s.bytes().map(u32::from).collect(),
+                count: c,
+            })
+            .collect()
+    }
+
+    fn learn(list: &[(&str, u64)], n: usize) -> Vec<(String, String)> {
+        let m = learn_merges(words(list), n, &pool(), &Bar::hidden(), &mut || Ok(())).unwrap();
+        let s = |id: u32| String::from_utf8(m.token_bytes[id as usize].clone()).unwrap();
+        m.merges.iter().map(|&(a, b)| (s(a), s(b))).collect()
+    }
+
+    #[test]
+    fn most_frequent_then_greatest_pair() {
+        // "ab" x3 vs "cd" x3: tie, ("c","d") > ("a","b").
+        assert_eq!(learn(&[("ab", 3), ("cd", 3)], 2), [("c".into(), "d".into()), ("a".into(), "b".into())]);
+        // Right byte decides when the left bytes are equal.
+        assert_eq!(learn(&[("ab", 1), ("ac", 1)], 1), [("a".into(), "c".into())]);
+    }
+
+    #[test]
+    fn overlapping_pairs_count_twice_and_merge_left_to_right() {
+        // "aaa": (a,a) counted twice; merging gives [aa, a], then (aa, a).
+        assert_eq!(learn(&[("aaa", 1)], 5), [("a".into(), "a".into()), ("aa".into(), "a".into())]);
+    }
+
+    #[test]
+    fn stops_when_pairs_run_out() {
+        let m = learn_merges(words(&[("ab", 1)]), 10, &pool(), &Bar::hidden(), &mut || Ok(())).unwrap();
+        assert_eq!(m.merges.len(), 1);
+        assert!(m.exhausted);
+    }
+}

@@ -1,0 +1,200 @@
+//! The vocabulary of a byte-level BPE tokenizer: token bytes by id, the ordered merges, and
+//! the special tokens.
+//!
+//! Any id layout is accepted (GPT-2's own puts the 256 bytes in a printable-first order), so a
+//! tokenizer is fully determined by vocab + merges + special tokens + pattern. Encoding ranks a
+//! merged token by the index of the merge that creates it, which for trained vocabularies (and
+//! GPT-2's) equals tiktoken's rank-by-id rule.
+
+use rustc_hash::FxHashMap;
+
+use crate::error::{Error, Result};
+
+/// A validated vocabulary.
+#[derive(Debug, Clone)]
+pub struct Vocab {
+    /// Ordinary tokens (bytes and merges) by id.
+    tokens: FxHashMap<u32, Vec<u8>>,
+    /// Id of each single byte.
+    byte_ids: [u32; 256],
+    /// Merged token bytes -> (merge rank, id).
+    merged: FxHashMap<Vec<u8>, (u32, u32)>,
+    /// Merges as pairs of ids, in rank order.
+    merges: Vec<(u32, u32)>,
+    /// Special tokens and their ids, in the order given.
+    specials: Vec<(String, u32)>,
+}
+
+impl Vocab {
+    /// Validates and indexes a vocabulary.
+    ///
+    /// Errors: a missing single byte, an empty or duplicate token, a merge whose parts or result
+    /// are not in the vocabulary, two merges with the same result, special tokens that are empty,
+    /// duplicated or share an id with another token.
+    pub fn new(
+        tokens: FxHashMap<u32, Vec<u8>>,
+        merges: Vec<(Vec<u8>, Vec<u8>)>,
+        specials: Vec<(String, u32)>,
+    ) -> Result<Self> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        let mut ids: FxHashMap<&[u8], u32> = FxHashMap::default();
+        ids.reserve(tokens.len());
+        let mut byte_ids = [u32::MAX; 256];
+        for (&id, bytes) in &tokens {
+            if bytes.is_empty() {
+                return bad(format!("token {id} is empty; every token needs at least one byte"));
+            }
+            if let Some(other) = ids.insert(bytes.as_slice(), id) {
+                let (a, b) = (other.min(id), other.max(id));
+                return bad(format!("tokens {a} and {b} have the same bytes {bytes:?}"));
+            }
+            if bytes.len() == 1 {
+                byte_ids[bytes[0] as usize] = id;
+            }
+        }
+        if let Some(b) = byte_ids.iter().position(|&id| id == u32::MAX) {
+            return bad(format!(
+                "byte 0x{b:02x} has no token; a byte-level vocabulary must contain all 256 bytes"
+            ));
+        }
+        let mut merged = FxHashMap::default();
+        merged.reserve(merges.len());
+        let mut merge_ids = Vec::with_capacity(merges.len());
+        for (rank, (left, right)) in merges.iter().enumerate() {
+            let find = |part: &[u8]| {
+                ids.get(part).copied().ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "merge {rank} uses {part:?}, which is not in the vocabulary"
+                    ))
+                })
+            };
+            let (l, r) = (find(left)?, find(right)?);
+            let joined = [left.as_slice(), right.as_slice()].concat();
+            let id = find(&joined)?;
+            let rank = u32::try_from(rank)
+                .map_err(|_| Error::InvalidArgument("more than 2^32 merges".into()))?;
+            if let Some((first, _)) = merged.insert(joined, (rank, id)) {
+                return bad(format!(
+                    "merges {first} and {rank} produce the same token {:?}",
+                    String::from_utf8_lossy(&[left.as_slice(), right.as_slice()].concat())
+                ));
+            }
+            merge_ids.push((l, r));
+        }
+        for (i, (text, id)) in specials.iter().enumerate() {
+            if text.is_empty() {
+                return bad("special tokens must be non-empty strings".into());
+            }
+            if specials[..i].iter().any(|(t, _)| t == text) {
+                return bad(format!("special token {text:?} is given twice"));
+            }
+            if tokens.contains_key(id) || specials[..i].iter().any(|(_, j)| j == id) {
+                return bad(format!(
+                    "special token {text:?} has id {id}, which another token already uses"
+                ));
+            }
+        }
+        Ok(Vocab {
+            tokens,
+            byte_ids,
+            merged,
+            merges: merge_ids,
+            specials,
+        })
+    }
+
+    /// The canonical layout made by training: bytes 0..=255, merged tokens in merge order,
+    /// special tokens last.
+    pub fn from_training(token_bytes: Vec<Vec<u8>>, merges: Vec<(u32, u32)>, specials: &[String]) -> Result<Self> {
+        let pairs = merges
+            .iter()
+            .map(|&(a, b)| (token_bytes[a as usize].clone(), token_bytes[b as usize].clone()))
+            .collect();
+        let n = token_bytes.len() as u32;
+        let tokens = token_bytes.into_iter().enumerate().map(|(i, b)| (i as u32, b)).collect();
+        let specials = specials.iter().enumerate().map(|(i, s)| (s.clone(), n + i as u32)).collect();
+        Vocab::new(tokens, pairs, specials)
+    }
+
+    /// Bytes of an ordinary token.
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.tokens.get(&id).map(Vec::as_slice)
+    }
+
+    /// Ordinary tokens by id (unordered).
+    pub fn tokens(&self) -> &FxHashMap<u32, Vec<u8>> {
+        &self.tokens
+    }
+
+    /// Id of a single byte.
+    #[inline]
+    pub fn byte_id(&self, b: u8) -> u32 {
+        self.byte_ids[b as usize]
+    }
+
+    /// `(rank, id)` of a merged token, if `bytes` is one.
+    #[inline]
+    pub fn merged(&self, bytes: &[u8]) -> Option<(u32, u32)> {
+        self.merged.get(bytes).copied()
+    }
+
+    /// The merges as pairs of ids, in rank order.
+    pub fn merges(&self) -> &[(u32, u32)] {
+        &self.merges
+    }
+
+    /// The special tokens and their ids, in the order given.
+    pub fn specials(&self) -> &[(String, u32)] {
+        &self.specials
+    }
+
+    /// Number of tokens, special tokens included.
+    pub fn len(&self) -> usize {
+        self.tokens.len() + self.specials.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Largest id + 1 (tiktoken's `n_vocab`): the smallest embedding table that fits every id.
+    pub fn n_vocab(&self) -> u64 {
+        let ordinary = self.tokens.keys().copied().max();
+        let special = self.specials.iter().map(|&(_, id)| id).max();
+        ordinary.max(special).map_or(0, |m| u64::from(m) + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_vocab() -> FxHashMap<u32, Vec<u8>> {
+        (0..=255u8).map(|b| (u32::from(b), vec![b])).collect()
+    }
+
+    #[test]
+    fn trained_layout_and_n_vocab() {
+        let mut bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        bytes.push(b"ab".to_vec());
+        let v = Vocab::from_training(bytes, vec![(97, 98)], &["<s>".into()]).unwrap();
+        assert_eq!(v.len(), 258);
+        assert_eq!(v.n_vocab(), 258);
+        assert_eq!(v.merged(b"ab"), Some((0, 256)));
+        assert_eq!(v.specials(), &[("<s>".to_string(), 257)]);
+    }
+
+    #[test]
+    fn rejects_inconsistent_input() {
+        let mut t = bytes_vocab();
+        t.remove(&7);
+        assert!(Vocab::new(t, vec![], vec![]).is_err());
+        let merge = vec![(b"a".to_vec(), b"b".to_vec())];
+        assert!(Vocab::new(bytes_vocab(), merge, vec![]).is_err());
+        let mut t = bytes_vocab();
+        t.insert(300, b"a".to_vec());
+        assert!(Vocab::new(t, vec![], vec![]).is_err());
+        let clash = vec![("<s>".to_string(), 5)];
+        assert!(Vocab::new(bytes_vocab(), vec![], clash).is_err());
+    }
+}
