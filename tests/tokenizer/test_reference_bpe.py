@@ -6,6 +6,7 @@ checked independently (hand-derived merges, and tiktoken for encoding).
 
 import pytest
 import tiktoken
+
 from reference_bpe import (
     CL100K_PATTERN,
     GPT2_PATTERN,

@@ -18,7 +18,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from lmforge import _bpe
 
@@ -130,8 +130,9 @@ class Tokenizer:
                 paths, vocab_size, specials, pattern, num_threads, progress, errors
             )
         else:
+            texts = cast(Iterable[str], inputs)
             core, info = _bpe.CoreTokenizer.train_texts(
-                inputs, vocab_size, specials, pattern, num_threads, progress
+                texts, vocab_size, specials, pattern, num_threads, progress
             )
         if info["exhausted"]:
             size = 256 + info["merges"] + len(specials)

@@ -1,0 +1,65 @@
+"""GPT-2's published tokenizer files, loaded by lmforge, encode exactly as tiktoken's GPT-2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tiktoken
+from hypothesis import given
+from hypothesis import strategies as st
+
+from datafiles import read_shared_text, shared_file
+from lmforge.tokenizer import load_gpt2
+from lmforge.tokenizer.formats import gpt2_byte_decoder
+
+
+@pytest.fixture(scope="module")
+def gpt2_files():
+    return shared_file("gpt2/encoder.json"), shared_file("gpt2/merges.txt")
+
+
+@pytest.fixture(scope="module")
+def ours(gpt2_files):
+    return load_gpt2(*gpt2_files)
+
+
+@pytest.fixture(scope="module")
+def theirs(gpt2_files):
+    """tiktoken's GPT-2 encoding built from encoder.json (get_encoding would download)."""
+    table = gpt2_byte_decoder()
+    encoder = json.loads(gpt2_files[0].read_text(encoding="utf-8"))
+    eot = encoder.pop("<|endoftext|>")
+    ranks = {bytes(table[c] for c in tok): i for tok, i in encoder.items()}
+    return tiktoken.Encoding(
+        name="gpt2-local",
+        pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": eot},
+    )
+
+
+def test_shape(ours):
+    assert len(ours) == ours.n_vocab == 50257
+    assert len(ours.merges) == 50000
+    assert ours.special_tokens == {"<|endoftext|>": 50256}
+    assert ours.encode("Hello world") == [15496, 995]
+
+
+def test_real_text(ours, theirs):
+    texts = [read_shared_text("stories/valid.txt.xz", 2_000_000)]
+    texts.append(read_shared_text("tinystories-sample/train-head.txt"))
+    for text in texts:
+        assert ours.encode(text) == theirs.encode(text, allowed_special="all")
+
+
+@given(st.text(st.characters(exclude_categories=["Cs"]), max_size=300))
+def test_arbitrary_text(ours, theirs, text):
+    assert ours.encode(text) == theirs.encode(text, allowed_special="all")
+    assert ours.decode(ours.encode(text)) == text
+
+
+def test_version_line_is_skipped(gpt2_files, tmp_path, ours):
+    bpe = tmp_path / "vocab.bpe"
+    bpe.write_text("#version: 0.2\n" + gpt2_files[1].read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_gpt2(gpt2_files[0], bpe).merges == ours.merges
