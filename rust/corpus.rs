@@ -140,7 +140,8 @@ impl<'a> ChunkReader<'a> {
                 .map_err(|e| Error::io(&self.path, e));
             let n = match n {
                 Ok(n) => n,
-                Err(e) if matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::Interrupted) => {
+                Err(e) if matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::Interrupted) =>
+                {
                     self.buf.truncate(old);
                     continue;
                 }
@@ -196,7 +197,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lmforge-corpus-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("f{block}-{}.txt", content.len()));
-        std::fs::File::create(&path).unwrap().write_all(content).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(content)
+            .unwrap();
         let pattern = Pattern::new("gpt2").unwrap();
         let specials = Specials::new(specials.iter().map(|s| s.to_string()).collect()).unwrap();
         let cutter = Cutter {
@@ -212,16 +216,25 @@ mod tests {
 
     #[test]
     fn chunks_preserve_text_and_pretokens() {
-        let text = "Hello there,  world!\n\nIt's 12345 o'clock<|endoftext|>Next doc   here.\n".repeat(50);
+        let text =
+            "Hello there,  world!\n\nIt's 12345 o'clock<|endoftext|>Next doc   here.\n".repeat(50);
         let pattern = Pattern::new("gpt2").unwrap();
         for block in [1, 7, 64, 1000] {
             let chunks = chunks_of(text.as_bytes(), &["<|endoftext|>"], block).unwrap();
             assert!(chunks.len() > 1 || block >= text.len());
             assert_eq!(chunks.concat(), text);
-            let whole: Vec<&str> = text.split("<|endoftext|>").flat_map(|d| pattern.split(d)).collect();
+            let whole: Vec<&str> = text
+                .split("<|endoftext|>")
+                .flat_map(|d| pattern.split(d))
+                .collect();
             let parts: Vec<String> = chunks
                 .iter()
-                .flat_map(|c| c.split("<|endoftext|>").flat_map(|d| pattern.split(d)).map(str::to_string).collect::<Vec<_>>())
+                .flat_map(|c| {
+                    c.split("<|endoftext|>")
+                        .flat_map(|d| pattern.split(d))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
                 .collect();
             assert_eq!(parts, whole, "block {block}");
         }

@@ -83,11 +83,7 @@ impl Tokenizer {
                 .map_or(u32::MAX, |(rank, _)| rank)
         };
         let mut ranks: Vec<u32> = (0..bounds.len() - 1).map(|i| rank_at(&bounds, i)).collect();
-        loop {
-            let (best, &rank) = match ranks.iter().enumerate().min_by_key(|&(_, r)| *r) {
-                Some(x) => x,
-                None => break,
-            };
+        while let Some((best, &rank)) = ranks.iter().enumerate().min_by_key(|&(_, r)| *r) {
             if rank == u32::MAX {
                 break;
             }

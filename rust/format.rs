@@ -83,11 +83,18 @@ pub fn from_json(text: &str, origin: &str) -> Result<Tokenizer> {
         message,
     };
     let file: File = serde_json::from_str(text).map_err(|e| {
-        let hint = if e.is_eof() { " (the file looks truncated)" } else { "" };
+        let hint = if e.is_eof() {
+            " (the file looks truncated)"
+        } else {
+            ""
+        };
         corrupt(format!("{e}{hint}"))
     })?;
     if file.format != FORMAT {
-        return Err(corrupt(format!("format is {:?}, expected {FORMAT:?}", file.format)));
+        return Err(corrupt(format!(
+            "format is {:?}, expected {FORMAT:?}",
+            file.format
+        )));
     }
     if file.version != VERSION {
         return Err(corrupt(format!(
@@ -97,7 +104,8 @@ pub fn from_json(text: &str, origin: &str) -> Result<Tokenizer> {
     }
     let mut tokens = FxHashMap::default();
     for (id, hex) in &file.vocab {
-        let bytes = from_hex(hex).ok_or_else(|| corrupt(format!("token {id}: {hex:?} is not hex")))?;
+        let bytes =
+            from_hex(hex).ok_or_else(|| corrupt(format!("token {id}: {hex:?} is not hex")))?;
         if tokens.insert(*id, bytes).is_some() {
             return Err(corrupt(format!("token id {id} appears twice")));
         }
@@ -112,7 +120,8 @@ pub fn from_json(text: &str, origin: &str) -> Result<Tokenizer> {
         };
         merges.push((part(a)?, part(b)?));
     }
-    let vocab = Vocab::new(tokens, merges, file.special_tokens).map_err(|e| corrupt(e.to_string()))?;
+    let vocab =
+        Vocab::new(tokens, merges, file.special_tokens).map_err(|e| corrupt(e.to_string()))?;
     let pattern = Pattern::new(&file.pattern).map_err(|e| corrupt(e.to_string()))?;
     Tokenizer::new(vocab, pattern)
 }
@@ -123,7 +132,10 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -153,7 +165,10 @@ pub fn load(path: &Path) -> Result<Tokenizer> {
     let name = path.display().to_string();
     let text = String::from_utf8(bytes).map_err(|e| Error::CorruptTokenizer {
         path: name.clone(),
-        message: format!("not UTF-8 text (bad byte at offset {})", e.utf8_error().valid_up_to()),
+        message: format!(
+            "not UTF-8 text (bad byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
     })?;
     from_json(&text, &name)
 }
@@ -189,7 +204,10 @@ mod tests {
             &json.replace("\"ff00\"", "\"zz\""),
             &json.replace("[255,0]", "[255,7000]"),
         ] {
-            assert!(matches!(from_json(bad, "x"), Err(Error::CorruptTokenizer { .. })), "{bad:.60}");
+            assert!(
+                matches!(from_json(bad, "x"), Err(Error::CorruptTokenizer { .. })),
+                "{bad:.60}"
+            );
         }
     }
 }

@@ -17,13 +17,13 @@ use rustc_hash::FxHashMap;
 use crate::corpus::Utf8Policy;
 use crate::encode::{StreamEncoder, Tokenizer};
 use crate::error::Error;
+use crate::format;
 use crate::parallel::thread_pool;
 use crate::pretokenize::Pattern;
 use crate::progress::Bar;
 use crate::special::Specials;
 use crate::train::{count::total_size, train_from_counts, PretokenCounts, Trained};
 use crate::vocab::Vocab;
-use crate::format;
 
 pyo3::create_exception!(
     lmforge,
@@ -62,7 +62,13 @@ fn to_py_err(e: Error) -> PyErr {
 #[pyfunction]
 fn pretokenize(py: Python<'_>, text: &str, pattern: &str) -> PyResult<Vec<String>> {
     let pattern = Pattern::new(pattern).map_err(to_py_err)?;
-    Ok(py.detach(|| pattern.split(text).into_iter().map(str::to_string).collect()))
+    Ok(py.detach(|| {
+        pattern
+            .split(text)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }))
 }
 
 /// What a training run saw and did, returned beside the tokenizer.
@@ -159,13 +165,22 @@ impl CoreTokenizer {
                 pool.install(|| counts.add_files(&paths, &pat, &specials, policy, &bar))?;
                 bar.finish();
                 if counts.is_empty() {
-                    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                    let names: Vec<String> =
+                        paths.iter().map(|p| p.display().to_string()).collect();
                     return Err(Error::EmptyCorpus(names.join(", ")));
                 }
                 Ok(counts)
             })
             .map_err(to_py_err)?;
-        finish_training(py, counts, vocab_size, &special_tokens, pat, &pool, progress)
+        finish_training(
+            py,
+            counts,
+            vocab_size,
+            &special_tokens,
+            pat,
+            &pool,
+            progress,
+        )
     }
 
     /// Trains on an iterable of `str`, each item a separate document.
@@ -200,7 +215,10 @@ impl CoreTokenizer {
             let text: String = item.extract().map_err(|_| {
                 PyTypeError::new_err(format!(
                     "training texts must be str; item {i} is {}",
-                    item.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                    item.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
                 ))
             })?;
             size += text.len();
@@ -218,7 +236,15 @@ impl CoreTokenizer {
                 counts.bytes
             ))));
         }
-        finish_training(py, counts, vocab_size, &special_tokens, pat, &pool, progress)
+        finish_training(
+            py,
+            counts,
+            vocab_size,
+            &special_tokens,
+            pat,
+            &pool,
+            progress,
+        )
     }
 
     /// Encodes `text`; registered special tokens in it become their ids.
@@ -237,7 +263,9 @@ impl CoreTokenizer {
 
     /// The bytes of `ids` concatenated.
     fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = py.detach(|| self.inner.decode_bytes(&ids)).map_err(to_py_err)?;
+        let bytes = py
+            .detach(|| self.inner.decode_bytes(&ids))
+            .map_err(to_py_err)?;
         Ok(PyBytes::new(py, &bytes))
     }
 
@@ -288,7 +316,8 @@ impl CoreTokenizer {
     }
 
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| format::save(&self.inner, &path)).map_err(to_py_err)
+        py.detach(|| format::save(&self.inner, &path))
+            .map_err(to_py_err)
     }
 
     #[staticmethod]
@@ -304,7 +333,9 @@ impl CoreTokenizer {
     #[staticmethod]
     #[pyo3(signature = (text, origin = "<string>"))]
     fn from_json(py: Python<'_>, text: &str, origin: &str) -> PyResult<Self> {
-        let inner = py.detach(|| format::from_json(text, origin)).map_err(to_py_err)?;
+        let inner = py
+            .detach(|| format::from_json(text, origin))
+            .map_err(to_py_err)?;
         Ok(CoreTokenizer { inner })
     }
 }

@@ -42,7 +42,9 @@ impl Vocab {
         let mut byte_ids = [u32::MAX; 256];
         for (&id, bytes) in &tokens {
             if bytes.is_empty() {
-                return bad(format!("token {id} is empty; every token needs at least one byte"));
+                return bad(format!(
+                    "token {id} is empty; every token needs at least one byte"
+                ));
             }
             if let Some(other) = ids.insert(bytes.as_slice(), id) {
                 let (a, b) = (other.min(id), other.max(id));
@@ -105,14 +107,31 @@ impl Vocab {
 
     /// The canonical layout made by training: bytes 0..=255, merged tokens in merge order,
     /// special tokens last.
-    pub fn from_training(token_bytes: Vec<Vec<u8>>, merges: Vec<(u32, u32)>, specials: &[String]) -> Result<Self> {
+    pub fn from_training(
+        token_bytes: Vec<Vec<u8>>,
+        merges: Vec<(u32, u32)>,
+        specials: &[String],
+    ) -> Result<Self> {
         let pairs = merges
             .iter()
-            .map(|&(a, b)| (token_bytes[a as usize].clone(), token_bytes[b as usize].clone()))
+            .map(|&(a, b)| {
+                (
+                    token_bytes[a as usize].clone(),
+                    token_bytes[b as usize].clone(),
+                )
+            })
             .collect();
         let n = token_bytes.len() as u32;
-        let tokens = token_bytes.into_iter().enumerate().map(|(i, b)| (i as u32, b)).collect();
-        let specials = specials.iter().enumerate().map(|(i, s)| (s.clone(), n + i as u32)).collect();
+        let tokens = token_bytes
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32, b))
+            .collect();
+        let specials = specials
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), n + i as u32))
+            .collect();
         Vocab::new(tokens, pairs, specials)
     }
 

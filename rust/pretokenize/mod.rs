@@ -9,8 +9,8 @@
 //! pieces that pretokenize, separately, to exactly the pretokens of the whole. Streaming readers
 //! cut there, so memory stays bounded on files without document separators.
 
-mod classes;
 mod cl100k;
+mod classes;
 mod gpt2;
 mod o200k;
 

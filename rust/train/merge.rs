@@ -211,7 +211,10 @@ mod tests {
     use super::*;
 
     fn pool() -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap()
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
     }
 
     fn words(list: &[(&str, u64)]) -> Vec<Word> {
@@ -232,20 +235,36 @@ mod tests {
     #[test]
     fn most_frequent_then_greatest_pair() {
         // "ab" x3 vs "cd" x3: tie, ("c","d") > ("a","b").
-        assert_eq!(learn(&[("ab", 3), ("cd", 3)], 2), [("c".into(), "d".into()), ("a".into(), "b".into())]);
+        assert_eq!(
+            learn(&[("ab", 3), ("cd", 3)], 2),
+            [("c".into(), "d".into()), ("a".into(), "b".into())]
+        );
         // Right byte decides when the left bytes are equal.
-        assert_eq!(learn(&[("ab", 1), ("ac", 1)], 1), [("a".into(), "c".into())]);
+        assert_eq!(
+            learn(&[("ab", 1), ("ac", 1)], 1),
+            [("a".into(), "c".into())]
+        );
     }
 
     #[test]
     fn overlapping_pairs_count_twice_and_merge_left_to_right() {
         // "aaa": (a,a) counted twice; merging gives [aa, a], then (aa, a).
-        assert_eq!(learn(&[("aaa", 1)], 5), [("a".into(), "a".into()), ("aa".into(), "a".into())]);
+        assert_eq!(
+            learn(&[("aaa", 1)], 5),
+            [("a".into(), "a".into()), ("aa".into(), "a".into())]
+        );
     }
 
     #[test]
     fn stops_when_pairs_run_out() {
-        let m = learn_merges(words(&[("ab", 1)]), 10, &pool(), &Bar::hidden(), &mut || Ok(())).unwrap();
+        let m = learn_merges(
+            words(&[("ab", 1)]),
+            10,
+            &pool(),
+            &Bar::hidden(),
+            &mut || Ok(()),
+        )
+        .unwrap();
         assert_eq!(m.merges.len(), 1);
         assert!(m.exhausted);
     }

@@ -54,10 +54,7 @@ pub fn train_from_counts(
 ) -> Result<Trained> {
     let n_merges = merges_for(vocab_size, specials.len())?;
     if counts.is_empty() {
-        return Err(Error::EmptyCorpus(format!(
-            "{} input bytes",
-            counts.bytes
-        )));
+        return Err(Error::EmptyCorpus(format!("{} input bytes", counts.bytes)));
     }
     let words: Vec<Word> = counts
         .iter()
