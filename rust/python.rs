@@ -86,34 +86,71 @@ fn train_info<'py>(
     Ok(d)
 }
 
-/// Runs the merge phase with the GIL released, polling Ctrl-C between batches of merges.
-fn finish_training<'py>(
-    py: Python<'py>,
-    counts: PretokenCounts,
+/// What both training entry points need: validated options and a thread pool.
+struct TrainSetup {
     vocab_size: u64,
-    specials: &[String],
+    special_tokens: Vec<String>,
+    specials: Specials,
     pattern: Pattern,
-    pool: &rayon::ThreadPool,
+    pool: rayon::ThreadPool,
     progress: bool,
-) -> PyResult<(CoreTokenizer, Bound<'py, PyDict>)> {
-    let stats = (counts.bytes, counts.total(), counts.len() as u64);
-    let mut interrupt: Option<PyErr> = None;
-    let trained = py.detach(|| {
-        let mut check = || {
-            Python::attach(|py| py.check_signals()).map_err(|e| {
-                interrupt = Some(e);
-                Error::Interrupted
-            })
-        };
-        train_from_counts(counts, vocab_size, specials, pool, progress, &mut check)
-    });
-    if let Some(e) = interrupt {
-        return Err(e);
+}
+
+impl TrainSetup {
+    fn new(
+        vocab_size: u64,
+        special_tokens: Vec<String>,
+        pattern: &str,
+        num_threads: Option<usize>,
+        progress: bool,
+    ) -> PyResult<Self> {
+        let pattern = Pattern::new(pattern).map_err(to_py_err)?;
+        let specials = Specials::new(special_tokens.clone()).map_err(to_py_err)?;
+        crate::train::merges_for(vocab_size, special_tokens.len()).map_err(to_py_err)?;
+        let pool = thread_pool(num_threads).map_err(to_py_err)?;
+        Ok(TrainSetup {
+            vocab_size,
+            special_tokens,
+            specials,
+            pattern,
+            pool,
+            progress,
+        })
     }
-    let trained = trained.map_err(to_py_err)?;
-    let info = train_info(py, &trained, stats)?;
-    let inner = Tokenizer::new(trained.vocab, pattern).map_err(to_py_err)?;
-    Ok((CoreTokenizer { inner }, info))
+
+    /// Runs the merge phase with the GIL released, polling Ctrl-C between batches of merges.
+    fn finish<'py>(
+        self,
+        py: Python<'py>,
+        counts: PretokenCounts,
+    ) -> PyResult<(CoreTokenizer, Bound<'py, PyDict>)> {
+        let stats = (counts.bytes, counts.total(), counts.len() as u64);
+        let mut interrupt: Option<PyErr> = None;
+        let trained = py.detach(|| {
+            let mut check = || {
+                Python::attach(|py| py.check_signals()).map_err(|e| {
+                    interrupt = Some(e);
+                    Error::Interrupted
+                })
+            };
+            let specials = &self.special_tokens;
+            train_from_counts(
+                counts,
+                self.vocab_size,
+                specials,
+                &self.pool,
+                self.progress,
+                &mut check,
+            )
+        });
+        if let Some(e) = interrupt {
+            return Err(e);
+        }
+        let trained = trained.map_err(to_py_err)?;
+        let info = train_info(py, &trained, stats)?;
+        let inner = Tokenizer::new(trained.vocab, self.pattern).map_err(to_py_err)?;
+        Ok((CoreTokenizer { inner }, info))
+    }
 }
 
 /// The Rust tokenizer behind `lmforge.Tokenizer`.
@@ -153,16 +190,16 @@ impl CoreTokenizer {
         errors: &str,
     ) -> PyResult<(Self, Bound<'py, PyDict>)> {
         let policy = Utf8Policy::parse(errors).map_err(to_py_err)?;
-        let pat = Pattern::new(pattern).map_err(to_py_err)?;
-        let specials = Specials::new(special_tokens.clone()).map_err(to_py_err)?;
-        crate::train::merges_for(vocab_size, special_tokens.len()).map_err(to_py_err)?;
-        let pool = thread_pool(num_threads).map_err(to_py_err)?;
+        let setup = TrainSetup::new(vocab_size, special_tokens, pattern, num_threads, progress)?;
         let counts = py
             .detach(|| {
                 let total = total_size(&paths)?;
                 let bar = Bar::new(progress, "pretokenize", Some(total), true);
                 let mut counts = PretokenCounts::new();
-                pool.install(|| counts.add_files(&paths, &pat, &specials, policy, &bar))?;
+                let (pat, specials) = (&setup.pattern, &setup.specials);
+                setup
+                    .pool
+                    .install(|| counts.add_files(&paths, pat, specials, policy, &bar))?;
                 bar.finish();
                 if counts.is_empty() {
                     let names: Vec<String> =
@@ -172,15 +209,7 @@ impl CoreTokenizer {
                 Ok(counts)
             })
             .map_err(to_py_err)?;
-        finish_training(
-            py,
-            counts,
-            vocab_size,
-            &special_tokens,
-            pat,
-            &pool,
-            progress,
-        )
+        setup.finish(py, counts)
     }
 
     /// Trains on an iterable of `str`, each item a separate document.
@@ -197,16 +226,18 @@ impl CoreTokenizer {
         progress: bool,
         batch_bytes: usize,
     ) -> PyResult<(Self, Bound<'py, PyDict>)> {
-        let pat = Pattern::new(pattern).map_err(to_py_err)?;
-        let specials = Specials::new(special_tokens.clone()).map_err(to_py_err)?;
-        crate::train::merges_for(vocab_size, special_tokens.len()).map_err(to_py_err)?;
-        let pool = thread_pool(num_threads).map_err(to_py_err)?;
+        let setup = TrainSetup::new(vocab_size, special_tokens, pattern, num_threads, progress)?;
         let bar = Bar::new(progress, "pretokenize", None, true);
         let mut counts = PretokenCounts::new();
         let mut batch: Vec<String> = Vec::new();
         let mut size = 0usize;
         let flush = |batch: &mut Vec<String>, counts: &mut PretokenCounts| {
-            py.detach(|| pool.install(|| counts.add_texts(batch, &pat, &specials)));
+            let (pat, specials) = (&setup.pattern, &setup.specials);
+            py.detach(|| {
+                setup
+                    .pool
+                    .install(|| counts.add_texts(batch, pat, specials))
+            });
             bar.inc(batch.iter().map(|s| s.len() as u64).sum());
             batch.clear();
         };
@@ -236,15 +267,7 @@ impl CoreTokenizer {
                 counts.bytes
             ))));
         }
-        finish_training(
-            py,
-            counts,
-            vocab_size,
-            &special_tokens,
-            pat,
-            &pool,
-            progress,
-        )
+        setup.finish(py, counts)
     }
 
     /// Encodes `text`; registered special tokens in it become their ids.
