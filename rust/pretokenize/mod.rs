@@ -13,6 +13,7 @@ mod classes;
 mod cl100k;
 mod gpt2;
 mod o200k;
+mod unicode_tables;
 
 use crate::error::{Error, Result};
 
