@@ -3,7 +3,7 @@
 //! The word alternatives are `P?A*B+C?` and `P?A+B*C?` with P = `[^\r\n\p{L}\p{N}]`,
 //! A = `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`, B = `[\p{Ll}\p{Lm}\p{Lo}\p{M}]` and C the optional
 //! case-insensitive contraction. A and B overlap (Lm, Lo, marks) and a mark is also a P, so the
-//! regex backtracks; rather than emulate backtracking, `word_end` computes in one pass over the
+//! regex backtracks; rather than emulate backtracking, `word1_end` computes in one pass over the
 //! A-run where the backtracking would settle (see its comments). The remaining alternatives are
 //! cl100k's, with `/` allowed after a punctuation run.
 
