@@ -1,9 +1,173 @@
-// TEMPORARY stand-in until the hand-written scanners land.
-use std::sync::OnceLock;
+//! Hand-written scanner equivalent to cl100k_base's pretokenization regex
+//! `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`.
+//!
+//! Each alternative is decided by the first one or two characters, except the whitespace ones:
+//! `\s*[\r\n]+` backtracks to the last `\r`/`\n` of the whitespace run, and `\s+(?!\S)` gives
+//! back the last character of a run followed by a non-space. The scanner measures the run once
+//! and derives both, so it never rescans; ASCII bytes skip UTF-8 decoding.
+
+use super::classes::{class_at, contraction_ci, run_end, LETTER, NUMBER, PUNCT, SPACE};
+
+/// Calls `f` with every pretoken of `text` (they tile `text`), as `regex.findall` would.
 pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
-    static RE: OnceLock<fancy_regex::Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| fancy_regex::Regex::new(super::CL100K_PATTERN).unwrap());
-    for m in re.find_iter(text).flatten() {
-        f(m.as_str());
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let end = token_end(b, i);
+        f(&text[i..end]);
+        i = end;
+    }
+}
+
+/// End of the pretoken that starts at `i < b.len()`.
+#[inline(always)]
+fn token_end(b: &[u8], i: usize) -> usize {
+    let b0 = b[i];
+    if b0 == b'\'' {
+        let n = contraction_ci(b, i);
+        if n > 0 {
+            return i + n;
+        }
+    }
+    let (flag, len) = class_at(b, i);
+    if flag & LETTER != 0 {
+        return run_end(b, i + len, LETTER);
+    }
+    if flag & NUMBER != 0 {
+        return digits_end(b, i + len);
+    }
+    // `[^\r\n\p{L}\p{N}]?\p{L}+`: any other character except \r and \n may lead a letter run.
+    let next = if i + len < b.len() {
+        Some(class_at(b, i + len))
+    } else {
+        None
+    };
+    if b0 != b'\r' && b0 != b'\n' {
+        if let Some((nflag, nlen)) = next {
+            if nflag & LETTER != 0 {
+                return run_end(b, i + len + nlen, LETTER);
+            }
+        }
+    }
+    // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
+    if flag & PUNCT != 0 {
+        return newlines_end(b, run_end(b, i + len, PUNCT));
+    }
+    if b0 == b' ' {
+        if let Some((nflag, nlen)) = next {
+            if nflag & PUNCT != 0 {
+                return newlines_end(b, run_end(b, i + len + nlen, PUNCT));
+            }
+        }
+    }
+    whitespace_end(b, i, len)
+}
+
+/// `\p{N}{1,3}` after its first digit, which ends at `i`.
+#[inline]
+pub(crate) fn digits_end(b: &[u8], mut i: usize) -> usize {
+    for _ in 0..2 {
+        if i >= b.len() {
+            break;
+        }
+        let (flag, len) = class_at(b, i);
+        if flag & NUMBER == 0 {
+            break;
+        }
+        i += len;
+    }
+    i
+}
+
+/// `[\r\n]*` at `i`.
+#[inline]
+fn newlines_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && (b[i] == b'\r' || b[i] == b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// `\s*[\r\n]+|\s+(?!\S)|\s+` at `i`, where `b[i]` starts a whitespace character of `len` bytes.
+///
+/// Shared with o200k, which has the same whitespace alternatives.
+#[inline]
+pub(crate) fn whitespace_end(b: &[u8], i: usize, len: usize) -> usize {
+    let mut last_newline_end = 0; // just after the last \r or \n of the run (0: none yet)
+    let mut last = i; // start of the last whitespace character of the run
+    let mut end = i + len;
+    loop {
+        if b[last] == b'\r' || b[last] == b'\n' {
+            last_newline_end = last + 1;
+        }
+        if end >= b.len() {
+            break;
+        }
+        let (flag, next_len) = class_at(b, end);
+        if flag & SPACE == 0 {
+            break;
+        }
+        last = end;
+        end += next_len;
+    }
+    if last_newline_end > 0 {
+        // `\s*` backtracks until `[\r\n]+` matches: at the run's last newline.
+        last_newline_end
+    } else if end < b.len() && last > i {
+        // `(?!\S)` fails at the run's end, holds one character earlier.
+        last
+    } else {
+        end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scan;
+
+    fn split(text: &str) -> Vec<&str> {
+        let mut v = Vec::new();
+        scan(text, |p| v.push(p));
+        v
+    }
+
+    #[test]
+    fn tricky_cases() {
+        // Expected values are from `regex.findall(CL100K_PATTERN, text)` (regex 2026.5.9).
+        let cases: &[(&str, &[&str])] = &[
+            ("", &[]),
+            ("Hello world", &["Hello", " world"]),
+            ("I'M HE'S we'Ll", &["I", "'M", " HE", "'S", " we", "'Ll"]),
+            ("it'\u{17f}", &["it", "'\u{17f}"]),
+            ("'sa 'x", &["'s", "a", " '", "x"]),
+            ("12345 1", &["123", "45", " ", "1"]),
+            ("a  b", &["a", " ", " b"]),
+            ("a \n b", &["a", " \n", " b"]),
+            ("a \n \n  b", &["a", " \n \n", " ", " b"]),
+            ("a\r\n\r\nb", &["a", "\r\n\r\n", "b"]),
+            ("x\n\ty", &["x", "\n", "\ty"]),
+            ("x\t\ty", &["x", "\t", "\ty"]),
+            ("(abc)", &["(abc", ")"]),
+            ("..abc", &["..", "abc"]),
+            ("a.\n\nb", &["a", ".\n\n", "b"]),
+            (" .\r\n", &[" .\r\n"]),
+            ("\u{301}abc", &["\u{301}abc"]),
+            ("e\u{301}", &["e", "\u{301}"]),
+            ("\u{3000}\u{4e2d}", &["\u{3000}\u{4e2d}"]),
+            ("\na", &["\n", "a"]),
+            ("  ", &["  "]),
+            ("a  1", &["a", " ", " ", "1"]),
+            ("\u{85}\u{a0}x", &["\u{85}", "\u{a0}x"]),
+            ("x \u{2029} y", &["x", " \u{2029}", " y"]),
+            ("\u{2029}a", &["\u{2029}a"]),
+            ("'\n", &["'\n"]),
+            ("x'\u{212a}", &["x", "'\u{212a}"]),
+            ("1'S", &["1", "'S"]),
+            ("\u{1c}\u{1d}a", &["\u{1c}\u{1d}", "a"]),
+            (" !\n\n/x", &[" !\n\n", "/x"]),
+        ];
+        for (text, expect) in cases {
+            assert_eq!(split(text), *expect, "{text:?}");
+        }
     }
 }

@@ -1,7 +1,232 @@
-// TEMPORARY stand-in until the hand-written scanners land.
+//! Character classes shared by the scanners, and the ASCII restart rule.
+//!
+//! Every code point has exactly one class, stored as a one-bit flag so that a scanner tests
+//! membership in a union of classes (`\p{L}`, `[^\s\p{L}\p{N}]`, ...) with one AND. ASCII bytes
+//! are classified by a 128-entry table without decoding; only non-ASCII bytes are decoded and
+//! binary-searched in the generated range table. The tables come from Python's `regex` module
+//! (`tools/gen_unicode_tables.py`), the reference the scanners are tested against.
+
+use super::unicode_tables::{ASCII, RANGES};
+
+/// Anything not in another class: punctuation, symbols, controls, unassigned code points.
+pub(crate) const OTHER: u8 = 1 << 0;
+/// What `regex`'s `\s` matches (not the same set as `str.isspace`: U+001C..U+001F are not in it).
+pub(crate) const SPACE: u8 = 1 << 1;
+/// `\p{Lu}` and `\p{Lt}`.
+pub(crate) const UPPER: u8 = 1 << 2;
+/// `\p{Ll}`.
+pub(crate) const LOWER: u8 = 1 << 3;
+/// `\p{Lm}` and `\p{Lo}`: letters without case, which o200k counts as both upper and lower.
+pub(crate) const LETTER_OTHER: u8 = 1 << 4;
+/// `\p{M}`: not a letter, so GPT-2 and cl100k treat marks like punctuation.
+pub(crate) const MARK: u8 = 1 << 5;
+/// `\p{N}`.
+pub(crate) const NUMBER: u8 = 1 << 6;
+
+/// `\p{L}`.
+pub(crate) const LETTER: u8 = UPPER | LOWER | LETTER_OTHER;
+/// `[^\s\p{L}\p{N}]`.
+pub(crate) const PUNCT: u8 = OTHER | MARK;
+
+/// The class flag of a non-ASCII code point.
+#[inline]
+fn flag_of(cp: u32) -> u8 {
+    // RANGES starts at U+0080, so for cp >= 0x80 the partition point is at least 1.
+    let idx = RANGES.partition_point(|&r| (r >> 8) <= cp);
+    match idx.checked_sub(1).and_then(|k| RANGES.get(k)) {
+        Some(&r) => r as u8,
+        None => OTHER,
+    }
+}
+
+/// The class flag and UTF-8 length of the character starting at byte `i` of `b`.
+///
+/// `b` must be the bytes of a `str` and `i < b.len()` a char boundary: the scanners only step by
+/// lengths returned here, so both hold by construction.
+#[inline(always)]
+pub(crate) fn class_at(b: &[u8], i: usize) -> (u8, usize) {
+    let b0 = b[i];
+    if b0 < 0x80 {
+        return (ASCII[b0 as usize], 1);
+    }
+    decode_class(b, i, b0)
+}
+
+#[inline(never)]
+fn decode_class(b: &[u8], i: usize, b0: u8) -> (u8, usize) {
+    // Valid UTF-8 guarantees the continuation bytes exist; `get` keeps a corrupt slice from
+    // panicking (it then classifies as OTHER and advances one byte).
+    let cont = |k: usize| b.get(i + k).map_or(0, |&x| (x & 0x3F) as u32);
+    let (cp, len) = if b0 >= 0xF0 {
+        (
+            ((b0 as u32 & 0x07) << 18) | (cont(1) << 12) | (cont(2) << 6) | cont(3),
+            4,
+        )
+    } else if b0 >= 0xE0 {
+        (((b0 as u32 & 0x0F) << 12) | (cont(1) << 6) | cont(2), 3)
+    } else if b0 >= 0xC0 {
+        (((b0 as u32 & 0x1F) << 6) | cont(1), 2)
+    } else {
+        return (OTHER, 1);
+    };
+    (flag_of(cp), len)
+}
+
+/// End of the run of characters whose class is in `mask`, starting at byte `i`.
+#[inline(always)]
+pub(crate) fn run_end(b: &[u8], mut i: usize, mask: u8) -> usize {
+    while i < b.len() {
+        let (flag, len) = class_at(b, i);
+        if flag & mask == 0 {
+            break;
+        }
+        i += len;
+    }
+    i
+}
+
+/// Byte length of the case-insensitive contraction (`(?i:'s|'t|'re|'ve|'m|'ll|'d)`) at `i`, if any.
+///
+/// `regex`'s IGNORECASE uses simple case folding, under which the only non-ASCII character that
+/// matches one of these letters is U+017F LATIN SMALL LETTER LONG S (folds to `s`).
+#[inline]
+pub(crate) fn contraction_ci(b: &[u8], i: usize) -> usize {
+    if b.get(i) != Some(&b'\'') {
+        return 0;
+    }
+    let lower = |k: usize| b.get(i + k).map(|c| c | 0x20);
+    match lower(1) {
+        Some(b's' | b't' | b'm' | b'd') => 2,
+        Some(b'r' | b'v') if lower(2) == Some(b'e') => 3,
+        Some(b'l') if lower(2) == Some(b'l') => 3,
+        // U+017F is C5 BF in UTF-8; `| 0x20` above cannot produce it from another letter.
+        _ if b.get(i + 1) == Some(&0xC5) && b.get(i + 2) == Some(&0xBF) => 3,
+        _ => 0,
+    }
+}
+
+/// The largest restart point `p` with `0 < p <= limit` and `p < text.len()`: `text[p - 1]` is an
+/// ASCII letter or digit and `text[p]` is `' '` or `'\n'`.
+///
+/// Why this is safe for GPT-2, cl100k and o200k: no pretoken of these patterns contains an ASCII
+/// alphanumeric followed by whitespace (letters and digits end a pretoken before any space; a
+/// space only ever starts one), so the whole text has a pretoken boundary at `p`. Every
+/// alternative decides where a pretoken ends by looking at most at the character after it, and
+/// here that character is a space, which stops letter, digit and contraction runs exactly as the
+/// end of the text does; so `text[..p]` scans to the same pretokens. Scanning is left to right,
+/// so `text[p..]` gives the rest.
 pub(crate) fn last_ascii_restart_point(text: &[u8], limit: usize) -> Option<usize> {
+    // p < text.len() so that text[p] exists; p <= limit.
     let hi = limit.min(text.len().checked_sub(1)?);
-    (1..=hi)
-        .rev()
-        .find(|&p| text[p - 1].is_ascii_alphanumeric() && (text[p] == b' ' || text[p] == b'\n'))
+    let mut end = hi + 1; // search text[..end] for the space at p
+    while let Some(p) = memchr::memrchr2(b' ', b'\n', &text[..end]) {
+        if p == 0 {
+            return None;
+        }
+        if text[p - 1].is_ascii_alphanumeric() {
+            return Some(p);
+        }
+        end = p;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_classes() {
+        for (i, &flag) in ASCII.iter().enumerate() {
+            let c = i as u8;
+            let expect = if c.is_ascii_uppercase() {
+                UPPER
+            } else if c.is_ascii_lowercase() {
+                LOWER
+            } else if c.is_ascii_digit() {
+                NUMBER
+            } else if matches!(c, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
+                SPACE
+            } else {
+                OTHER
+            };
+            assert_eq!(flag, expect, "byte {i:#04x}");
+        }
+    }
+
+    #[test]
+    fn non_ascii_classes() {
+        let cases = [
+            ('\u{0085}', SPACE),
+            ('\u{00A0}', SPACE),
+            ('\u{001C}', OTHER),
+            ('\u{3000}', SPACE),
+            ('\u{2028}', SPACE),
+            ('\u{180E}', OTHER),
+            ('\u{200B}', OTHER),
+            ('é', LOWER),
+            ('É', UPPER),
+            ('ǅ', UPPER),
+            ('ſ', LOWER),
+            ('ʰ', LETTER_OTHER),
+            ('中', LETTER_OTHER),
+            ('\u{0301}', MARK),
+            ('\u{0903}', MARK),
+            ('²', NUMBER),
+            ('Ⅻ', NUMBER),
+            ('٣', NUMBER),
+            ('😀', OTHER),
+            ('𝐀', UPPER),
+            ('\u{10FFFF}', OTHER),
+            ('\u{E0100}', MARK),
+        ];
+        for (ch, expect) in cases {
+            let s = ch.to_string();
+            assert_eq!(class_at(s.as_bytes(), 0), (expect, s.len()), "{ch:?}");
+        }
+    }
+
+    #[test]
+    fn ranges_are_sorted() {
+        assert!(RANGES.windows(2).all(|w| (w[0] >> 8) < (w[1] >> 8)));
+        assert_eq!(RANGES[0] >> 8, 0x80);
+        for r in RANGES {
+            assert_eq!((r as u8).count_ones(), 1);
+        }
+    }
+
+    #[test]
+    fn contractions() {
+        let cases = [
+            ("'s", 2),
+            ("'S", 2),
+            ("'ſ", 3),
+            ("'re", 3),
+            ("'rE", 3),
+            ("'r", 0),
+            ("'LL", 3),
+            ("'l", 0),
+            ("'x", 0),
+            ("'", 0),
+            ("s", 0),
+            ("'\u{212A}", 0),
+        ];
+        for (s, n) in cases {
+            assert_eq!(contraction_ci(s.as_bytes(), 0), n, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn restart_point_basics() {
+        let t = b"ab cd\nef";
+        assert_eq!(last_ascii_restart_point(t, 100), Some(5));
+        assert_eq!(last_ascii_restart_point(t, 4), Some(2));
+        assert_eq!(last_ascii_restart_point(t, 1), None);
+        assert_eq!(last_ascii_restart_point(b"a  b", 100), Some(1));
+        assert_eq!(last_ascii_restart_point(b"a ", 100), Some(1));
+        assert_eq!(last_ascii_restart_point(b"a", 100), None);
+        assert_eq!(last_ascii_restart_point(b"", 100), None);
+        assert_eq!(last_ascii_restart_point(b" a", 100), None);
+        assert_eq!(last_ascii_restart_point(b"!! ", 100), None);
+    }
 }

@@ -13,6 +13,7 @@ mod cl100k;
 mod classes;
 mod gpt2;
 mod o200k;
+mod unicode_tables;
 
 use crate::error::{Error, Result};
 
@@ -129,5 +130,167 @@ impl Pattern {
             }
             Pattern::Regex { .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pieces that exercise every alternative of the three patterns, including the backtracking
+    /// ones, plus words followed by spaces and newlines to create restart points.
+    const PIECES: &[&str] = &[
+        " ",
+        " ",
+        "  ",
+        "\t",
+        "\r",
+        "\n",
+        "\r\n",
+        "\x0b",
+        "\u{85}",
+        "\u{a0}",
+        "\u{3000}",
+        "'",
+        "'s",
+        "'S",
+        "'\u{17f}",
+        "'ll",
+        "'Re",
+        "'d",
+        "a",
+        "Z",
+        "abc",
+        "ABC",
+        "\u{1c5}",
+        "\u{2b0}",
+        "\u{e9}",
+        "\u{c9}",
+        "\u{4e2d}",
+        "\u{301}",
+        "\u{903}",
+        "0",
+        "1234",
+        "\u{663}",
+        "\u{b2}",
+        ".",
+        "!?",
+        "/",
+        "\u{bf}",
+        "\u{1f600}",
+        "a ",
+        "Z\n",
+        "9 ",
+        "x\n\n",
+        "b  ",
+        "q\t",
+    ];
+
+    /// A small deterministic PRNG (xorshift64*), enough to drive property tests without a dep.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+        }
+
+        fn text(&mut self) -> String {
+            let n = self.below(30);
+            (0..n).map(|_| PIECES[self.below(PIECES.len())]).collect()
+        }
+    }
+
+    fn patterns() -> [Pattern; 3] {
+        [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k]
+    }
+
+    fn is_candidate(b: &[u8], p: usize) -> bool {
+        p > 0 && p < b.len() && b[p - 1].is_ascii_alphanumeric() && matches!(b[p], b' ' | b'\n')
+    }
+
+    #[test]
+    fn pretokens_tile_the_text() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..2000 {
+            let text = rng.text();
+            for pattern in patterns() {
+                let pieces = pattern.split(&text);
+                assert!(pieces.iter().all(|p| !p.is_empty()), "{text:?}");
+                assert_eq!(pieces.concat(), text, "{}", pattern.name());
+            }
+        }
+    }
+
+    /// The scanners against `fancy_regex` running the published regexes. Its Unicode tables are
+    /// not Python's (the reference, see tests/tokenizer/test_pretokenize.py), but on `PIECES`,
+    /// old and stable characters all, both engines agree.
+    #[test]
+    fn scanners_match_fancy_regex() {
+        let mut rng = Rng(0x5EED_1234_ABCD_0042);
+        for pattern in patterns() {
+            let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
+            for _ in 0..1000 {
+                let text = rng.text();
+                let want: Vec<&str> = regex
+                    .find_iter(&text)
+                    .map(|m| m.expect("no backtrack limit on short text").as_str())
+                    .collect();
+                assert_eq!(pattern.split(&text), want, "{}: {text:?}", pattern.name());
+            }
+        }
+    }
+
+    #[test]
+    fn restart_points_split_cleanly() {
+        let mut rng = Rng(0x0123_4567_89AB_CDEF);
+        let mut checked = 0;
+        for _ in 0..3000 {
+            let text = rng.text();
+            let b = text.as_bytes();
+            for pattern in patterns() {
+                let whole = pattern.split(&text);
+                for p in (1..b.len()).filter(|&p| is_candidate(b, p)) {
+                    let mut parts = pattern.split(&text[..p]);
+                    parts.extend(pattern.split(&text[p..]));
+                    assert_eq!(parts, whole, "{} cut at {p}: {text:?}", pattern.name());
+                    checked += 1;
+                }
+            }
+            // The function returns the largest candidate at or below every limit.
+            for limit in 0..=b.len() + 1 {
+                let want = (1..=limit.min(b.len())).rev().find(|&p| is_candidate(b, p));
+                assert_eq!(
+                    Pattern::Gpt2.last_restart_point(b, limit),
+                    want,
+                    "limit {limit}: {text:?}"
+                );
+            }
+        }
+        assert!(
+            checked > 1000,
+            "too few restart points exercised: {checked}"
+        );
+    }
+
+    #[test]
+    fn names_and_sources() {
+        for (name, source) in [
+            ("gpt2", GPT2_PATTERN),
+            ("cl100k", CL100K_PATTERN),
+            ("o200k", O200K_PATTERN),
+        ] {
+            let by_name = Pattern::new(name).expect("built-in name");
+            let by_source = Pattern::new(source).expect("built-in source");
+            assert_eq!(by_name.name(), name);
+            assert_eq!(by_source.name(), name);
+            assert_eq!(by_name.regex_source(), source);
+        }
+        assert!(Pattern::new("").is_err());
+        assert!(
+            Pattern::last_restart_point(&Pattern::new(r"\w+").expect("regex"), b"a b", 9).is_none()
+        );
     }
 }
