@@ -76,8 +76,11 @@ fn train_info<'py>(
     py: Python<'py>,
     t: &Trained,
     counts: (u64, u64, u64),
+    seconds: (f64, f64),
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
+    d.set_item("seconds_count", seconds.0)?;
+    d.set_item("seconds_merge", seconds.1)?;
     d.set_item("bytes", counts.0)?;
     d.set_item("pretokens", counts.1)?;
     d.set_item("unique_pretokens", counts.2)?;
@@ -94,6 +97,7 @@ struct TrainSetup {
     pattern: Pattern,
     pool: rayon::ThreadPool,
     progress: bool,
+    started: std::time::Instant,
 }
 
 impl TrainSetup {
@@ -115,6 +119,7 @@ impl TrainSetup {
             pattern,
             pool,
             progress,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -125,6 +130,7 @@ impl TrainSetup {
         counts: PretokenCounts,
     ) -> PyResult<(CoreTokenizer, Bound<'py, PyDict>)> {
         let stats = (counts.bytes, counts.total(), counts.len() as u64);
+        let counted = std::time::Instant::now();
         let mut interrupt: Option<PyErr> = None;
         let trained = py.detach(|| {
             let mut check = || {
@@ -147,7 +153,11 @@ impl TrainSetup {
             return Err(e);
         }
         let trained = trained.map_err(to_py_err)?;
-        let info = train_info(py, &trained, stats)?;
+        let seconds = (
+            (counted - self.started).as_secs_f64(),
+            counted.elapsed().as_secs_f64(),
+        );
+        let info = train_info(py, &trained, stats, seconds)?;
         let inner = Tokenizer::new(trained.vocab, self.pattern).map_err(to_py_err)?;
         Ok((CoreTokenizer { inner }, info))
     }

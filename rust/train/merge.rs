@@ -20,13 +20,7 @@ use rustc_hash::FxHashMap;
 use crate::error::Result;
 use crate::progress::Bar;
 
-type Pair = (u32, u32);
-
-/// A unique pretoken as a sequence of token ids, and how often it occurs.
-pub struct Word {
-    pub symbols: Vec<u32>,
-    pub count: u64,
-}
+use super::words::{Pair, Words};
 
 /// The learned merges.
 pub struct Merges {
@@ -71,20 +65,21 @@ impl Eq for Entry {}
 type PairStats = (FxHashMap<Pair, u64>, FxHashMap<Pair, Vec<u32>>);
 
 /// Counts every adjacent pair and indexes which words hold it (in parallel on the current pool).
-fn index_pairs(words: &[Word]) -> PairStats {
+fn index_pairs(words: &Words) -> PairStats {
     words
+        .starts()
         .par_iter()
-        .enumerate()
-        .fold(PairStats::default, |(mut counts, mut index), (i, w)| {
-            let mut pairs: Vec<Pair> = w.symbols.windows(2).map(|p| (p[0], p[1])).collect();
+        .fold(PairStats::default, |(mut counts, mut index), &start| {
+            let (count, symbols) = words.get(start);
+            let mut pairs: Vec<Pair> = symbols.windows(2).map(|p| (p[0], p[1])).collect();
             for &pair in &pairs {
-                *counts.entry(pair).or_insert(0) += w.count;
+                *counts.entry(pair).or_insert(0) += count;
             }
             // A word is listed once per pair even when the pair repeats in it.
             pairs.sort_unstable();
             pairs.dedup();
             for pair in pairs {
-                index.entry(pair).or_default().push(i as u32);
+                index.entry(pair).or_default().push(start);
             }
             (counts, index)
         })
@@ -99,28 +94,10 @@ fn index_pairs(words: &[Word]) -> PairStats {
         })
 }
 
-/// Replaces every non-overlapping `(a, b)`, left to right, by `new`. Returns whether any was.
-fn merge_word(symbols: &mut Vec<u32>, (a, b): Pair, new: u32) -> bool {
-    let n = symbols.len();
-    let (mut read, mut write) = (0, 0);
-    while read < n {
-        if read + 1 < n && symbols[read] == a && symbols[read + 1] == b {
-            symbols[write] = new;
-            read += 2;
-        } else {
-            symbols[write] = symbols[read];
-            read += 1;
-        }
-        write += 1;
-    }
-    symbols.truncate(write);
-    write < n
-}
-
 /// Learns up to `n_merges` merges from `words`, indexing pairs on `pool`. `check` runs every few
 /// hundred merges and may stop the loop with an error (the Python bindings use it for Ctrl-C).
 pub fn learn_merges(
-    mut words: Vec<Word>,
+    mut words: Words,
     n_merges: usize,
     pool: &rayon::ThreadPool,
     bar: &Bar,
@@ -139,8 +116,8 @@ pub fn learn_merges(
         .map(|(&p, &c)| entry(c, p, &token_bytes))
         .collect();
     let mut merges = Vec::with_capacity(n_merges);
-    let mut delta: FxHashMap<Pair, i128> = FxHashMap::default();
     let mut new_pairs: Vec<Pair> = Vec::new();
+    let mut touched: Vec<Pair> = Vec::new();
     while merges.len() < n_merges {
         let Some(top) = heap.pop() else { break };
         let current = counts.get(&top.pair).copied().unwrap_or(0);
@@ -154,43 +131,39 @@ pub fn learn_merges(
         let new = token_bytes.len() as u32;
         token_bytes.push([&top.left[..], &top.right[..]].concat().into());
         merges.push(pair);
-        delta.clear();
+        touched.clear();
+        // Words listed for `pair` that no longer hold it (the index is never pruned) report
+        // nothing from `Words::merge`.
         for &wi in index.remove(&pair).unwrap_or_default().iter() {
-            let w = &mut words[wi as usize];
-            let count = i128::from(w.count);
-            for p in w.symbols.windows(2) {
-                *delta.entry((p[0], p[1])).or_insert(0) -= count;
-            }
-            if !merge_word(&mut w.symbols, pair, new) {
-                for p in w.symbols.windows(2) {
-                    *delta.entry((p[0], p[1])).or_insert(0) += count;
-                }
-                continue;
-            }
+            let count = words.get(wi).0;
             new_pairs.clear();
-            for p in w.symbols.windows(2) {
-                let q = (p[0], p[1]);
-                *delta.entry(q).or_insert(0) += count;
-                if (q.0 == new || q.1 == new) && !new_pairs.contains(&q) {
-                    new_pairs.push(q);
+            words.merge(wi, pair, new, |q, appears| {
+                if appears {
+                    *counts.entry(q).or_insert(0) += count;
+                    if !new_pairs.contains(&q) {
+                        new_pairs.push(q);
+                    }
+                } else if let Some(c) = counts.get_mut(&q) {
+                    // This word contributed `count` to `q`, so the total cannot underflow.
+                    debug_assert!(*c >= count);
+                    *c = c.saturating_sub(count);
+                    if *c == 0 {
+                        counts.remove(&q);
+                    }
                 }
-            }
+            });
             for &q in &new_pairs {
                 index.entry(q).or_default().push(wi);
             }
+            touched.extend_from_slice(&new_pairs);
         }
-        for (&q, &d) in &delta {
-            if d == 0 {
-                continue;
-            }
-            let c = counts.entry(q).or_insert(0);
-            // Counts stay exact: a pair's total is the sum over words, and each word's old pairs
-            // were subtracted before its new pairs were added.
-            *c = u64::try_from(i128::from(*c) + d).unwrap_or(0);
-            if *c == 0 {
-                counts.remove(&q);
-            } else if q.0 == new || q.1 == new {
-                heap.push(entry(*c, q, &token_bytes));
+        // Only pairs holding `new` gained counts; all others only lost some, and their stale
+        // heap entries are refreshed when popped.
+        touched.sort_unstable();
+        touched.dedup();
+        for &q in &touched {
+            if let Some(&c) = counts.get(&q) {
+                heap.push(entry(c, q, &token_bytes));
             }
         }
         bar.inc(1);
@@ -217,13 +190,12 @@ mod tests {
             .unwrap()
     }
 
-    fn words(list: &[(&str, u64)]) -> Vec<Word> {
-        list.iter()
-            .map(|&(s, c)| Word {
-                symbols: s.bytes().map(u32::from).collect(),
-                count: c,
-            })
-            .collect()
+    fn words(list: &[(&str, u64)]) -> Words {
+        let mut w = Words::with_capacity(list.len(), 0);
+        for &(s, c) in list {
+            w.push(s.as_bytes(), c).unwrap();
+        }
+        w
     }
 
     fn learn(list: &[(&str, u64)], n: usize) -> Vec<(String, String)> {

@@ -9,13 +9,15 @@
 
 pub mod count;
 pub mod merge;
+pub mod words;
 
 pub use count::PretokenCounts;
 
 use crate::error::{Error, Result};
 use crate::progress::Bar;
 use crate::vocab::Vocab;
-use merge::{learn_merges, Word};
+use merge::learn_merges;
+use words::Words;
 
 /// A trained vocabulary and whether the corpus ran out of pairs before reaching the size asked.
 pub struct Trained {
@@ -56,13 +58,16 @@ pub fn train_from_counts(
     if counts.is_empty() {
         return Err(Error::EmptyCorpus(format!("{} input bytes", counts.bytes)));
     }
-    let words: Vec<Word> = counts
-        .iter()
-        .map(|(text, count)| Word {
-            symbols: text.bytes().map(u32::from).collect(),
-            count,
-        })
-        .collect();
+    let mut symbols = 0;
+    counts.for_each(|bytes, _| symbols += bytes.len());
+    let mut words = Words::with_capacity(counts.len(), symbols);
+    let mut pushed = Ok(());
+    counts.for_each(|bytes, count| {
+        if pushed.is_ok() {
+            pushed = words.push(bytes, count);
+        }
+    });
+    pushed?;
     drop(counts);
     let bar = Bar::new(progress, "merge", Some(n_merges as u64), false);
     let learned = learn_merges(words, n_merges, pool, &bar, check)?;
