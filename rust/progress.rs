@@ -15,9 +15,9 @@ impl Bar {
         }
         let template = match (total, bytes) {
             (Some(_), true) => "{msg:>10} [{bar:32}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-            (Some(_), false) => "{msg:>10} [{bar:32}] {human_pos}/{human_len} {per_sec} eta {eta}",
+            (Some(_), false) => "{msg:>10} [{bar:32}] {human_pos}/{human_len} eta {eta}",
             (None, true) => "{msg:>10} {spinner} {binary_bytes} {binary_bytes_per_sec}",
-            (None, false) => "{msg:>10} {spinner} {human_pos} {per_sec}",
+            (None, false) => "{msg:>10} {spinner} {human_pos}",
         };
         let style = ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -49,9 +49,13 @@ impl Bar {
         }
     }
 
+    /// Draws the final state and ends the line, so the next phase's bar starts below it.
     pub fn finish(&self) {
         if let Some(b) = &self.0 {
             b.finish();
+            if !b.is_hidden() {
+                eprintln!();
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::parallel::thread_pool;
 use crate::pretokenize::Pattern;
 use crate::progress::Bar;
 use crate::special::Specials;
-use crate::train::{count::total_size, train_from_counts, PretokenCounts, Trained};
+use crate::train::{train_from_counts, PretokenCounts, Trained};
 use crate::vocab::Vocab;
 
 pyo3::create_exception!(
@@ -203,14 +203,11 @@ impl CoreTokenizer {
         let setup = TrainSetup::new(vocab_size, special_tokens, pattern, num_threads, progress)?;
         let counts = py
             .detach(|| {
-                let total = total_size(&paths)?;
-                let bar = Bar::new(progress, "pretokenize", Some(total), true);
                 let mut counts = PretokenCounts::new();
                 let (pat, specials) = (&setup.pattern, &setup.specials);
                 setup
                     .pool
-                    .install(|| counts.add_files(&paths, pat, specials, policy, &bar))?;
-                bar.finish();
+                    .install(|| counts.add_files(&paths, pat, specials, policy, progress))?;
                 if counts.is_empty() {
                     let names: Vec<String> =
                         paths.iter().map(|p| p.display().to_string()).collect();

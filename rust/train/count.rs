@@ -6,11 +6,13 @@
 //! Counts are u64 (a 100 GB corpus overflows u32 counts of frequent pretokens).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use crate::corpus::{check_file, ChunkReader, Cutter, Utf8Policy};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pretokenize::Pattern;
 use crate::progress::Bar;
 use crate::special::{Segment, Specials};
@@ -98,7 +100,7 @@ type ShortMap = hashbrown::HashMap<ShortKey, u64, std::hash::BuildHasherDefault<
 
 /// Bytes per chunk handed to one worker: large enough to amortise scheduling, small enough that
 /// a few per thread stay cheap in memory.
-pub const CHUNK_BYTES: usize = 4 << 20;
+pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// Unique pretokens of a corpus and how often each occurs.
 #[derive(Default, Debug, Clone)]
@@ -216,35 +218,57 @@ impl PretokenCounts {
         self.merge(counted);
     }
 
-    /// Streams `paths` in chunks and counts them in parallel on the current rayon pool.
+    /// Streams `paths` in chunks and counts them on every thread of the current rayon pool.
     pub fn add_files(
         &mut self,
         paths: &[PathBuf],
         pattern: &Pattern,
         specials: &Specials,
         policy: Utf8Policy,
-        bar: &Bar,
+        progress: bool,
     ) -> Result<()> {
+        let bar = Bar::new(progress, "pretokenize", Some(total_size(paths)?), true);
         let cutter = Cutter { pattern, specials };
         let mut readers = Vec::with_capacity(paths.len());
         for p in paths {
             readers.push(ChunkReader::open(p, cutter, policy, CHUNK_BYTES)?);
         }
-        let counted = readers
-            .into_iter()
-            .flatten()
-            .par_bridge()
-            .try_fold(PretokenCounts::new, |mut acc, chunk| {
-                let chunk = chunk?;
+        // One accumulator per thread, pulling chunks from a shared reader: memory is one map and
+        // one chunk per thread, however many chunks the corpus has.
+        let source = Mutex::new(readers.into_iter().flatten());
+        let stop = AtomicBool::new(false);
+        let parts: Vec<Result<PretokenCounts>> = rayon::broadcast(|_| {
+            let mut acc = PretokenCounts::new();
+            while !stop.load(Ordering::Relaxed) {
+                let next = match source.lock() {
+                    Ok(mut chunks) => chunks.next(),
+                    Err(_) => None, // another worker panicked; rayon re-raises it
+                };
+                let chunk = match next {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(e)) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    None => break,
+                };
                 acc.add_text(&chunk.text, pattern, specials);
                 acc.bytes += chunk.bytes; // input bytes, before any U+FFFD replacement
                 bar.inc(chunk.bytes);
-                Ok::<_, Error>(acc)
-            })
-            .try_reduce(PretokenCounts::new, |mut a, b| {
+            }
+            Ok(acc)
+        });
+        bar.finish();
+        let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
+        let merging = Bar::new(progress, "count", None, false);
+        let counted = parts
+            .into_par_iter()
+            .reduce(PretokenCounts::new, |mut a, b| {
                 a.merge(b);
-                Ok(a)
-            })?;
+                merging.inc(1);
+                a
+            });
+        merging.finish();
         self.merge(counted);
         Ok(())
     }

@@ -94,7 +94,7 @@ def test_threads_do_not_change_the_result(sample_corpus):
 
 @pytest.mark.parametrize("pattern", ["gpt2", "o200k", r"\p{L}+|\s+|[^\s\p{L}]+"])
 def test_streamed_chunks_equal_whole_text(tmp_path, pattern):
-    """A file of several 4 MiB chunks trains exactly like the same text held whole."""
+    """A file of several 1 MiB chunks trains exactly like the same text held whole."""
     try:
         text = read_shared_text("stories/valid.txt.xz", 10_000_000)
     except pytest.skip.Exception:
