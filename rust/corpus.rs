@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::pretokenize::Pattern;
@@ -63,36 +64,50 @@ pub struct Cutter<'a> {
 impl Cutter<'_> {
     /// The last position `p` in `buf` (0 < p < buf.len()) where `buf[..p]` can be processed now,
     /// whatever bytes later follow `buf`. `None` when there is none yet: read more.
+    ///
+    /// Prefers the pattern's last restart point that no special-token occurrence straddles (a
+    /// look at a few bytes around it, so cutting costs nothing next to scanning); falls back
+    /// to the end of the last special token when the pattern has no restart point there.
     pub fn cut(&self, buf: &[u8]) -> Option<usize> {
         // A special token that starts before `limit` lies wholly inside `buf`, and the matcher
         // decides it exactly as it would on the whole stream.
         let limit = buf.len().checked_sub(self.specials.max_len().max(1))?;
-        let matches = self.specials.find_all(buf);
-        let by_pattern = self.pattern.last_restart_point(buf, limit).map(|p| {
-            // Never cut inside a special token; its start is a boundary too.
-            match matches.iter().find(|&&(s, e)| s < p && p < e) {
-                Some(&(s, _)) => s,
-                None => p,
+        let mut hi = limit;
+        while let Some(p) = self.pattern.last_restart_point(buf, hi) {
+            if !self.specials.overlaps(buf, p) {
+                return Some(p);
             }
-        });
-        let by_special = matches.iter().rev().map(|&(_, e)| e).find(|&e| e <= limit);
-        by_pattern.max(by_special).filter(|&p| p > 0)
+            hi = p - 1;
+        }
+        let ends = self.specials.find_all(buf);
+        ends.iter()
+            .rev()
+            .map(|&(_, e)| e)
+            .find(|&e| 0 < e && e <= limit)
     }
 }
 
-/// A chunk of a corpus: its text and how many input bytes it covered.
+/// A chunk of a corpus as read: raw bytes, their offset in the source, and the source's name.
+/// Decoding is left to the worker that takes it, so UTF-8 validation runs in parallel.
 pub struct Chunk {
-    pub text: String,
-    pub bytes: u64,
+    pub bytes: Vec<u8>,
+    pub offset: u64,
+    pub source: Arc<str>,
+}
+
+impl Chunk {
+    /// The chunk's text under `policy`.
+    pub fn decode(self, policy: Utf8Policy) -> Result<String> {
+        policy.decode(self.bytes, &self.source, self.offset)
+    }
 }
 
 /// Reads one file as a sequence of independently pretokenizable chunks.
 pub struct ChunkReader<'a> {
     path: PathBuf,
-    name: String,
+    name: Arc<str>,
     file: File,
     cutter: Cutter<'a>,
-    policy: Utf8Policy,
     block: usize,
     buf: Vec<u8>,
     offset: u64,
@@ -113,15 +128,14 @@ pub fn check_file(path: &Path) -> Result<u64> {
 
 impl<'a> ChunkReader<'a> {
     /// Opens `path`; chunks are about `block` bytes.
-    pub fn open(path: &Path, cutter: Cutter<'a>, policy: Utf8Policy, block: usize) -> Result<Self> {
+    pub fn open(path: &Path, cutter: Cutter<'a>, block: usize) -> Result<Self> {
         check_file(path)?;
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(ChunkReader {
             path: path.to_path_buf(),
-            name: path.display().to_string(),
+            name: path.display().to_string().into(),
             file,
             cutter,
-            policy,
             block: block.max(1),
             buf: Vec::new(),
             offset: 0,
@@ -170,13 +184,13 @@ impl<'a> ChunkReader<'a> {
             return Ok(None);
         }
         let rest = self.buf.split_off(cut);
-        let bytes = std::mem::replace(&mut self.buf, rest);
-        let text = self.policy.decode(bytes, &self.name, self.offset)?;
+        let chunk = Chunk {
+            bytes: std::mem::replace(&mut self.buf, rest),
+            offset: self.offset,
+            source: self.name.clone(),
+        };
         self.offset += cut as u64;
-        Ok(Some(Chunk {
-            text,
-            bytes: cut as u64,
-        }))
+        Ok(Some(chunk))
     }
 }
 
@@ -196,7 +210,9 @@ mod tests {
     fn chunks_of(content: &[u8], specials: &[&str], block: usize) -> Result<Vec<String>> {
         let dir = std::env::temp_dir().join(format!("lmforge-corpus-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("f{block}-{}.txt", content.len()));
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("f{id}.txt"));
         std::fs::File::create(&path)
             .unwrap()
             .write_all(content)
@@ -207,8 +223,8 @@ mod tests {
             pattern: &pattern,
             specials: &specials,
         };
-        let out = ChunkReader::open(&path, cutter, Utf8Policy::Strict, block)?
-            .map(|c| c.map(|c| c.text))
+        let out = ChunkReader::open(&path, cutter, block)?
+            .map(|c| c.and_then(|c| c.decode(Utf8Policy::Strict)))
             .collect();
         std::fs::remove_file(&path).unwrap();
         out
@@ -237,6 +253,44 @@ mod tests {
                 })
                 .collect();
             assert_eq!(parts, whole, "block {block}");
+        }
+    }
+
+    #[test]
+    fn random_texts_with_overlapping_specials_split_identically() {
+        use crate::special::Segment;
+        let specials_list = ["<|a|>", "<|a|><|b|>", "|>x", "a b"];
+        let specials =
+            Specials::new(specials_list.iter().map(|s| s.to_string()).collect()).unwrap();
+        let pattern = Pattern::new("gpt2").unwrap();
+        let pieces = [
+            "a", "b", " ", "\n", "x", "<|a|>", "<|b|>", "|>", "1", "é", "  ",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let split = |text: &str| {
+            let mut out = Vec::new();
+            specials.split(text, |seg| match seg {
+                Segment::Text(t) => out.extend(pattern.split(t).into_iter().map(str::to_string)),
+                Segment::Special(i) => out.push(format!("<special {i}>")),
+            });
+            out
+        };
+        for _ in 0..300 {
+            let n = (next() % 60) as usize;
+            let text: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            let block = 1 + (next() % 12) as usize;
+            let chunks = chunks_of(text.as_bytes(), &specials_list, block).unwrap();
+            assert_eq!(chunks.concat(), text);
+            let parts: Vec<String> = chunks.iter().flat_map(|c| split(c)).collect();
+            assert_eq!(parts, split(&text), "{text:?} block {block}");
         }
     }
 

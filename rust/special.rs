@@ -21,6 +21,8 @@ pub enum Segment<'a> {
 pub struct Specials {
     tokens: Vec<String>,
     matcher: Option<AhoCorasick>,
+    /// Finds every occurrence, overlapping ones included (for `overlaps`).
+    every: Option<AhoCorasick>,
     max_len: usize,
 }
 
@@ -39,19 +41,23 @@ impl Specials {
                 )));
             }
         }
-        let matcher = if tokens.is_empty() {
-            None
-        } else {
-            let ac = AhoCorasickBuilder::new()
-                .match_kind(MatchKind::LeftmostLongest)
+        let build = |kind| {
+            if tokens.is_empty() {
+                return Ok(None);
+            }
+            AhoCorasickBuilder::new()
+                .match_kind(kind)
                 .build(&tokens)
-                .map_err(|e| Error::InvalidArgument(format!("special tokens: {e}")))?;
-            Some(ac)
+                .map(Some)
+                .map_err(|e| Error::InvalidArgument(format!("special tokens: {e}")))
         };
+        let matcher = build(MatchKind::LeftmostLongest)?;
+        let every = build(MatchKind::Standard)?;
         let max_len = tokens.iter().map(String::len).max().unwrap_or(0);
         Ok(Specials {
             tokens,
             matcher,
+            every,
             max_len,
         })
     }
@@ -92,6 +98,20 @@ impl Specials {
         }
     }
 
+    /// Whether any occurrence of a special token in `bytes`, counting overlapping and shadowed
+    /// ones, strictly contains position `p` (starts before it and ends after it). Looks only at
+    /// the `max_len` bytes on either side of `p`.
+    pub fn overlaps(&self, bytes: &[u8], p: usize) -> bool {
+        let Some(every) = &self.every else {
+            return false;
+        };
+        let lo = p.saturating_sub(self.max_len - 1);
+        let hi = (p + self.max_len - 1).min(bytes.len());
+        every
+            .find_overlapping_iter(&bytes[lo..hi])
+            .any(|m| lo + m.start() < p && p < lo + m.end())
+    }
+
     /// Byte ranges `(start, end)` of the special-token occurrences in `bytes`.
     pub fn find_all(&self, bytes: &[u8]) -> Vec<(usize, usize)> {
         match &self.matcher {
@@ -118,6 +138,17 @@ mod tests {
     fn longest_overlapping_special_wins() {
         let s = Specials::new(vec!["<|a|>".into(), "<|a|><|b|>".into()]).unwrap();
         assert_eq!(pieces(&s, "x<|a|><|b|>y<|a|>"), ["x", "<1>", "y", "<0>"]);
+    }
+
+    #[test]
+    fn overlaps_sees_every_occurrence_near_p() {
+        let s = Specials::new(vec!["<|a|>".into(), "|>x".into()]).unwrap();
+        let text = b"ab <|a|>x cd";
+        assert!(s.overlaps(text, 5)); // inside <|a|>
+        assert!(s.overlaps(text, 8)); // inside the shadowed "|>x"
+        assert!(!s.overlaps(text, 3)); // at the start of <|a|>
+        assert!(!s.overlaps(text, 9));
+        assert!(!Specials::new(vec![]).unwrap().overlaps(text, 5));
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl PretokenCounts {
         let cutter = Cutter { pattern, specials };
         let mut readers = Vec::with_capacity(paths.len());
         for p in paths {
-            readers.push(ChunkReader::open(p, cutter, policy, CHUNK_BYTES)?);
+            readers.push(ChunkReader::open(p, cutter, CHUNK_BYTES)?);
         }
         // One accumulator per thread, pulling chunks from a shared reader: memory is one map and
         // one chunk per thread, however many chunks the corpus has.
@@ -244,17 +244,18 @@ impl PretokenCounts {
                     Ok(mut chunks) => chunks.next(),
                     Err(_) => None, // another worker panicked; rayon re-raises it
                 };
-                let chunk = match next {
-                    Some(Ok(chunk)) => chunk,
-                    Some(Err(e)) => {
+                let Some(chunk) = next else { break };
+                let size = chunk.as_ref().map_or(0, |c| c.bytes.len() as u64);
+                let text = match chunk.and_then(|c| c.decode(policy)) {
+                    Ok(text) => text,
+                    Err(e) => {
                         stop.store(true, Ordering::Relaxed);
                         return Err(e);
                     }
-                    None => break,
                 };
-                acc.add_text(&chunk.text, pattern, specials);
-                acc.bytes += chunk.bytes; // input bytes, before any U+FFFD replacement
-                bar.inc(chunk.bytes);
+                acc.add_text(&text, pattern, specials);
+                acc.bytes += size; // input bytes, before any U+FFFD replacement
+                bar.inc(size);
             }
             Ok(acc)
         });
