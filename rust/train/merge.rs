@@ -94,6 +94,57 @@ fn index_pairs(words: &Words) -> PairStats {
         })
 }
 
+/// Merges with at least this many candidate words are applied in parallel.
+const PARALLEL_WORDS: usize = 4096;
+
+/// Adds `delta` to the count of `pair`, dropping pairs that reach zero.
+#[inline]
+fn apply_delta(counts: &mut FxHashMap<Pair, u64>, pair: Pair, delta: i128) {
+    let c = counts.entry(pair).or_insert(0);
+    // Exact: a word only ever loses pairs it holds, so no total goes below zero.
+    debug_assert!(i128::from(*c) + delta >= 0);
+    *c = u64::try_from(i128::from(*c) + delta).unwrap_or(0);
+    if *c == 0 {
+        counts.remove(&pair);
+    }
+}
+
+type Appeared = Vec<(Pair, u32)>;
+
+/// Merges `pair` in the words at `starts` (ascending, distinct) on the current pool. Returns the
+/// net change of every pair count and, for each word, the new pairs that appeared in it.
+fn merge_parallel(
+    words: &mut Words,
+    starts: &[u32],
+    pair: Pair,
+    new: u32,
+) -> (FxHashMap<Pair, i128>, Appeared) {
+    words
+        .views_mut(starts)
+        .into_par_iter()
+        .fold(
+            <(FxHashMap<Pair, i128>, Appeared)>::default,
+            |(mut delta, mut appeared), mut w| {
+                let (count, start) = (i128::from(w.count()), w.start);
+                let first = appeared.len();
+                w.merge(pair, new, |q, appears| {
+                    *delta.entry(q).or_insert(0) += if appears { count } else { -count };
+                    if appears && !appeared[first..].iter().any(|&(p, _)| p == q) {
+                        appeared.push((q, start));
+                    }
+                });
+                (delta, appeared)
+            },
+        )
+        .reduce(Default::default, |(mut d1, mut a1), (d2, mut a2)| {
+            for (q, d) in d2 {
+                *d1.entry(q).or_insert(0) += d;
+            }
+            a1.append(&mut a2);
+            (d1, a1)
+        })
+}
+
 /// Learns up to `n_merges` merges from `words`, indexing pairs on `pool`. `check` runs every few
 /// hundred merges and may stop the loop with an error (the Python bindings use it for Ctrl-C).
 pub fn learn_merges(
@@ -133,29 +184,38 @@ pub fn learn_merges(
         merges.push(pair);
         touched.clear();
         // Words listed for `pair` that no longer hold it (the index is never pruned) report
-        // nothing from `Words::merge`.
-        for &wi in index.remove(&pair).unwrap_or_default().iter() {
-            let count = words.get(wi).0;
-            new_pairs.clear();
-            words.merge(wi, pair, new, |q, appears| {
-                if appears {
-                    *counts.entry(q).or_insert(0) += count;
-                    if !new_pairs.contains(&q) {
-                        new_pairs.push(q);
-                    }
-                } else if let Some(c) = counts.get_mut(&q) {
-                    // This word contributed `count` to `q`, so the total cannot underflow.
-                    debug_assert!(*c >= count);
-                    *c = c.saturating_sub(count);
-                    if *c == 0 {
-                        counts.remove(&q);
-                    }
-                }
-            });
-            for &q in &new_pairs {
-                index.entry(q).or_default().push(wi);
+        // nothing from `merge`.
+        let mut list = index.remove(&pair).unwrap_or_default();
+        if list.len() >= PARALLEL_WORDS && pool.current_num_threads() > 1 {
+            list.sort_unstable();
+            list.dedup();
+            let (delta, appeared) = pool.install(|| merge_parallel(&mut words, &list, pair, new));
+            for (q, d) in delta {
+                apply_delta(&mut counts, q, d);
             }
-            touched.extend_from_slice(&new_pairs);
+            for (q, wi) in appeared {
+                index.entry(q).or_default().push(wi);
+                touched.push(q);
+            }
+        } else {
+            for &wi in &list {
+                let count = words.get(wi).0;
+                new_pairs.clear();
+                words.merge(wi, pair, new, |q, appears| {
+                    if appears {
+                        *counts.entry(q).or_insert(0) += count;
+                        if !new_pairs.contains(&q) {
+                            new_pairs.push(q);
+                        }
+                    } else {
+                        apply_delta(&mut counts, q, -i128::from(count));
+                    }
+                });
+                for &q in &new_pairs {
+                    index.entry(q).or_default().push(wi);
+                }
+                touched.extend_from_slice(&new_pairs);
+            }
         }
         // Only pairs holding `new` gained counts; all others only lost some, and their stale
         // heap entries are refreshed when popped.
@@ -225,6 +285,34 @@ mod tests {
             learn(&[("aaa", 1)], 5),
             [("a".into(), "a".into()), ("aa".into(), "a".into())]
         );
+    }
+
+    #[test]
+    fn parallel_merges_equal_serial_ones() {
+        // Enough distinct words that the first merges take the parallel path.
+        let mut state = 12345u64;
+        let mut list = Vec::new();
+        for i in 0..3 * PARALLEL_WORDS {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = 2 + (state >> 60) as usize;
+            let word: String = (0..len)
+                .map(|j| b"aabbcab"[(i + j * 3 + (state >> 33) as usize) % 7] as char)
+                .collect();
+            list.push((format!("{word}{i}"), 1 + (state >> 62)));
+        }
+        let list: Vec<(&str, u64)> = list.iter().map(|(s, c)| (s.as_str(), *c)).collect();
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            learn_merges(words(&list), 300, &pool, &Bar::hidden(), &mut || Ok(()))
+                .unwrap()
+                .merges
+        };
+        assert_eq!(run(1), run(3));
     }
 
     #[test]

@@ -69,6 +69,23 @@ impl Words {
         (count, &self.data[s + HEADER..s + HEADER + len])
     }
 
+    /// Disjoint mutable views of the words at `starts`, which must be ascending and distinct.
+    pub fn views_mut(&mut self, starts: &[u32]) -> Vec<WordMut<'_>> {
+        let total = self.data.len();
+        let mut rest: &mut [u32] = &mut self.data;
+        let mut base = 0;
+        let mut views = Vec::with_capacity(starts.len());
+        for (i, &start) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).map_or(total, |&next| next as usize);
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(start as usize - base);
+            let (data, tail) = tail.split_at_mut(end - start as usize);
+            views.push(WordMut { start, data });
+            rest = tail;
+            base = end;
+        }
+        views
+    }
+
     /// Merges `pair` into `new` in the word at `start`; see `merge_symbols`.
     #[inline]
     pub fn merge(&mut self, start: u32, pair: Pair, new: u32, on_pair: impl FnMut(Pair, bool)) {
@@ -76,6 +93,29 @@ impl Words {
         let len = self.data[s] as usize;
         let symbols = &mut self.data[s + HEADER..s + HEADER + len];
         self.data[s] = merge_symbols(symbols, pair, new, on_pair) as u32;
+    }
+}
+
+/// Mutable access to one word, for merging many words in parallel (see `Words::views_mut`).
+pub struct WordMut<'a> {
+    /// The word's offset, its name in the pair index.
+    pub start: u32,
+    /// The word's header and symbols (and possibly unused space after them).
+    data: &'a mut [u32],
+}
+
+impl WordMut<'_> {
+    #[inline]
+    pub fn count(&self) -> u64 {
+        u64::from(self.data[1]) | u64::from(self.data[2]) << 32
+    }
+
+    /// Merges `pair` into `new`; see `merge_symbols`.
+    #[inline]
+    pub fn merge(&mut self, pair: Pair, new: u32, on_pair: impl FnMut(Pair, bool)) {
+        let len = self.data[0] as usize;
+        let symbols = &mut self.data[HEADER..HEADER + len];
+        self.data[0] = merge_symbols(symbols, pair, new, on_pair) as u32;
     }
 }
 
@@ -139,6 +179,10 @@ mod tests {
         assert_eq!(w.get(starts[1]), (1 << 40, &[100, 101][..]));
         w.merge(starts[0], (97, 98), 300, |_, _| ());
         assert_eq!(w.get(starts[0]).1, &[300, 99]);
+        let mut views = w.views_mut(&starts);
+        assert_eq!(views[1].count(), 1 << 40);
+        views[1].merge((100, 101), 301, |_, _| ());
+        assert_eq!(w.get(starts[1]), (1 << 40, &[301][..]));
     }
 
     #[test]
