@@ -3,32 +3,54 @@ JSON results and plain-text tables."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benches" / "results"
 RESULT_PREFIX = "BENCH_RESULT "  # a child prints its result as this prefix + one JSON line
 
 
-def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str, float]:
+def run_child(
+    cmd: list[str], env: dict[str, str] | None = None, timeout: float | None = None
+) -> tuple[int | None, str, float]:
     """Run ``cmd``, return ``(exit code, stdout, peak RSS in MB)`` of that one process.
 
     ``os.wait4`` gives the rusage of exactly this child (``RUSAGE_CHILDREN`` would be the maximum
-    over every child so far). ``ru_maxrss`` is in KiB on Linux. stderr passes through.
+    over every child so far). ``ru_maxrss`` is in KiB on Linux. stderr passes through. With
+    ``timeout`` (seconds), a child still running then is killed and the exit code is ``None``.
     """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    fired = threading.Event()
+
+    def kill() -> None:
+        fired.set()
+        proc.kill()  # the child is not reaped before wait4 below, so its pid is still its own
+
+    timer = None
+    if timeout is not None:
+        timer = threading.Timer(timeout, kill)
+        timer.daemon = True
+        timer.start()
     stdout = proc.stdout.read()
     proc.stdout.close()
     _, status, usage = os.wait4(proc.pid, 0)
+    if timer is not None:
+        timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, stdout, usage.ru_maxrss / 1024
+    timed_out = fired.is_set() and proc.returncode == -signal.SIGKILL
+    return (None if timed_out else proc.returncode), stdout, usage.ru_maxrss / 1024
 
 
 def emit_result(result: dict) -> None:
@@ -42,6 +64,23 @@ def parse_result(stdout: str) -> dict | None:
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
     return None
+
+
+def open_binary(path: Path) -> Any:
+    """``path`` opened for reading bytes, decompressed on the fly if it ends in ``.xz``/``.gz``."""
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(path.suffix, open)
+    return opener(path, "rb")
+
+
+def uncompressed_size(path: Path) -> int:
+    """The size of ``path``'s content in bytes, decompressed (streams through it when needed)."""
+    if path.suffix not in (".xz", ".gz"):
+        return path.stat().st_size
+    n = 0
+    with open_binary(path) as f:
+        while chunk := f.read(1 << 20):
+            n += len(chunk)
+    return n
 
 
 def current_rss_mb() -> float:

@@ -106,7 +106,7 @@ impl Chunk {
 pub struct ChunkReader<'a> {
     path: PathBuf,
     name: Arc<str>,
-    file: File,
+    reader: Box<dyn Read + Send>,
     cutter: Cutter<'a>,
     block: usize,
     buf: Vec<u8>,
@@ -126,15 +126,56 @@ pub fn check_file(path: &Path) -> Result<u64> {
     Ok(meta.len())
 }
 
+/// Compression of an input file, by its last suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Xz,
+    Zstd,
+}
+
+impl Compression {
+    pub fn of(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("gz") => Compression::Gzip,
+            Some("xz") => Compression::Xz,
+            Some("zst") => Compression::Zstd,
+            _ => Compression::None,
+        }
+    }
+}
+
+/// Opens an input file for reading, decompressing `.gz`, `.xz` and `.zst` on the fly.
+/// Byte offsets in later errors then count decompressed bytes.
+pub fn open_input(path: &Path) -> Result<Box<dyn Read + Send>> {
+    check_file(path)?;
+    let file = std::io::BufReader::with_capacity(
+        1 << 16,
+        File::open(path).map_err(|e| Error::io(path, e))?,
+    );
+    Ok(match Compression::of(path) {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(file)),
+        Compression::Zstd => {
+            Box::new(ruzstd::decoding::StreamingDecoder::new(file).map_err(|e| {
+                Error::io(
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                )
+            })?)
+        }
+    })
+}
+
 impl<'a> ChunkReader<'a> {
-    /// Opens `path`; chunks are about `block` bytes.
+    /// Opens `path` (decompressing `.gz`, `.xz`, `.zst`); chunks are about `block` bytes.
     pub fn open(path: &Path, cutter: Cutter<'a>, block: usize) -> Result<Self> {
-        check_file(path)?;
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(ChunkReader {
             path: path.to_path_buf(),
             name: path.display().to_string().into(),
-            file,
+            reader: open_input(path)?,
             cutter,
             block: block.max(1),
             buf: Vec::new(),
@@ -149,7 +190,7 @@ impl<'a> ChunkReader<'a> {
             let old = self.buf.len();
             self.buf.resize(want, 0);
             let n = self
-                .file
+                .reader
                 .read(&mut self.buf[old..])
                 .map_err(|e| Error::io(&self.path, e));
             let n = match n {

@@ -36,6 +36,13 @@ pub enum Error {
     /// The input held no text to train on.
     #[error("the training corpus is empty: no pretokens found in {0}")]
     EmptyCorpus(String),
+    /// A special token that the caller disallowed occurs in the text to encode.
+    #[error(
+        "the text contains the disallowed special token {token:?} at character offset {offset}; \
+         pass allowed_special={{{token:?}}} (or \"all\") to encode it as its id, or \
+         disallowed_special=() to encode it as plain text"
+    )]
+    DisallowedSpecial { token: String, offset: usize },
     /// Work stopped because the caller asked (e.g. Ctrl-C in Python).
     #[error("interrupted")]
     Interrupted,

@@ -126,6 +126,40 @@ pub fn from_json(text: &str, origin: &str) -> Result<Tokenizer> {
     Tokenizer::new(vocab, pattern)
 }
 
+/// A hash of the tokenizer's canonical content: the pattern's regex, every ordinary token (id
+/// and bytes, by id), the merges (as byte pairs, in rank order) and the special tokens (id and
+/// text, by id). The same tokenizer loaded from any format has the same fingerprint; token files
+/// record it so a file is never read with a different tokenizer.
+pub fn fingerprint(tok: &Tokenizer) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |tag: u8, bytes: &[u8]| {
+        h.update([tag]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(b'p', tok.pattern().regex_source().as_bytes());
+    let v = tok.vocab();
+    let mut ids: Vec<(&u32, &Vec<u8>)> = v.tokens().iter().collect();
+    ids.sort_unstable_by_key(|(id, _)| **id);
+    for (id, bytes) in ids {
+        field(b'i', &id.to_le_bytes());
+        field(b't', bytes);
+    }
+    for &(a, b) in v.merges() {
+        field(b'l', v.token_bytes(a).unwrap_or_default());
+        field(b'r', v.token_bytes(b).unwrap_or_default());
+    }
+    let mut specials = v.specials().to_vec();
+    specials.sort_unstable_by_key(|&(_, id)| id);
+    for (text, id) in &specials {
+        field(b'I', &id.to_le_bytes());
+        field(b's', text.as_bytes());
+    }
+    let digest = h.finalize();
+    format!("sha256:{}", to_hex(&digest))
+}
+
 /// Writes `contents` to `path` atomically: a temp file beside it, fsync, rename.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = match path.parent() {
@@ -191,6 +225,16 @@ mod tests {
         assert_eq!(to_json(&back), to_json(&t));
         assert_eq!(back.vocab().merged(&[0xff, 0]), Some((0, 256)));
         assert_eq!(back.pattern().name(), "cl100k");
+    }
+
+    #[test]
+    fn fingerprint_depends_on_content_only() {
+        let t = tok();
+        let back = from_json(&to_json(&t), "mem").unwrap();
+        assert_eq!(fingerprint(&t), fingerprint(&back));
+        assert!(fingerprint(&t).starts_with("sha256:"));
+        let other = Tokenizer::new(t.vocab().clone(), Pattern::new("gpt2").unwrap()).unwrap();
+        assert_ne!(fingerprint(&t), fingerprint(&other));
     }
 
     #[test]

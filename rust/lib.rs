@@ -9,10 +9,12 @@
 pub mod corpus;
 pub mod encode;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod parallel;
 pub mod pretokenize;
 pub mod progress;
+pub mod shortkey;
 pub mod special;
 pub mod train;
 pub mod vocab;

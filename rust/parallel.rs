@@ -1,7 +1,15 @@
-//! Thread pools for the core's parallel work. Each call builds its own pool of the requested
-//! size, so `num_threads` is honoured exactly and no global state leaks between callers.
+//! Thread pools for the core's parallel work.
+//!
+//! Pools are kept per thread count and reused across calls, so per-thread caches (the encoder's
+//! pretoken cache) stay warm and short calls pay no thread start-up. A pool belongs to the
+//! process that made it: after `fork` (e.g. in a PyTorch DataLoader worker) the child has none
+//! of the parent's threads, so a pool made before the fork is abandoned and a fresh one built,
+//! rather than waiting forever on threads that do not exist.
+
+use std::sync::{Arc, Mutex};
 
 use rayon::ThreadPool;
+use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
 
@@ -29,12 +37,35 @@ pub fn resolve_threads(requested: Option<usize>) -> Result<usize> {
     Ok(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// A rayon pool with `resolve_threads(requested)` threads.
-pub fn thread_pool(requested: Option<usize>) -> Result<ThreadPool> {
+type Pools = FxHashMap<usize, Arc<ThreadPool>>;
+
+/// Pools of this process, by size, and the process id they belong to.
+static POOLS: Mutex<Option<(u32, Pools)>> = Mutex::new(None);
+
+/// A rayon pool with `resolve_threads(requested)` threads, reused across calls.
+pub fn thread_pool(requested: Option<usize>) -> Result<Arc<ThreadPool>> {
     let n = resolve_threads(requested)?;
-    rayon::ThreadPoolBuilder::new()
+    let pid = std::process::id();
+    let mut guard = POOLS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if guard.as_ref().is_some_and(|(owner, _)| *owner != pid) {
+        // Forked: the parent's worker threads do not exist here. Leak the old pools (dropping
+        // them would try to join those threads) and start afresh.
+        if let Some((_, old)) = guard.take() {
+            std::mem::forget(old);
+        }
+    }
+    let (_, pools) = guard.get_or_insert_with(|| (pid, Pools::default()));
+    if let Some(pool) = pools.get(&n) {
+        return Ok(pool.clone());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .thread_name(|i| format!("lmforge-{i}"))
         .build()
-        .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))
+        .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?;
+    let pool = Arc::new(pool);
+    pools.insert(n, pool.clone());
+    Ok(pool)
 }

@@ -11,12 +11,14 @@ use pyo3::exceptions::{
     PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::corpus::Utf8Policy;
-use crate::encode::{StreamEncoder, Tokenizer};
+use crate::encode::{Allowed, StreamEncoder, Tokenizer};
 use crate::error::Error;
+use crate::files::{EncodeFiles, Width};
 use crate::format;
 use crate::parallel::thread_pool;
 use crate::pretokenize::Pattern;
@@ -53,7 +55,9 @@ fn to_py_err(e: Error) -> PyErr {
         Error::InvalidUtf8 { .. } => InvalidUtf8Error::new_err(msg),
         Error::CorruptTokenizer { .. } => TokenizerFileError::new_err(msg),
         Error::EmptyCorpus(_) => EmptyCorpusError::new_err(msg),
-        Error::InvalidArgument(_) | Error::InvalidPattern { .. } => PyValueError::new_err(msg),
+        Error::InvalidArgument(_)
+        | Error::InvalidPattern { .. }
+        | Error::DisallowedSpecial { .. } => PyValueError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
     }
 }
@@ -95,7 +99,7 @@ struct TrainSetup {
     special_tokens: Vec<String>,
     specials: Specials,
     pattern: Pattern,
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
     progress: bool,
     started: std::time::Instant,
 }
@@ -160,6 +164,13 @@ impl TrainSetup {
         let info = train_info(py, &trained, stats, seconds)?;
         let inner = Tokenizer::new(trained.vocab, self.pattern).map_err(to_py_err)?;
         Ok((CoreTokenizer { inner }, info))
+    }
+}
+
+fn allowed_of(allowed: &Option<Vec<String>>) -> Allowed<'_> {
+    match allowed {
+        None => Allowed::All,
+        Some(names) => Allowed::Only(names),
     }
 }
 
@@ -277,9 +288,127 @@ impl CoreTokenizer {
         setup.finish(py, counts)
     }
 
-    /// Encodes `text`; registered special tokens in it become their ids.
-    fn encode(&self, py: Python<'_>, text: &str) -> Vec<u32> {
-        py.detach(|| self.inner.encode(text))
+    /// Encodes `text`. `allowed`: the special tokens that become their ids (None: all);
+    /// `disallowed`: special tokens whose presence is an error.
+    #[pyo3(signature = (text, allowed = None, disallowed = Vec::new()))]
+    fn encode(
+        &self,
+        py: Python<'_>,
+        text: &str,
+        allowed: Option<Vec<String>>,
+        disallowed: Vec<String>,
+    ) -> PyResult<Vec<u32>> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        py.detach(|| {
+            self.inner
+                .encode_with(text, allowed_of(&allowed), &disallowed, &mut out)
+        })
+        .map_err(to_py_err)?;
+        Ok(out)
+    }
+
+    /// Encodes many texts in parallel on `num_threads` threads.
+    #[pyo3(signature = (texts, allowed = None, disallowed = Vec::new(), num_threads = None))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        allowed: Option<Vec<String>>,
+        disallowed: Vec<String>,
+        num_threads: Option<usize>,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let pool = thread_pool(num_threads).map_err(to_py_err)?;
+        let allowed = allowed_of(&allowed);
+        py.detach(|| {
+            pool.install(|| {
+                texts
+                    .par_iter()
+                    .map(|t| {
+                        let mut out = Vec::with_capacity(t.len() / 4 + 1);
+                        self.inner.encode_with(t, allowed, &disallowed, &mut out)?;
+                        Ok(out)
+                    })
+                    .collect::<crate::Result<Vec<Vec<u32>>>>()
+            })
+        })
+        .map_err(to_py_err)
+    }
+
+    /// Encodes `text` in parallel into little-endian uint32 bytes (for `np.frombuffer`).
+    #[pyo3(signature = (text, allowed = None, disallowed = Vec::new(), num_threads = None))]
+    fn encode_to_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        allowed: Option<Vec<String>>,
+        disallowed: Vec<String>,
+        num_threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyByteArray>> {
+        let pool = thread_pool(num_threads).map_err(to_py_err)?;
+        let ids = py
+            .detach(|| {
+                pool.install(|| {
+                    self.inner
+                        .encode_parallel(text, allowed_of(&allowed), &disallowed, 1 << 20)
+                })
+            })
+            .map_err(to_py_err)?;
+        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+        Ok(PyByteArray::new(py, &bytes))
+    }
+
+    /// Encodes files into `out` (uint16 when `width` is 2, uint32 when 4), appending `eot` after
+    /// every document when given. Returns one dict per input: path, bytes, tokens, documents.
+    #[pyo3(signature = (paths, out, eot, width, num_threads, progress, errors))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_files<'py>(
+        &self,
+        py: Python<'py>,
+        paths: Vec<PathBuf>,
+        out: PathBuf,
+        eot: Option<u32>,
+        width: u8,
+        num_threads: Option<usize>,
+        progress: bool,
+        errors: &str,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let width = match width {
+            2 => Width::U16,
+            4 => Width::U32,
+            _ => {
+                return Err(PyValueError::new_err(
+                    "width must be 2 (uint16) or 4 (uint32)",
+                ))
+            }
+        };
+        let job = EncodeFiles {
+            tokenizer: &self.inner,
+            eot,
+            width,
+            policy: Utf8Policy::parse(errors).map_err(to_py_err)?,
+            progress,
+        };
+        let pool = thread_pool(num_threads).map_err(to_py_err)?;
+        let stats = py
+            .detach(|| job.run(&paths, &out, &pool))
+            .map_err(to_py_err)?;
+        stats
+            .iter()
+            .map(|s| {
+                let d = PyDict::new(py);
+                d.set_item("path", s.path.display().to_string())?;
+                d.set_item("bytes", s.bytes)?;
+                d.set_item("tokens", s.tokens)?;
+                d.set_item("documents", s.documents)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// A hash of the tokenizer's canonical content ("sha256:...").
+    #[getter]
+    fn fingerprint(&self, py: Python<'_>) -> String {
+        py.detach(|| format::fingerprint(&self.inner))
     }
 
     /// Encodes `text` treating special-token strings as plain text.

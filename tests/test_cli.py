@@ -1,12 +1,15 @@
-"""The ``lmforge`` command: quickstart and tokenizer training, through main() and a subprocess."""
+"""The ``lmforge`` command: quickstart, tokenizer train and encode, via main() and a subprocess."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import numpy as np
+
 from lmforge import Tokenizer
 from lmforge.cli import main
+from lmforge.data import TokenFile
 
 
 def test_quickstart(tmp_path, capsys):
@@ -31,6 +34,31 @@ def test_tokenizer_train(tmp_path, capsys, sample_corpus):
         ["<|endoftext|>", "<|pad|>"],
     )
     assert "saved" in capsys.readouterr().out
+
+
+def test_tokenizer_encode(tmp_path, capsys, sample_corpus):
+    tok = Tokenizer.train(sample_corpus, 400, num_threads=1, progress=False)
+    tok.save(tmp_path / "tok.json")
+    texts = ["Once upon a time, there was a little cat.", "The dog ran home. The end."]
+    inputs = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for path, text in zip(inputs, texts, strict=True):
+        path.write_text(text, encoding="utf-8")
+    argv = ["tokenizer", "encode", *map(str, inputs), "--tokenizer", str(tmp_path / "tok.json")]
+    argv += ["--no-progress", "--threads", "1", "--out"]
+    eot = tok.special_tokens["<|endoftext|>"]
+
+    assert main([*argv, str(tmp_path / "train.bin")]) == 0
+    tf = TokenFile.open(tmp_path / "train.bin")
+    assert tf.tokens.dtype == np.uint16 and tf.header.eot_id == eot
+    assert tf.tokens.tolist() == [*tok.encode(texts[0]), eot, *tok.encode(texts[1]), eot]
+    assert [s["bytes"] for s in tf.header.sources] == [len(t.encode()) for t in texts]
+    out = capsys.readouterr().out
+    assert f"wrote {len(tf):,} uint16 tokens" in out and "tokens/byte" in out and "train.bin" in out
+
+    assert main([*argv, str(tmp_path / "raw.bin"), "--no-eot", "--dtype", "uint32"]) == 0
+    tf = TokenFile.open(tmp_path / "raw.bin")
+    assert tf.tokens.dtype == np.uint32 and tf.header.eot_id is None
+    assert tf.tokens.tolist() == tok.encode(texts[0]) + tok.encode(texts[1])
 
 
 def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):

@@ -42,7 +42,35 @@ class CoreTokenizer:
         progress: bool,
         batch_bytes: int = ...,
     ) -> tuple[CoreTokenizer, dict[str, Any]]: ...
-    def encode(self, text: str) -> list[int]: ...
+    def encode(
+        self, text: str, allowed: list[str] | None = None, disallowed: list[str] = ...
+    ) -> list[int]: ...
+    def encode_batch(
+        self,
+        texts: list[str],
+        allowed: list[str] | None = None,
+        disallowed: list[str] = ...,
+        num_threads: int | None = None,
+    ) -> list[list[int]]: ...
+    def encode_to_bytes(
+        self,
+        text: str,
+        allowed: list[str] | None = None,
+        disallowed: list[str] = ...,
+        num_threads: int | None = None,
+    ) -> bytearray: ...
+    def encode_files(
+        self,
+        paths: list[str],
+        out: str,
+        eot: int | None,
+        width: int,
+        num_threads: int | None,
+        progress: bool,
+        errors: str,
+    ) -> list[dict[str, Any]]: ...
+    @property
+    def fingerprint(self) -> str: ...
     def encode_ordinary(self, text: str) -> list[int]: ...
     def decode_bytes(self, ids: list[int]) -> bytes: ...
     def vocab(self) -> dict[int, bytes]: ...

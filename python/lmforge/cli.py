@@ -46,6 +46,26 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
+    tf = tok.encode_files(
+        args.inputs,
+        args.out,
+        append_eot=not args.no_eot,
+        dtype=args.dtype,
+        num_threads=args.threads,
+        progress=not args.no_progress,
+    )
+    n_bytes = sum(source["bytes"] for source in tf.header.sources)
+    print(
+        f"wrote {len(tf):,} {tf.header.dtype} tokens from {n_bytes / 1e6:.1f} MB "
+        f"({len(tf) / max(n_bytes, 1):.3f} tokens/byte) to {tf.path}"
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lmforge",
@@ -60,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--no-progress", action="store_true", help="hide progress bars")
     q.set_defaults(func=_cmd_quickstart)
 
-    tok = sub.add_parser("tokenizer", help="train and inspect tokenizers")
+    tok = sub.add_parser("tokenizer", help="train tokenizers and encode text with them")
     tsub = tok.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
     t.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
@@ -83,6 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     t.set_defaults(func=_cmd_tokenizer_train)
+
+    e = tsub.add_parser("encode", help="encode text files into a token file for training")
+    e.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    e.add_argument("--tokenizer", default="tokenizer.json", help="the tokenizer to encode with")
+    e.add_argument("--out", required=True, help="the token file (its header goes to OUT.json)")
+    e.add_argument("--no-eot", action="store_true", help="append no end-of-text id per document")
+    e.add_argument(
+        "--dtype",
+        choices=["uint16", "uint32"],
+        default=None,
+        help="id type (default: uint16 when the vocabulary fits, else uint32)",
+    )
+    e.add_argument("--threads", type=int, default=None, help="worker threads (default: all)")
+    e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    e.set_defaults(func=_cmd_tokenizer_encode)
     return p
 
 

@@ -15,82 +15,10 @@ use crate::corpus::{check_file, ChunkReader, Cutter, Utf8Policy};
 use crate::error::Result;
 use crate::pretokenize::Pattern;
 use crate::progress::Bar;
+use crate::shortkey::{FoldHasher, ShortKey};
 use crate::special::{Segment, Specials};
 
 type LongHasher = rustc_hash::FxBuildHasher;
-
-/// A pretoken of at most 15 bytes, stored inline with its length in the last byte: hashing and
-/// comparing it is two machine words, with no pointer to chase and no `memcmp` call. Nearly all
-/// pretokens of natural text are this short; longer ones go to a map of boxed bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct ShortKey(u128);
-
-impl ShortKey {
-    /// The key of `text[start..end]`, if it is short. Reads 16 bytes at once when `text` has
-    /// them, so the common case is one load and a mask rather than a variable-length copy.
-    #[inline]
-    fn new(text: &[u8], start: usize, end: usize) -> Option<Self> {
-        let len = end - start;
-        if len > 15 {
-            return None;
-        }
-        let word = match text.get(start..start + 16).map(<[u8; 16]>::try_from) {
-            Some(Ok(block)) => u128::from_le_bytes(block),
-            _ => {
-                let mut block = [0u8; 16];
-                block[..len].copy_from_slice(&text[start..end]);
-                u128::from_le_bytes(block)
-            }
-        };
-        let mask = (1u128 << (8 * len)) - 1;
-        Some(ShortKey(word & mask | (len as u128) << 120))
-    }
-
-    /// The key's slot in the hot-pretoken cache (top bits of its hash).
-    #[inline]
-    fn slot(self) -> usize {
-        let mut h = FoldHasher::default();
-        std::hash::Hasher::write_u128(&mut h, self.0);
-        (std::hash::Hasher::finish(&h) >> (64 - HOT_BITS)) as usize
-    }
-
-    fn to_bytes(self) -> ([u8; 16], usize) {
-        (self.0.to_le_bytes(), (self.0 >> 120) as usize)
-    }
-}
-
-impl std::hash::Hash for ShortKey {
-    #[inline]
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        h.write_u128(self.0);
-    }
-}
-
-/// Hasher for `ShortKey`: one folded 64x64->128-bit multiply mixes all 16 bytes into every
-/// output bit (hashbrown uses both the top and the bottom bits).
-#[derive(Default, Clone, Copy)]
-struct FoldHasher(u64);
-
-impl std::hash::Hasher for FoldHasher {
-    #[inline]
-    fn write_u128(&mut self, x: u128) {
-        let (lo, hi) = (x as u64, (x >> 64) as u64);
-        let product =
-            u128::from(lo ^ 0x243f_6a88_85a3_08d3) * u128::from(hi ^ 0x1319_8a2e_0370_7344);
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// Size of the hot-pretoken cache: 2^12 slots of 32 bytes, 128 KiB.
 const HOT_BITS: u32 = 12;
@@ -169,7 +97,7 @@ impl PretokenCounts {
                         self.add_long(&bytes[start..end]);
                         return;
                     };
-                    let slot = &mut hot[key.slot()];
+                    let slot = &mut hot[key.slot(HOT_BITS)];
                     if slot.0 == key {
                         slot.1 += 1;
                     } else {

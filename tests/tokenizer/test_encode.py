@@ -12,6 +12,9 @@ from lmforge import Tokenizer
 from reference_bpe import PATTERNS, encode_reference
 
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=200)
+# tiktoken's regex engine predates Unicode 17, whose new letters our scanners (like Python's
+# `regex`) know; comparisons with tiktoken keep to code points Python's own tables assign.
+ASSIGNED = st.text(st.characters(exclude_categories=["Cs", "Cn"]), max_size=200)
 TRICKY = st.text(alphabet="ab  \n\t'sS1é中 .,!\r<|endoftext|>ſ\u0301", max_size=80)
 
 
@@ -42,7 +45,7 @@ def test_round_trip_after_save_and_load(trained_gpt2, tmp_path_factory, text):
     assert loaded.decode(loaded.encode(text)) == text
 
 
-@given(text=st.one_of(TEXT, TRICKY))
+@given(text=st.one_of(ASSIGNED, TRICKY))
 def test_equals_tiktoken(trained, text):
     enc = as_tiktoken(trained)
     assert trained.encode(text) == enc.encode(text, allowed_special="all")

@@ -53,7 +53,9 @@ def test_real_text(ours, theirs):
         assert ours.encode(text) == theirs.encode(text, allowed_special="all")
 
 
-@given(st.text(st.characters(exclude_categories=["Cs"]), max_size=300))
+# Code points new in Unicode 17 are letters to our scanner (and Python's `regex`) but not yet to
+# tiktoken's regex engine: keep to what Python's own tables assign.
+@given(st.text(st.characters(exclude_categories=["Cs", "Cn"]), max_size=300))
 def test_arbitrary_text(ours, theirs, text):
     assert ours.encode(text) == theirs.encode(text, allowed_special="all")
     assert ours.decode(ours.encode(text)) == text

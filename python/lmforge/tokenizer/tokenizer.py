@@ -16,11 +16,20 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from functools import cached_property
-from typing import Any, Union, cast
+from typing import TYPE_CHECKING, Any, Union, cast
+
+import numpy as np
 
 from lmforge import _bpe
+from lmforge.tokenizer.stream import StreamDecoder
+
+if TYPE_CHECKING:
+    import tiktoken
+
+    from lmforge.data.token_file import TokenFile
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +155,131 @@ class Tokenizer:
 
     # ----------------------------------------------------------------------------- encoding
 
-    def encode(self, text: str) -> list[int]:
-        """Encodes ``text``; registered special tokens in it become their ids."""
-        return self._core.encode(text)
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: AbstractSet[str] | str = "all",
+        disallowed_special: AbstractSet[str] | Collection[str] | str = (),
+    ) -> list[int]:
+        """Encodes ``text`` to token ids, exactly as tiktoken would with the same ranks.
+
+        Args:
+            text: the text.
+            allowed_special: special tokens that become their ids where they occur (``"all"``,
+                the default, suits training data); other special-token text is plain text.
+            disallowed_special: special tokens whose presence is an error (``"all"``: every
+                special token not allowed, tiktoken's default for untrusted input).
+
+        Raises:
+            ValueError: a disallowed special token occurs (the message names it and its
+                character offset), or a name is not a special token of this tokenizer.
+        """
+        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+        return self._core.encode(text, allowed, disallowed)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encodes ``text`` treating special-token strings as plain text."""
         return self._core.encode_ordinary(text)
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        num_threads: int | None = None,
+        allowed_special: AbstractSet[str] | str = "all",
+        disallowed_special: AbstractSet[str] | Collection[str] | str = (),
+    ) -> list[list[int]]:
+        """Encodes many texts in parallel (``num_threads``, default ``$LMFORGE_NUM_THREADS`` or
+        all cores); special-token arguments as :meth:`encode`."""
+        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+        return self._core.encode_batch(list(texts), allowed, disallowed, num_threads)
+
+    def encode_to_numpy(
+        self,
+        text: str,
+        *,
+        num_threads: int | None = None,
+        allowed_special: AbstractSet[str] | str = "all",
+        disallowed_special: AbstractSet[str] | Collection[str] | str = (),
+    ) -> np.ndarray:
+        """Encodes ``text`` into a ``uint32`` array, in parallel for large texts, with no
+        Python list in between; special-token arguments as :meth:`encode`."""
+        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+        data = self._core.encode_to_bytes(text, allowed, disallowed, num_threads)
+        return np.frombuffer(data, dtype="<u4")
+
+    def encode_files(
+        self,
+        inputs: PathLike | Sequence[PathLike],
+        out_path: PathLike,
+        *,
+        append_eot: bool = True,
+        dtype: str | np.dtype | None = None,
+        num_threads: int | None = None,
+        progress: bool = True,
+        errors: str = "strict",
+    ) -> TokenFile:
+        """Encodes text files into a token file for training (``out_path`` + its ``.json``).
+
+        Inputs are plain UTF-8 text or ``.jsonl`` (a ``"text"`` field per line), either possibly
+        ``.gz``/``.xz``/``.zst`` compressed. A document is a whole text file, the text between
+        end-of-text separators in it, or one ``.jsonl`` record; with ``append_eot`` each
+        non-empty document is followed by exactly one end-of-text token. Memory stays bounded
+        whatever the input size; the file appears only when complete.
+
+        Args:
+            inputs: a path or a list of paths.
+            out_path: the ``.bin`` to write; the header goes to ``out_path + ".json"``.
+            append_eot: end every document with the end-of-text token.
+            dtype: ``"uint16"`` or ``"uint32"`` (default: uint16 when ``n_vocab`` <= 65,536).
+            num_threads: worker threads (default ``$LMFORGE_NUM_THREADS`` or all cores).
+            progress: draw a progress bar with MB/s on stderr.
+            errors: ``"strict"`` or ``"replace"`` for invalid UTF-8 in text files.
+
+        Returns:
+            The written file, opened (`lmforge.data.TokenFile`).
+        """
+        from lmforge.tokenizer.encode_files import encode_files
+
+        paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        return encode_files(
+            self,
+            paths,
+            out_path,
+            append_eot=append_eot,
+            dtype=dtype,
+            num_threads=num_threads,
+            progress=progress,
+            errors=errors,
+        )
+
+    def _special_sets(
+        self,
+        allowed_special: AbstractSet[str] | str,
+        disallowed_special: AbstractSet[str] | Collection[str] | str,
+    ) -> tuple[list[str] | None, list[str]]:
+        """tiktoken's keyword semantics, as (allowed names or None for all, disallowed names)."""
+        names = set(self.special_tokens)
+        if allowed_special == "all":
+            allowed = names
+        elif isinstance(allowed_special, str):
+            raise ValueError('allowed_special must be "all" or a set of special tokens')
+        else:
+            allowed = set(allowed_special)
+        if disallowed_special == "all":
+            disallowed = names - allowed
+        elif isinstance(disallowed_special, str):
+            raise ValueError('disallowed_special must be "all" or a set of special tokens')
+        else:
+            disallowed = set(disallowed_special)
+        unknown = (allowed | disallowed) - names
+        if unknown:
+            raise ValueError(
+                f"{sorted(unknown)} are not special tokens of this tokenizer "
+                f"(it has {sorted(names)})"
+            )
+        return (None if allowed == names else sorted(allowed)), sorted(disallowed)
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily encodes a stream of strings as if they were one concatenated string.
@@ -177,6 +304,11 @@ class Tokenizer:
         """Decodes ``ids`` to text; invalid UTF-8 (e.g. a cut multi-byte character) becomes
         U+FFFD with ``errors="replace"`` or raises with ``errors="strict"``."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def decoder(self, errors: str = "replace") -> StreamDecoder:
+        """An incremental decoder for streaming generation: ``feed(ids)`` returns only whole
+        characters, keeping a character's first bytes until its last token arrives."""
+        return StreamDecoder(self, errors=errors)
 
     # --------------------------------------------------------------------------- inspection
 
@@ -207,6 +339,12 @@ class Tokenizer:
     def pattern_regex(self) -> str:
         """The regex that the pattern is equivalent to."""
         return self._core.pattern_regex
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the canonical content (bytes by id, merges, special tokens, pattern regex):
+        equal for the same tokenizer loaded from any format. Token files record it."""
+        return self._core.fingerprint
 
     @property
     def n_vocab(self) -> int:
@@ -253,6 +391,49 @@ class Tokenizer:
     def from_json(cls, text: str) -> Tokenizer:
         """Parses the JSON text written by :meth:`to_json`."""
         return cls._wrap(_bpe.CoreTokenizer.from_json(text))
+
+    # ------------------------------------------------------------------ other formats
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json: PathLike, vocab_bpe: PathLike) -> Tokenizer:
+        """Loads GPT-2's published ``encoder.json`` + ``vocab.bpe`` (``merges.txt``)."""
+        from lmforge.tokenizer.formats import load_gpt2
+
+        return load_gpt2(encoder_json, vocab_bpe)
+
+    @classmethod
+    def from_tiktoken_file(
+        cls, path: PathLike, *, pattern: str, special_tokens: Mapping[str, int] | None = None
+    ) -> Tokenizer:
+        """Loads a tiktoken ``.tiktoken`` rank file (which carries no pattern or specials)."""
+        from lmforge.tokenizer.formats_tiktoken import load_tiktoken
+
+        return load_tiktoken(path, pattern=pattern, special_tokens=special_tokens)
+
+    def save_tiktoken(self, path: PathLike) -> None:
+        """Writes a tiktoken ``.tiktoken`` rank file (ranks = ids), atomically."""
+        from lmforge.tokenizer.formats_tiktoken import save_tiktoken
+
+        save_tiktoken(self, path)
+
+    def to_tiktoken(self, name: str | None = None) -> tiktoken.Encoding:
+        """An equivalent ``tiktoken.Encoding`` (needs the ``tiktoken`` package)."""
+        from lmforge.tokenizer.formats_tiktoken import to_tiktoken
+
+        return to_tiktoken(self, name)
+
+    def save_hf(self, path: PathLike) -> None:
+        """Writes a Hugging Face ``tokenizer.json`` that ``tokenizers`` encodes identically."""
+        from lmforge.tokenizer.formats_hf import save_hf
+
+        save_hf(self, path)
+
+    @classmethod
+    def from_hf(cls, path: PathLike) -> Tokenizer:
+        """Loads a Hugging Face byte-level BPE ``tokenizer.json``."""
+        from lmforge.tokenizer.formats_hf import load_hf
+
+        return load_hf(path)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Tokenizer.from_json, (self.to_json(),))

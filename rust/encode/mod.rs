@@ -1,0 +1,291 @@
+//! Applying a vocabulary's merges to text.
+//!
+//! Text is split on special tokens, pretokenized by the pattern's scanner, and each pretoken is
+//! looked up in a per-thread cache (`cache`) or merged by tiktoken's rank rule (`bpe`), so the
+//! ids equal tiktoken's for the same ranks. Large texts and batches are encoded in parallel,
+//! cut at the same provably safe points as the trainer's chunks (`corpus::Cutter`).
+
+mod bpe;
+mod cache;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::corpus::Cutter;
+use crate::error::{Error, Result};
+use crate::pretokenize::Pattern;
+use crate::shortkey::ShortKey;
+use crate::special::{Segment, Specials};
+use crate::vocab::Vocab;
+
+/// A complete tokenizer: vocabulary, pretokenization pattern and special-token matcher.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    vocab: Vocab,
+    pattern: Pattern,
+    specials: Specials,
+    /// Names this tokenizer's entries in the per-thread pretoken caches.
+    uid: u64,
+}
+
+/// Which special tokens found in a text become their ids (the rest is plain text).
+#[derive(Debug, Clone, Copy)]
+pub enum Allowed<'a> {
+    All,
+    Only(&'a [String]),
+}
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+impl Tokenizer {
+    pub fn new(vocab: Vocab, pattern: Pattern) -> Result<Self> {
+        let specials = Specials::new(vocab.specials().iter().map(|(s, _)| s.clone()).collect())?;
+        Ok(Tokenizer {
+            vocab,
+            pattern,
+            specials,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+
+    pub fn specials(&self) -> &Specials {
+        &self.specials
+    }
+
+    /// Encodes `text`; special tokens in it become their ids.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        self.encode_into(text, &mut out);
+        out
+    }
+
+    /// Encodes `text` into `out`; special tokens in it become their ids.
+    pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
+        self.specials.split(text, |seg| match seg {
+            Segment::Text(t) => self.encode_ordinary_into(t, out),
+            Segment::Special(i) => out.push(self.vocab.specials()[i].1),
+        });
+    }
+
+    /// Encodes `text` treating special-token strings as plain text.
+    pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
+        let bytes = text.as_bytes();
+        let base = text.as_ptr() as usize;
+        cache::with_cache(self.uid, |cache| {
+            self.pattern.for_each(text, |piece| {
+                let start = piece.as_ptr() as usize - base;
+                let merge =
+                    |out: &mut Vec<u32>| bpe::merge_piece(&self.vocab, piece.as_bytes(), out);
+                match ShortKey::new(bytes, start, start + piece.len()) {
+                    Some(key) => cache.get_or_compute(key, out, merge),
+                    None => merge(out),
+                }
+            });
+        });
+    }
+
+    /// Encodes `text` with tiktoken's special-token rules: an occurrence of a `disallowed`
+    /// special token is an error; `allowed` ones become their ids; any other special-token text
+    /// is encoded as plain text.
+    pub fn encode_with(
+        &self,
+        text: &str,
+        allowed: Allowed<'_>,
+        disallowed: &[String],
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        self.check_disallowed(text, disallowed)?;
+        match allowed {
+            Allowed::All => self.encode_into(text, out),
+            Allowed::Only([]) => self.encode_ordinary_into(text, out),
+            Allowed::Only(names) => {
+                let subset = Specials::new(names.to_vec())?;
+                let ids = names
+                    .iter()
+                    .map(|name| self.special_id(name))
+                    .collect::<Result<Vec<u32>>>()?;
+                subset.split(text, |seg| match seg {
+                    Segment::Text(t) => self.encode_ordinary_into(t, out),
+                    Segment::Special(i) => out.push(ids[i]),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The id of a registered special token.
+    pub fn special_id(&self, name: &str) -> Result<u32> {
+        self.vocab
+            .specials()
+            .iter()
+            .find(|(s, _)| s == name)
+            .map(|&(_, id)| id)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{name:?} is not a special token of this tokenizer"))
+            })
+    }
+
+    fn check_disallowed(&self, text: &str, disallowed: &[String]) -> Result<()> {
+        if disallowed.is_empty() {
+            return Ok(());
+        }
+        let matcher = Specials::new(disallowed.to_vec())?;
+        if let Some(&(start, end)) = matcher.find_all(text.as_bytes()).first() {
+            return Err(Error::DisallowedSpecial {
+                token: text[start..end].to_string(),
+                offset: text[..start].chars().count(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes `text` on the current rayon pool: cut at safe points into pieces of about
+    /// `chunk` bytes, encoded in parallel and concatenated in order.
+    pub fn encode_parallel(
+        &self,
+        text: &str,
+        allowed: Allowed<'_>,
+        disallowed: &[String],
+        chunk: usize,
+    ) -> Result<Vec<u32>> {
+        self.check_disallowed(text, disallowed)?;
+        let pieces = self.cut_into(text, chunk);
+        let parts: Vec<Result<Vec<u32>>> = pieces
+            .par_iter()
+            .map(|piece| {
+                let mut out = Vec::with_capacity(piece.len() / 3 + 1);
+                self.encode_with(piece, allowed, &[], &mut out)?;
+                Ok(out)
+            })
+            .collect();
+        let total = parts.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum();
+        let mut out = Vec::with_capacity(total);
+        for part in parts {
+            out.extend_from_slice(&part?);
+        }
+        Ok(out)
+    }
+
+    /// Splits `text` into consecutive pieces of about `chunk` bytes that encode independently.
+    pub fn cut_into<'t>(&self, text: &'t str, chunk: usize) -> Vec<&'t str> {
+        let cutter = Cutter {
+            pattern: &self.pattern,
+            specials: &self.specials,
+        };
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        let mut window = chunk.max(1);
+        while rest.len() > window {
+            // A cut inside the window is safe whatever follows it, so the rest of the text
+            // need not be looked at.
+            match cutter.cut(&rest.as_bytes()[..window]) {
+                Some(p) => {
+                    pieces.push(&rest[..p]);
+                    rest = &rest[p..];
+                    window = chunk.max(1);
+                }
+                None => window *= 2,
+            }
+        }
+        if !rest.is_empty() {
+            pieces.push(rest);
+        }
+        pieces
+    }
+
+    /// The bytes of `ids` concatenated. Unknown ids are an error.
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            if let Some(b) = self.vocab.token_bytes(id) {
+                out.extend_from_slice(b);
+            } else if let Some((s, _)) = self.vocab.specials().iter().find(|(_, j)| *j == id) {
+                out.extend_from_slice(s.as_bytes());
+            } else {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {id} is not in the vocabulary (n_vocab = {})",
+                    self.vocab.n_vocab()
+                )));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Encodes a stream of text pieces as if they were one string, holding only the unfinished tail.
+#[derive(Debug, Default)]
+pub struct StreamEncoder {
+    buf: String,
+}
+
+impl StreamEncoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `text` and encodes into `out` every complete part of the buffer.
+    pub fn feed(&mut self, tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
+        self.buf.push_str(text);
+        let cutter = Cutter {
+            pattern: &tok.pattern,
+            specials: &tok.specials,
+        };
+        if let Some(cut) = cutter.cut(self.buf.as_bytes()) {
+            tok.encode_into(&self.buf[..cut], out);
+            self.buf.drain(..cut);
+        }
+    }
+
+    /// Encodes what is left.
+    pub fn finish(&mut self, tok: &Tokenizer, out: &mut Vec<u32>) {
+        tok.encode_into(&self.buf, out);
+        self.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Tokenizer {
+        let mut bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        bytes.push(b"ab".to_vec()); // 256
+        bytes.push(b"abc".to_vec()); // 257
+        let merges = vec![(97, 98), (256, 99)];
+        let vocab = Vocab::from_training(bytes, merges, &["<|e|>".into()]).unwrap();
+        Tokenizer::new(vocab, Pattern::new("gpt2").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn merges_by_rank_and_handles_specials() {
+        let t = tiny();
+        assert_eq!(t.encode("abcab<|e|>c"), [257, 256, 258, 99]);
+        assert_eq!(t.decode_bytes(&[257, 258]).unwrap(), b"abc<|e|>");
+        assert!(t.decode_bytes(&[999]).is_err());
+    }
+
+    #[test]
+    fn stream_equals_whole() {
+        let t = tiny();
+        let text = "abc ab<|e|>cab abcabc  x\n\nab";
+        for size in 1..6 {
+            let mut s = StreamEncoder::new();
+            let mut out = Vec::new();
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(size) {
+                s.feed(&t, &piece.iter().collect::<String>(), &mut out);
+            }
+            s.finish(&t, &mut out);
+            assert_eq!(out, t.encode(text), "piece size {size}");
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! Encoding whole corpora into a flat file of token ids (the hand-off to training).
+//!
+//! One reader thread streams the inputs (plain text cut at safe points, or `.jsonl` records;
+//! `.gz`/`.xz`/`.zst` decompressed on the fly), the pool's threads encode the pieces, and one
+//! writer puts them in the file in input order. A fixed number of pieces may be in flight at
+//! once (permits taken by the reader and returned by the writer), so memory is bounded whatever
+//! the input size, and a slow piece only stalls the pipeline, never grows it.
+//!
+//! Documents: a whole text file, the text between two end-of-text separators in it, or one
+//! `.jsonl` record. With an end-of-text id, each non-empty document is followed by exactly one
+//! end-of-text token: separators in the text become that id, empty documents (two separators in
+//! a row, a leading separator) add nothing, and a document that does not end with one gets one.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+
+use crate::corpus::{check_file, open_input, ChunkReader, Compression, Cutter, Utf8Policy};
+use crate::encode::Tokenizer;
+use crate::error::{Error, Result};
+use crate::progress::Bar;
+
+/// Bytes of input per piece of work.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// How token ids are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    U16,
+    U32,
+}
+
+impl Width {
+    fn push(self, id: u32, out: &mut Vec<u8>) {
+        match self {
+            Width::U16 => out.extend_from_slice(&(id as u16).to_le_bytes()),
+            Width::U32 => out.extend_from_slice(&id.to_le_bytes()),
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            Width::U16 => 2,
+            Width::U32 => 4,
+        }
+    }
+}
+
+/// What `encode_files` wrote for one input.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStats {
+    pub path: PathBuf,
+    /// Size of the input file on disk.
+    pub bytes: u64,
+    pub tokens: u64,
+    pub documents: u64,
+}
+
+/// One piece of work: a chunk of a text file or a batch of `.jsonl` lines.
+enum Piece {
+    Text(crate::corpus::Chunk),
+    Records {
+        lines: Vec<String>,
+        first_line: u64,
+        name: String,
+    },
+}
+
+struct Work {
+    seq: u64,
+    source: usize,
+    /// The last piece of its source: the writer closes the document there.
+    last: bool,
+    piece: Piece,
+}
+
+struct Done {
+    seq: u64,
+    source: usize,
+    last: bool,
+    /// Encoded ids as stored bytes; consecutive end-of-text tokens already collapsed.
+    data: Result<Vec<u8>>,
+    documents: u64,
+}
+
+/// Options of `encode_files`.
+pub struct EncodeFiles<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub eot: Option<u32>,
+    pub width: Width,
+    pub policy: Utf8Policy,
+    pub progress: bool,
+}
+
+impl EncodeFiles<'_> {
+    /// Encodes `inputs` into `out` (created or truncated, fsynced at the end) on the threads of
+    /// `pool`. Returns per-input statistics.
+    pub fn run(
+        &self,
+        inputs: &[PathBuf],
+        out: &Path,
+        pool: &rayon::ThreadPool,
+    ) -> Result<Vec<SourceStats>> {
+        let mut stats = Vec::with_capacity(inputs.len());
+        for p in inputs {
+            stats.push(SourceStats {
+                path: p.clone(),
+                bytes: check_file(p)?,
+                ..Default::default()
+            });
+        }
+        if let Some(max) = self.tokenizer.vocab().n_vocab().checked_sub(1) {
+            if self.width == Width::U16 && max > u64::from(u16::MAX) {
+                return Err(Error::InvalidArgument(format!(
+                    "uint16 cannot hold token id {max}; use dtype uint32"
+                )));
+            }
+        }
+        let file = File::create(out).map_err(|e| Error::io(out, e))?;
+        let threads = pool.current_num_threads();
+        let in_flight = 4 * threads + 4;
+        let (work_tx, work_rx) = sync_channel::<Work>(2 * threads);
+        let (done_tx, done_rx) = sync_channel::<Done>(2 * threads);
+        let (permit_tx, permit_rx) = sync_channel::<()>(in_flight);
+        for _ in 0..in_flight {
+            let _ = permit_tx.send(());
+        }
+        let failed = AtomicBool::new(false);
+        let work_rx = Mutex::new(work_rx);
+        let total: u64 = stats.iter().map(|s| s.bytes).sum();
+        let bar = Bar::new(self.progress, "encode", Some(total), true);
+        let written = std::thread::scope(|scope| {
+            let writer =
+                scope.spawn(|| self.write(file, out, done_rx, &permit_tx, &failed, &mut stats));
+            let workers = scope.spawn(|| {
+                pool.broadcast(|_| self.work(&work_rx, done_tx.clone(), &failed));
+                drop(done_tx);
+            });
+            let read = self.read(inputs, &work_tx, &permit_rx, &failed, &bar);
+            drop(work_tx);
+            if read.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            let _ = workers.join();
+            let wrote = writer.join().unwrap_or_else(|_| {
+                Err(Error::InvalidArgument(
+                    "the token writer thread panicked".into(),
+                ))
+            });
+            read.and(wrote)
+        });
+        bar.finish();
+        written.map(|stats| stats.to_vec())
+    }
+
+    /// Streams the inputs as pieces of work, in order.
+    fn read(
+        &self,
+        inputs: &[PathBuf],
+        work: &SyncSender<Work>,
+        permits: &Receiver<()>,
+        failed: &AtomicBool,
+        bar: &Bar,
+    ) -> Result<()> {
+        let mut seq = 0;
+        let mut send = |source: usize, last: bool, piece: Piece| -> bool {
+            // A permit per piece in flight; the writer returns it once the piece is written.
+            if failed.load(Ordering::Relaxed) || permits.recv().is_err() {
+                return false;
+            }
+            let ok = work
+                .send(Work {
+                    seq,
+                    source,
+                    last,
+                    piece,
+                })
+                .is_ok();
+            seq += 1;
+            ok
+        };
+        let tok = self.tokenizer;
+        let cutter = Cutter {
+            pattern: tok.pattern(),
+            specials: tok.specials(),
+        };
+        for (source, path) in inputs.iter().enumerate() {
+            let size = check_file(path)?;
+            // Progress counts bytes on disk: per piece for plain files, per file otherwise.
+            let plain = Compression::of(path) == Compression::None;
+            if is_jsonl(path) {
+                let name = path.display().to_string();
+                let mut lines = BufReader::with_capacity(1 << 16, open_input(path)?);
+                let mut batch: (Vec<String>, usize, u64) = (Vec::new(), 0, 1);
+                let mut line_no = 0u64;
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    let n = lines
+                        .read_until(b'\n', &mut line)
+                        .map_err(|e| Error::io(path, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    line_no += 1;
+                    let text = String::from_utf8(std::mem::take(&mut line)).map_err(|e| {
+                        Error::InvalidArgument(format!(
+                            "{name}:{line_no}: invalid UTF-8 at byte {} of the line",
+                            e.utf8_error().valid_up_to()
+                        ))
+                    })?;
+                    batch.1 += text.len();
+                    if plain {
+                        bar.inc(text.len() as u64);
+                    }
+                    batch.0.push(text);
+                    if batch.1 >= PIECE_BYTES {
+                        let lines = std::mem::take(&mut batch.0);
+                        if !send(
+                            source,
+                            false,
+                            Piece::Records {
+                                lines,
+                                first_line: batch.2,
+                                name: name.clone(),
+                            },
+                        ) {
+                            return Ok(());
+                        }
+                        batch = (Vec::new(), 0, line_no + 1);
+                    }
+                }
+                let lines = batch.0;
+                if !send(
+                    source,
+                    true,
+                    Piece::Records {
+                        lines,
+                        first_line: batch.2,
+                        name,
+                    },
+                ) {
+                    return Ok(());
+                }
+            } else {
+                let mut chunks = ChunkReader::open(path, cutter, PIECE_BYTES)?.peekable();
+                if chunks.peek().is_none() {
+                    let empty = crate::corpus::Chunk {
+                        bytes: Vec::new(),
+                        offset: 0,
+                        source: path.display().to_string().into(),
+                    };
+                    if !send(source, true, Piece::Text(empty)) {
+                        return Ok(());
+                    }
+                }
+                while let Some(chunk) = chunks.next() {
+                    let chunk = chunk?;
+                    if plain {
+                        bar.inc(chunk.bytes.len() as u64);
+                    }
+                    let last = chunks.peek().is_none();
+                    if !send(source, last, Piece::Text(chunk)) {
+                        return Ok(());
+                    }
+                }
+            }
+            if !plain {
+                bar.inc(size);
+            }
+        }
+        Ok(())
+    }
+
+    /// A worker: encodes pieces until the reader is done.
+    fn work(&self, work: &Mutex<Receiver<Work>>, done: SyncSender<Done>, failed: &AtomicBool) {
+        loop {
+            let next = match work.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok(w) = next else { return };
+            let (data, documents) = if failed.load(Ordering::Relaxed) {
+                (Ok(Vec::new()), 0)
+            } else {
+                match self.encode_piece(w.piece) {
+                    Ok((data, docs)) => (Ok(data), docs),
+                    Err(e) => (Err(e), 0),
+                }
+            };
+            let reply = Done {
+                seq: w.seq,
+                source: w.source,
+                last: w.last,
+                data,
+                documents,
+            };
+            if done.send(reply).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Encodes one piece into stored bytes, collapsing runs of end-of-text tokens.
+    fn encode_piece(&self, piece: Piece) -> Result<(Vec<u8>, u64)> {
+        let tok = self.tokenizer;
+        let mut ids = Vec::new();
+        let mut documents = 0;
+        match piece {
+            Piece::Text(chunk) => {
+                let text = chunk.decode(self.policy)?;
+                tok.encode_into(&text, &mut ids);
+            }
+            Piece::Records {
+                lines,
+                first_line,
+                name,
+            } => {
+                for (i, line) in lines.iter().enumerate() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let record: Record = serde_json::from_str(line).map_err(|e| {
+                        Error::InvalidArgument(format!(
+                            "{name}:{}: not a JSON object with a string \"text\" field ({e})",
+                            first_line + i as u64
+                        ))
+                    })?;
+                    tok.encode_into(&record.text, &mut ids);
+                    if let Some(eot) = self.eot {
+                        ids.push(eot);
+                    }
+                }
+            }
+        }
+        let mut data = Vec::with_capacity(ids.len() * self.width.bytes());
+        let mut previous = None;
+        for id in ids {
+            if self.eot.is_some() && Some(id) == self.eot {
+                if previous == self.eot {
+                    continue; // an empty document
+                }
+                documents += 1;
+            }
+            self.width.push(id, &mut data);
+            previous = Some(id);
+        }
+        Ok((data, documents))
+    }
+
+    /// The writer: puts finished pieces in the file in input order.
+    fn write<'s>(
+        &self,
+        file: File,
+        out: &Path,
+        done: Receiver<Done>,
+        permits: &SyncSender<()>,
+        failed: &AtomicBool,
+        stats: &'s mut [SourceStats],
+    ) -> Result<&'s [SourceStats]> {
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+        let mut next = 0u64;
+        let mut first_error: Option<Error> = None;
+        let width = self.width.bytes();
+        let eot_bytes = self.eot.map(|e| {
+            let mut b = Vec::new();
+            self.width.push(e, &mut b);
+            b
+        });
+        // Per source: whether anything was written and whether the last token was end-of-text.
+        let (mut wrote, mut ends_with_eot) = (false, true);
+        for d in done {
+            pending.insert(d.seq, d);
+            while let Some(d) = pending.remove(&next) {
+                next += 1;
+                let _ = permits.send(());
+                let data = match d.data {
+                    Ok(data) => data,
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                };
+                if first_error.is_some() {
+                    continue;
+                }
+                let mut body = &data[..];
+                if let Some(eot) = &eot_bytes {
+                    // Drop an end-of-text token that would open the source or follow another.
+                    if body.starts_with(eot) && ends_with_eot {
+                        body = &body[width..];
+                        stats[d.source].documents += d.documents.saturating_sub(1);
+                    } else {
+                        stats[d.source].documents += d.documents;
+                    }
+                }
+                if !body.is_empty() {
+                    ends_with_eot = eot_bytes.as_ref().is_some_and(|e| body.ends_with(e));
+                    wrote = true;
+                }
+                let mut tokens = (body.len() / width) as u64;
+                let mut result = writer.write_all(body);
+                if d.last {
+                    if let Some(eot) = &eot_bytes {
+                        if wrote && !ends_with_eot {
+                            result = result.and_then(|_| writer.write_all(eot));
+                            tokens += 1;
+                            stats[d.source].documents += 1;
+                        }
+                    }
+                    (wrote, ends_with_eot) = (false, true);
+                }
+                stats[d.source].tokens += tokens;
+                if let Err(e) = result {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(Error::io(out, e));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let file = writer
+            .into_inner()
+            .map_err(|e| Error::io(out, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(out, e))?;
+        Ok(stats)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Record {
+    text: String,
+}
+
+/// Whether `path` holds JSON lines (`.jsonl`, possibly compressed: `x.jsonl.gz`).
+fn is_jsonl(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    [".jsonl", ".jsonl.gz", ".jsonl.xz", ".jsonl.zst"]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
