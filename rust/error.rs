@@ -38,8 +38,8 @@ pub enum Error {
     EmptyCorpus(String),
     /// A special token that the caller disallowed occurs in the text to encode.
     #[error(
-        "the text contains the disallowed special token {token:?} at character offset {offset}; \
-         pass allowed_special={{{token:?}}} (or \"all\") to encode it as its id, or \
+        "the text contains the disallowed special token '{token}' at character offset {offset}; \
+         pass allowed_special={{'{token}'}} (or \"all\") to encode it as its id, or \
          disallowed_special=() to encode it as plain text"
     )]
     DisallowedSpecial { token: String, offset: usize },
