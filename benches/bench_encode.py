@@ -757,6 +757,9 @@ def main() -> int:
         help="measurement 5 encodes --input itself (whole, maybe compressed), not the cut text",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON results path")
+    parser.add_argument(
+        "--gpt2-dir", type=Path, default=GPT2_DIR, help="folder with encoder.json + merges.txt"
+    )
     parser.add_argument("--tmp-dir", type=Path, default=None, help="for the decompressed text")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--child-spec", help=argparse.SUPPRESS)
@@ -790,9 +793,10 @@ def main() -> int:
     if not src.is_file():
         print(f"input {src} not found; nothing to benchmark (pass --input PATH).")
         return 0
-    encoder_json, merges_txt = GPT2_DIR / "encoder.json", GPT2_DIR / "merges.txt"
+    gpt2_dir = args.gpt2_dir
+    encoder_json, merges_txt = gpt2_dir / "encoder.json", gpt2_dir / "merges.txt"
     if "gpt2" in vocab_names and not (encoder_json.is_file() and merges_txt.is_file()):
-        note(f"GPT-2 files not found in {GPT2_DIR}: the gpt2 vocab is skipped")
+        note(f"GPT-2 files not found in {gpt2_dir}: the gpt2 vocab is skipped")
         vocab_names.remove("gpt2")
     if not vocab_names:
         print("no vocabulary to benchmark; nothing to do.")
