@@ -5,6 +5,7 @@
 //! The public face is the Python wrapper `lmforge.Tokenizer`; this module stays private.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use pyo3::exceptions::{
     PyFileNotFoundError, PyIsADirectoryError, PyKeyboardInterrupt, PyOSError, PyTypeError,
@@ -163,7 +164,7 @@ impl TrainSetup {
         );
         let info = train_info(py, &trained, stats, seconds)?;
         let inner = Tokenizer::new(trained.vocab, self.pattern).map_err(to_py_err)?;
-        Ok((CoreTokenizer { inner }, info))
+        Ok((CoreTokenizer::wrap(inner), info))
     }
 }
 
@@ -178,6 +179,40 @@ fn allowed_of(allowed: &Option<Vec<String>>) -> Allowed<'_> {
 #[pyclass(module = "lmforge._bpe", frozen)]
 struct CoreTokenizer {
     inner: Tokenizer,
+    /// One Python int per token id, made on first use: a list of ids is then filled with new
+    /// references to them instead of a fresh int object per token.
+    ints: OnceLock<Vec<Py<PyAny>>>,
+}
+
+/// Vocabularies up to this size get the shared int objects.
+const SHARED_INTS: u64 = 1 << 22;
+
+impl CoreTokenizer {
+    fn wrap(inner: Tokenizer) -> Self {
+        CoreTokenizer {
+            inner,
+            ints: OnceLock::new(),
+        }
+    }
+
+    /// `ids` as a Python list.
+    fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        let n = self.inner.vocab().n_vocab();
+        if n > SHARED_INTS {
+            return PyList::new(py, ids);
+        }
+        let ints = self.ints.get_or_init(|| {
+            (0..n as u32)
+                .map(|i| i.into_pyobject(py).map(|o| o.unbind().into_any()))
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap_or_default()
+        });
+        if ints.len() as u64 != n {
+            return PyList::new(py, ids);
+        }
+        // Every id an encoder produces is below n_vocab.
+        PyList::new(py, ids.iter().map(|&i| ints[i as usize].clone_ref(py)))
+    }
 }
 
 #[pymethods]
@@ -193,7 +228,7 @@ impl CoreTokenizer {
         let vocab = Vocab::new(vocab, merges, special_tokens).map_err(to_py_err)?;
         let pattern = Pattern::new(pattern).map_err(to_py_err)?;
         let inner = Tokenizer::new(vocab, pattern).map_err(to_py_err)?;
-        Ok(CoreTokenizer { inner })
+        Ok(CoreTokenizer::wrap(inner))
     }
 
     /// Trains on text files, streamed in chunks. Returns the tokenizer and a dict of statistics.
@@ -291,32 +326,32 @@ impl CoreTokenizer {
     /// Encodes `text`. `allowed`: the special tokens that become their ids (None: all);
     /// `disallowed`: special tokens whose presence is an error.
     #[pyo3(signature = (text, allowed = None, disallowed = Vec::new()))]
-    fn encode(
+    fn encode<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         text: &str,
         allowed: Option<Vec<String>>,
         disallowed: Vec<String>,
-    ) -> PyResult<Vec<u32>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
         py.detach(|| {
             self.inner
                 .encode_with(text, allowed_of(&allowed), &disallowed, &mut out)
         })
         .map_err(to_py_err)?;
-        Ok(out)
+        self.id_list(py, &out)
     }
 
     /// Encodes many texts in parallel on `num_threads` threads.
     #[pyo3(signature = (texts, allowed = None, disallowed = Vec::new(), num_threads = None))]
-    fn encode_batch(
+    fn encode_batch<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         texts: Vec<String>,
         allowed: Option<Vec<String>>,
         disallowed: Vec<String>,
         num_threads: Option<usize>,
-    ) -> PyResult<Vec<Vec<u32>>> {
+    ) -> PyResult<Vec<Bound<'py, PyList>>> {
         let pool = thread_pool(num_threads).map_err(to_py_err)?;
         let allowed = allowed_of(&allowed);
         py.detach(|| {
@@ -331,7 +366,10 @@ impl CoreTokenizer {
                     .collect::<crate::Result<Vec<Vec<u32>>>>()
             })
         })
-        .map_err(to_py_err)
+        .map_err(to_py_err)?
+        .iter()
+        .map(|ids| self.id_list(py, ids))
+        .collect()
     }
 
     /// Encodes `text` in parallel into little-endian uint32 bytes (for `np.frombuffer`).
@@ -412,12 +450,13 @@ impl CoreTokenizer {
     }
 
     /// Encodes `text` treating special-token strings as plain text.
-    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> Vec<u32> {
-        py.detach(|| {
+    fn encode_ordinary<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyList>> {
+        let ids = py.detach(|| {
             let mut out = Vec::new();
             self.inner.encode_ordinary_into(text, &mut out);
             out
-        })
+        });
+        self.id_list(py, &ids)
     }
 
     /// The bytes of `ids` concatenated.
@@ -482,7 +521,7 @@ impl CoreTokenizer {
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let inner = py.detach(|| format::load(&path)).map_err(to_py_err)?;
-        Ok(CoreTokenizer { inner })
+        Ok(CoreTokenizer::wrap(inner))
     }
 
     fn to_json(&self, py: Python<'_>) -> String {
@@ -495,7 +534,7 @@ impl CoreTokenizer {
         let inner = py
             .detach(|| format::from_json(text, origin))
             .map_err(to_py_err)?;
-        Ok(CoreTokenizer { inner })
+        Ok(CoreTokenizer::wrap(inner))
     }
 }
 
