@@ -6,6 +6,7 @@
 //! binary-searched in the generated range table. The tables come from Python's `regex` module
 //! (`tools/gen_unicode_tables.py`), the reference the scanners are tested against.
 
+use super::block::{lanes_in, splat, HIGH};
 use super::unicode_tables::{ASCII, RANGES};
 
 /// Anything not in another class: punctuation, symbols, controls, unassigned code points.
@@ -83,6 +84,75 @@ pub(crate) fn run_end(b: &[u8], mut i: usize, mask: u8) -> usize {
         i += len;
     }
     i
+}
+
+/// `[A-Za-z]` lanes: setting bit 5 maps `A-Z` onto `a-z` and every other ASCII byte outside it.
+#[inline(always)]
+pub(crate) const fn ascii_letter_lanes(x: u64) -> u64 {
+    lanes_in(x | splat(0x20), b'a', b'z')
+}
+
+/// `[0-9]` lanes.
+#[inline(always)]
+pub(crate) const fn ascii_digit_lanes(x: u64) -> u64 {
+    lanes_in(x, b'0', b'9')
+}
+
+/// `[\t\n\x0b\x0c\r ]` lanes: ASCII `\s`.
+#[inline(always)]
+pub(crate) const fn ascii_space_lanes(x: u64) -> u64 {
+    lanes_in(x, 0x09, 0x0D) | lanes_in(x, b' ', b' ')
+}
+
+/// ASCII `[^\s\p{L}\p{N}]` lanes: ASCII bytes that are not letters, digits or spaces.
+#[inline(always)]
+pub(crate) const fn ascii_punct_lanes(x: u64) -> u64 {
+    !(x | ascii_letter_lanes(x) | ascii_digit_lanes(x) | ascii_space_lanes(x)) & HIGH
+}
+
+/// Loads the eight bytes at `i` as little-endian lanes (lane 0 is `b[i]`), if there are eight.
+#[inline(always)]
+pub(crate) fn load8(b: &[u8], i: usize) -> Option<u64> {
+    let chunk = b.get(i..)?.first_chunk::<8>()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
+/// Lane index of the lowest lane whose high bit is set in `stop` (8 if none).
+#[inline(always)]
+pub(crate) const fn first_lane(stop: u64) -> usize {
+    (stop.trailing_zeros() / 8) as usize
+}
+
+/// Whether lane `k < 8` of `x` holds a non-ASCII byte.
+#[inline(always)]
+pub(crate) const fn lane_is_non_ascii(x: u64, k: usize) -> bool {
+    (x >> (8 * k)) & 0x80 != 0
+}
+
+/// End of the run of characters of class `mask` continuing at `i`, where `lanes` gives the
+/// ASCII members of that class.
+///
+/// ASCII bytes are read eight at a time: prose is mostly short ASCII words, and finding a word's
+/// end with one `trailing_zeros` replaces a byte loop whose exit branch mispredicts on every
+/// word. Only when the ASCII run stops at a non-ASCII byte does the general path take over.
+#[inline(always)]
+pub(crate) fn class_run_end(b: &[u8], mut i: usize, lanes: impl Fn(u64) -> u64, mask: u8) -> usize {
+    loop {
+        let Some(x) = load8(b, i) else {
+            // Fewer than eight bytes left: one at a time.
+            return run_end(b, i, mask);
+        };
+        let stop = !lanes(x) & HIGH;
+        if stop != 0 {
+            let k = first_lane(stop);
+            return if lane_is_non_ascii(x, k) {
+                run_end(b, i + k, mask)
+            } else {
+                i + k
+            };
+        }
+        i += 8;
+    }
 }
 
 /// Byte length of the case-insensitive contraction (`(?i:'s|'t|'re|'ve|'m|'ll|'d)`) at `i`, if any.

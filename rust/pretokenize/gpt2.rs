@@ -6,23 +6,75 @@
 //! class of the first one or two characters. So the scanner dispatches on the first byte (ASCII
 //! fast path) and never looks back, which makes it several times faster than a regex engine.
 
-use super::classes::{class_at, run_end, LETTER, NUMBER, PUNCT, SPACE};
+use super::block::{bit, emit, Block, HIGH};
+use super::classes::{
+    ascii_digit_lanes, ascii_letter_lanes, ascii_punct_lanes, class_at, class_run_end, first_lane,
+    lane_is_non_ascii, load8, run_end, LETTER, NUMBER, PUNCT, SPACE,
+};
 
 /// Calls `f` with every pretoken of `text` (they tile `text`), as `regex.findall` would.
 pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
+        if let Some(blk) = Block::load(b, i) {
+            // Each start bit depends on the byte after it, so it is exact below `valid - 1`.
+            let done = emit(
+                text,
+                i,
+                starts(&blk, b, i),
+                blk.valid.saturating_sub(1),
+                &mut f,
+            );
+            if done > 0 {
+                i += done;
+                continue;
+            }
+        }
         let end = token_end(b, i);
         f(&text[i..end]);
         i = end;
     }
 }
 
+/// The bitmap of pretoken starts in an ASCII window that begins at a pretoken start `i`.
+///
+/// Byte `j` continues the pretoken of byte `j - 1` when both are in the same class (letters,
+/// digits, punctuation: the greedy runs), when `j - 1` is a space and `j` is not whitespace
+/// (` ?X+`), or when both are whitespace and so is `j + 1` (`\s+(?!\S)` gives back the run's
+/// last character, which then starts a pretoken of its own or joins the next word if it is a
+/// space). Contractions are the exception, handled one apostrophe at a time: `'` starts a
+/// contraction where it starts a pretoken (after a letter, digit or whitespace other than a
+/// space), and the contraction ends its pretoken even before a letter.
+#[inline(always)]
+fn starts(blk: &Block, b: &[u8], i: usize) -> u64 {
+    let (letter, digit, space, punct) = (blk.letter(), blk.digit, blk.space, blk.punct());
+    let prev = |m: u64| m << 1;
+    let same = (letter & prev(letter))
+        | (digit & prev(digit))
+        | (punct & prev(punct))
+        | (space & prev(space) & (space >> 1));
+    let mut cont = same | (prev(blk.blank) & !space);
+    let mut apostrophes = blk.apostrophe & !prev(punct | blk.blank);
+    while apostrophes != 0 {
+        let a = apostrophes.trailing_zeros() as usize;
+        apostrophes &= apostrophes - 1;
+        let n = contraction(b, i + a);
+        if n > 0 {
+            cont |= bit(a + 1) | bit(a + n - 1);
+            cont &= !bit(a + n);
+        }
+    }
+    !cont | 1
+}
+
 /// End of the pretoken that starts at `i < b.len()`.
 #[inline(always)]
 fn token_end(b: &[u8], i: usize) -> usize {
     let b0 = b[i];
+    if let Some(end) = ascii_token_end(b, i) {
+        return end;
+    }
     // Case-sensitive contractions come first in the alternation.
     if b0 == b'\'' {
         let n = contraction(b, i);
@@ -52,6 +104,45 @@ fn token_end(b: &[u8], i: usize) -> usize {
         return whitespace_end(b, i);
     };
     run_end(b, start + len, mask)
+}
+
+/// End of the pretoken at `i` when it starts with ASCII and ` ?\p{L}+`, ` ?\p{N}+` or
+/// ` ?[^\s\p{L}\p{N}]+` matches there (other than at a `'`, which may start a contraction);
+/// `None` sends the caller to the general path.
+///
+/// This is the shape of almost every pretoken of English prose (` word`, `word`, `,`, `.`), so
+/// it reads eight bytes once and classifies them together instead of one character at a time.
+#[inline(always)]
+fn ascii_token_end(b: &[u8], i: usize) -> Option<usize> {
+    let x = load8(b, i)?;
+    let b0 = x as u8;
+    // The optional leading space is lane 0; the run's class is that of the lane after it.
+    let space = usize::from(b0 == b' ');
+    let c = (x >> (8 * space)) as u8;
+    let (lanes, mask) = if c.is_ascii_alphabetic() {
+        (ascii_letter_lanes(x), LETTER)
+    } else if c.is_ascii_digit() {
+        (ascii_digit_lanes(x), NUMBER)
+    } else if c.is_ascii() && ascii_punct_lanes(u64::from(c)) & 0x80 != 0 && b0 != b'\'' {
+        (ascii_punct_lanes(x), PUNCT)
+    } else {
+        return None;
+    };
+    // Lane 0 belongs to the pretoken if it is the space; lane `space` is in the class.
+    let stop = !(lanes | (space as u64) << 7) & HIGH;
+    if stop == 0 {
+        return Some(match mask {
+            LETTER => class_run_end(b, i + 8, ascii_letter_lanes, LETTER),
+            NUMBER => class_run_end(b, i + 8, ascii_digit_lanes, NUMBER),
+            _ => class_run_end(b, i + 8, ascii_punct_lanes, PUNCT),
+        });
+    }
+    let k = first_lane(stop);
+    Some(if lane_is_non_ascii(x, k) {
+        run_end(b, i + k, mask)
+    } else {
+        i + k
+    })
 }
 
 /// `'s|'t|'re|'ve|'m|'ll|'d` (case-sensitive) at `i`, as a byte length (0: none).

@@ -9,6 +9,7 @@
 //! pieces that pretokenize, separately, to exactly the pretokens of the whole. Streaming readers
 //! cut there, so memory stays bounded on files without document separators.
 
+mod block;
 mod cl100k;
 mod classes;
 mod gpt2;
@@ -234,6 +235,36 @@ mod tests {
             let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
             for _ in 0..1000 {
                 let text = rng.text();
+                let want: Vec<&str> = regex
+                    .find_iter(&text)
+                    .map(|m| m.expect("no backtrack limit on short text").as_str())
+                    .collect();
+                assert_eq!(pattern.split(&text), want, "{}: {text:?}", pattern.name());
+            }
+        }
+    }
+
+    /// Texts longer than the scanners' 64-byte windows, mostly ASCII, so that the window path
+    /// (and its hand-over to the general path at non-ASCII bytes) is exercised.
+    #[test]
+    fn long_texts_match_fancy_regex() {
+        let mut rng = Rng(0xFACE_B00C_0DDB_A110);
+        let words = [
+            "the", " cat", "'s", "'ll", "'re", " 42", "12345", ",", ".", "...", " ", "\n",
+        ];
+        for pattern in patterns() {
+            let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
+            for _ in 0..300 {
+                let n = 40 + rng.below(120);
+                let text: String = (0..n)
+                    .map(|_| {
+                        if rng.below(4) == 0 {
+                            PIECES[rng.below(PIECES.len())]
+                        } else {
+                            words[rng.below(words.len())]
+                        }
+                    })
+                    .collect();
                 let want: Vec<&str> = regex
                     .find_iter(&text)
                     .map(|m| m.expect("no backtrack limit on short text").as_str())
