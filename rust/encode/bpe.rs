@@ -11,6 +11,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use rustc_hash::FxHashMap;
+
 use crate::vocab::Vocab;
 
 /// Pieces up to this many bytes use the direct loop.
@@ -98,27 +100,42 @@ fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     let mut next: Vec<u32> = (1..=n as u32).collect();
     let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
     let mut alive = vec![true; n];
-    let pair_rank = |next: &[u32], s: usize| {
+    // The token id of each part, and a memo of (left id, right id) -> (rank, id) of their join:
+    // long pieces repeat the same few pairs, so most lookups skip hashing the joined bytes.
+    let mut ids: Vec<u32> = piece.iter().map(|&b| vocab.byte_id(b)).collect();
+    let mut memo: FxHashMap<u64, (u32, u32)> = FxHashMap::default();
+    let mut join = |next: &[u32], ids: &[u32], s: usize| -> (u32, u32) {
         let m = next[s] as usize;
         if m >= n {
-            return u32::MAX;
+            return (u32::MAX, u32::MAX);
         }
-        rank(vocab, &piece[s..next[m] as usize])
-    };
-    let mut heap: BinaryHeap<Reverse<u64>> = (0..n)
-        .filter_map(|s| {
-            let r = pair_rank(&next, s);
-            (r != u32::MAX).then_some(Reverse(u64::from(r) << 32 | s as u64))
+        let key = u64::from(ids[s]) << 32 | u64::from(ids[m]);
+        *memo.entry(key).or_insert_with(|| {
+            vocab
+                .merged(&piece[s..next[m] as usize])
+                .unwrap_or((u32::MAX, u32::MAX))
         })
-        .collect();
+    };
+    let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(n);
+    for s in 0..n {
+        let (r, _) = join(&next, &ids, s);
+        if r != u32::MAX {
+            heap.push(Reverse(u64::from(r) << 32 | s as u64));
+        }
+    }
     while let Some(Reverse(entry)) = heap.pop() {
         let (r, s) = ((entry >> 32) as u32, (entry & 0xffff_ffff) as usize);
-        if !alive[s] || pair_rank(&next, s) != r {
+        if !alive[s] {
+            continue;
+        }
+        let (current, id) = join(&next, &ids, s);
+        if current != r {
             continue;
         }
         // Join the part at `s` with its successor `m`.
         let m = next[s] as usize;
         alive[m] = false;
+        ids[s] = id;
         next[s] = next[m];
         if (next[s] as usize) < n {
             prev[next[s] as usize] = s as u32;
@@ -127,7 +144,7 @@ fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
             .into_iter()
             .flatten()
         {
-            let r = pair_rank(&next, candidate);
+            let (r, _) = join(&next, &ids, candidate);
             if r != u32::MAX {
                 heap.push(Reverse(u64::from(r) << 32 | candidate as u64));
             }
@@ -135,16 +152,14 @@ fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     }
     let mut s = 0;
     while s < n {
-        let e = next[s] as usize;
-        push_part(vocab, &piece[s..e], out);
-        s = e;
+        out.push(ids[s]);
+        s = next[s] as usize;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustc_hash::FxHashMap;
 
     /// A vocabulary with merges over {a, b}: (a,a), (a,b), (aa,aa), (b,a), (ab,ab), (aa,b).
     fn vocab() -> Vocab {
