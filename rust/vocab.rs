@@ -23,6 +23,8 @@ pub struct Vocab {
     merges: Vec<(u32, u32)>,
     /// Special tokens and their ids, in the order given.
     specials: Vec<(String, u32)>,
+    /// Largest id + 1.
+    n_vocab: u64,
 }
 
 impl Vocab {
@@ -96,12 +98,16 @@ impl Vocab {
                 ));
             }
         }
+        let ordinary = tokens.keys().copied().max();
+        let special = specials.iter().map(|&(_, id)| id).max();
+        let n_vocab = ordinary.max(special).map_or(0, |m| u64::from(m) + 1);
         Ok(Vocab {
             tokens,
             byte_ids,
             merged,
             merges: merge_ids,
             specials,
+            n_vocab,
         })
     }
 
@@ -178,9 +184,7 @@ impl Vocab {
 
     /// Largest id + 1 (tiktoken's `n_vocab`): the smallest embedding table that fits every id.
     pub fn n_vocab(&self) -> u64 {
-        let ordinary = self.tokens.keys().copied().max();
-        let special = self.specials.iter().map(|&(_, id)| id).max();
-        ordinary.max(special).map_or(0, |m| u64::from(m) + 1)
+        self.n_vocab
     }
 }
 

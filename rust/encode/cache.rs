@@ -3,14 +3,14 @@
 //! Most pretokens recur (" the", ",", " and"), so merging each occurrence again would waste the
 //! encoder's time. Each thread owns a direct-mapped table of short pretokens (`ShortKey`, at most
 //! 15 bytes) and their ids (at most three); a collision simply overwrites. No lock is taken on
-//! the hot path, memory is fixed (2 MiB per thread), and the table belongs to one tokenizer at a
+//! the hot path, memory is fixed (4 MiB per thread), and the table belongs to one tokenizer at a
 //! time (a thread that switches tokenizers starts its table afresh).
 
 use std::cell::RefCell;
 
 use crate::shortkey::ShortKey;
 
-const BITS: u32 = 16;
+const BITS: u32 = 17;
 const MAX_IDS: usize = 3;
 
 #[derive(Clone, Copy, Default)]
