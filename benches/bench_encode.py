@@ -320,7 +320,30 @@ def child_batch(spec: dict) -> dict:
             r |= {"checked_against": ref_lib, **count_mismatches(ref, ids)}
         results[lib] = r
         del ids
+    if "lmforge" in spec["libs"]:
+        results["lmforge-numpy"] = numpy_scaling(spec, docs, n_bytes, threads, ref)
     return results
+
+
+def numpy_scaling(spec: dict, docs: list[str], n_bytes: int, threads: int, ref: Any) -> dict:
+    """lmforge's ``encode_to_numpy`` on the whole text (no Python ints): the encoder's own
+    scaling, without the single-threaded building of Python lists that ``encode_batch`` needs."""
+    import numpy as np
+
+    tok = load_lmforge(spec)
+    if not hasattr(tok, "encode_to_numpy"):
+        return {"skipped": "lmforge has no Tokenizer.encode_to_numpy"}
+    text = "".join(docs)
+    tok.encode_to_numpy(text[: 1 << 20], num_threads=threads)
+    seconds, ids = timed(lambda: tok.encode_to_numpy(text, num_threads=threads), repeat=3)
+    r: dict[str, Any] = {"seconds": seconds, "mb_per_s": n_bytes / 1e6 / seconds}
+    if ref is not None:
+        flat = np.fromiter((i for doc in ref for i in doc), dtype=np.uint32)
+        r |= {
+            "checked_against": "the per-document ids",
+            "mismatched_docs": int(not np.array_equal(flat, ids)),
+        }
+    return r
 
 
 def child_worst(spec: dict) -> dict:
@@ -532,7 +555,7 @@ def part_batch(vocabs: dict, ctx: dict) -> dict:
             }
             per_t[str(t)] = run_measurement("batch", spec | {"threads": t}, env)
         base = per_t.get("1", {})
-        for lib in spec["libs"]:
+        for lib in [*spec["libs"], "lmforge-numpy"]:
             rate1 = base.get(lib, {}).get("mb_per_s")
             for t in threads_list:
                 x = per_t[str(t)].get(lib, {})

@@ -383,16 +383,26 @@ impl CoreTokenizer {
         num_threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyByteArray>> {
         let pool = thread_pool(num_threads).map_err(to_py_err)?;
-        let ids = py
+        let little_endian =
+            |ids: Vec<u32>| -> Vec<u8> { ids.iter().flat_map(|id| id.to_le_bytes()).collect() };
+        let parts = py
             .detach(|| {
                 pool.install(|| {
+                    let allowed = allowed_of(&allowed);
                     self.inner
-                        .encode_parallel(text, allowed_of(&allowed), &disallowed, 1 << 20)
+                        .encode_parallel(text, allowed, &disallowed, 1 << 20, little_endian)
                 })
             })
             .map_err(to_py_err)?;
-        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
-        Ok(PyByteArray::new(py, &bytes))
+        let total = parts.iter().map(Vec::len).sum();
+        PyByteArray::new_with(py, total, |buf| {
+            let mut at = 0;
+            for part in &parts {
+                buf[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            Ok(())
+        })
     }
 
     /// Encodes files into `out` (uint16 when `width` is 2, uint32 when 4), appending `eot` after

@@ -149,30 +149,25 @@ impl Tokenizer {
     }
 
     /// Encodes `text` on the current rayon pool: cut at safe points into pieces of about
-    /// `chunk` bytes, encoded in parallel and concatenated in order.
-    pub fn encode_parallel(
+    /// `chunk` bytes, encoded in parallel. Returns the pieces' ids, in order; `map` turns each
+    /// piece's ids into the caller's form on the same thread (e.g. bytes for numpy).
+    pub fn encode_parallel<T: Send>(
         &self,
         text: &str,
         allowed: Allowed<'_>,
         disallowed: &[String],
         chunk: usize,
-    ) -> Result<Vec<u32>> {
+        map: impl Fn(Vec<u32>) -> T + Sync,
+    ) -> Result<Vec<T>> {
         self.check_disallowed(text, disallowed)?;
-        let pieces = self.cut_into(text, chunk);
-        let parts: Vec<Result<Vec<u32>>> = pieces
+        self.cut_into(text, chunk)
             .par_iter()
             .map(|piece| {
                 let mut out = Vec::with_capacity(piece.len() / 3 + 1);
                 self.encode_with(piece, allowed, &[], &mut out)?;
-                Ok(out)
+                Ok(map(out))
             })
-            .collect();
-        let total = parts.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum();
-        let mut out = Vec::with_capacity(total);
-        for part in parts {
-            out.extend_from_slice(&part?);
-        }
-        Ok(out)
+            .collect()
     }
 
     /// Splits `text` into consecutive pieces of about `chunk` bytes that encode independently.
