@@ -3,10 +3,12 @@
 //! pair forms a token.
 //!
 //! Short pieces (nearly all of natural text) use the direct loop, which is quadratic but tiny.
-//! Long pieces (a 1 MB run of one letter is a single pretoken) use a min-heap of candidate pairs
-//! over a linked list of parts, O(n log n): each merge pops one entry and pushes at most two, and
-//! an entry is checked against the current parts when popped (lazy invalidation), so no pass
-//! over the whole piece is ever repeated.
+//! Long pieces (a 1 MB run of one letter is a single pretoken) keep a linked list of parts and
+//! their candidate joins in one bucket per rank, with a min-heap over the few distinct ranks (not
+//! over the many positions). Each merge takes the leftmost candidate of the lowest rank and adds
+//! at most two new candidates; an entry is checked against the current parts when taken (lazy
+//! invalidation). New candidates mostly arrive in position order, so a bucket is sorted only when
+//! one arrives out of order; in the common case every step is O(1).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -90,11 +92,60 @@ fn merge_short(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     }
 }
 
-/// The heap version. Parts are identified by their start offset; `next[s]` is the start of the
-/// part after the one starting at `s` (`n` at the end). A heap entry `(rank, s)` proposes joining
-/// the part at `s` with its successor; it is current iff `s` still starts a part with a successor
-/// and their concatenation still has that rank (ranks name unique token bytes, so an equal rank
-/// means the same joined bytes).
+/// Candidate joins of one rank: start offsets of their left parts. `items[read..]` are pending;
+/// `sorted` says whether they are in increasing order.
+#[derive(Default)]
+struct Bucket {
+    items: Vec<u32>,
+    read: usize,
+    sorted: bool,
+}
+
+/// Pending candidates by rank, taken lowest rank first and leftmost within a rank.
+#[derive(Default)]
+struct Candidates {
+    buckets: FxHashMap<u32, Bucket>,
+    ranks: BinaryHeap<Reverse<u32>>,
+}
+
+impl Candidates {
+    fn push(&mut self, rank: u32, start: u32) {
+        let bucket = self.buckets.entry(rank).or_default();
+        if bucket.read == bucket.items.len() {
+            bucket.items.clear();
+            bucket.read = 0;
+            bucket.sorted = true;
+            self.ranks.push(Reverse(rank));
+        } else if bucket.items.last().is_some_and(|&last| last > start) {
+            bucket.sorted = false;
+        }
+        bucket.items.push(start);
+    }
+
+    /// The lowest-ranked, leftmost pending candidate.
+    fn pop(&mut self) -> Option<(u32, u32)> {
+        loop {
+            let &Reverse(rank) = self.ranks.peek()?;
+            let bucket = self.buckets.get_mut(&rank)?;
+            if bucket.read == bucket.items.len() {
+                self.ranks.pop();
+                continue;
+            }
+            if !bucket.sorted {
+                bucket.items[bucket.read..].sort_unstable();
+                bucket.sorted = true;
+            }
+            let start = bucket.items[bucket.read];
+            bucket.read += 1;
+            return Some((rank, start));
+        }
+    }
+}
+
+/// The long-piece version. Parts are identified by their start offset; `next[s]` is the start of
+/// the part after the one starting at `s` (`n` at the end). A candidate `(rank, s)` proposes
+/// joining the part at `s` with its successor; it is current iff `s` still starts a part with a
+/// successor and their join still has that rank.
 fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     let n = piece.len();
     let mut next: Vec<u32> = (1..=n as u32).collect();
@@ -116,15 +167,15 @@ fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
                 .unwrap_or((u32::MAX, u32::MAX))
         })
     };
-    let mut heap: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(n);
+    let mut candidates = Candidates::default();
     for s in 0..n {
         let (r, _) = join(&next, &ids, s);
         if r != u32::MAX {
-            heap.push(Reverse(u64::from(r) << 32 | s as u64));
+            candidates.push(r, s as u32);
         }
     }
-    while let Some(Reverse(entry)) = heap.pop() {
-        let (r, s) = ((entry >> 32) as u32, (entry & 0xffff_ffff) as usize);
+    while let Some((r, s)) = candidates.pop() {
+        let s = s as usize;
         if !alive[s] {
             continue;
         }
@@ -146,7 +197,7 @@ fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
         {
             let (r, _) = join(&next, &ids, candidate);
             if r != u32::MAX {
-                heap.push(Reverse(u64::from(r) << 32 | candidate as u64));
+                candidates.push(r, candidate as u32);
             }
         }
     }

@@ -65,3 +65,20 @@ def test_version_line_is_skipped(gpt2_files, tmp_path, ours):
     bpe = tmp_path / "vocab.bpe"
     bpe.write_text("#version: 0.2\n" + gpt2_files[1].read_text(encoding="utf-8"), encoding="utf-8")
     assert load_gpt2(gpt2_files[0], bpe).merges == ours.merges
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 100_000,
+        "ab" * 50_000,
+        "".join(chr(97 + (i * 7919) % 26) for i in range(100_000)),
+        bytes((i * 7919 + 13) % 256 for i in range(100_000)).decode("latin-1"),
+        " " * 50_000 + "x",
+        "1234567890" * 10_000,
+    ],
+    ids=["one-letter", "two-letters", "letters", "latin1", "spaces", "digits"],
+)
+def test_pathological_pieces(ours, theirs, text):
+    """Very long pretokens take the bucketed long-piece merge; ids must still match."""
+    assert ours.encode(text) == theirs.encode(text, allowed_special="all")
