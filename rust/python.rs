@@ -383,24 +383,35 @@ impl CoreTokenizer {
         num_threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyByteArray>> {
         let pool = thread_pool(num_threads).map_err(to_py_err)?;
-        let little_endian =
-            |ids: Vec<u32>| -> Vec<u8> { ids.iter().flat_map(|id| id.to_le_bytes()).collect() };
         let parts = py
             .detach(|| {
                 pool.install(|| {
                     let allowed = allowed_of(&allowed);
                     self.inner
-                        .encode_parallel(text, allowed, &disallowed, 1 << 20, little_endian)
+                        .encode_parallel(text, allowed, &disallowed, 1 << 20, |ids| ids)
                 })
             })
             .map_err(to_py_err)?;
-        let total = parts.iter().map(Vec::len).sum();
-        PyByteArray::new_with(py, total, |buf| {
-            let mut at = 0;
-            for part in &parts {
-                buf[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
+        let total: usize = parts.iter().map(Vec::len).sum();
+        PyByteArray::new_with(py, total * 4, |buf| {
+            // The new bytearray is not visible to Python yet, so its buffer can be filled
+            // by the pool without the GIL, each piece into its own slice.
+            py.detach(|| {
+                let mut slices = Vec::with_capacity(parts.len());
+                let mut rest = buf;
+                for part in &parts {
+                    let (head, tail) = rest.split_at_mut(part.len() * 4);
+                    slices.push(head);
+                    rest = tail;
+                }
+                pool.install(|| {
+                    slices.into_par_iter().zip(&parts).for_each(|(dst, ids)| {
+                        for (d, id) in dst.chunks_exact_mut(4).zip(ids) {
+                            d.copy_from_slice(&id.to_le_bytes());
+                        }
+                    })
+                });
+            });
             Ok(())
         })
     }
