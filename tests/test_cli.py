@@ -18,6 +18,8 @@ def test_quickstart(tmp_path, capsys):
     assert "bytes per token" in out and "saved" in out
     tok = Tokenizer.load(tmp_path / "tokenizer.json")
     assert len(tok) == 4096
+    tokens = TokenFile.open(tmp_path / "train.bin", fingerprint=tok.fingerprint)
+    assert f"{len(tokens):,} tokens" in out
     assert tok.decode(tok.encode("Once upon a time")) == "Once upon a time"
 
 

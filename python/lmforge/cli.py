@@ -21,6 +21,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     print(f"compression: {r.bytes_per_token:.2f} bytes per token on the sample corpus")
     print("tokens: " + " | ".join(repr(t)[1:-1] for t in r.sample_tokens))
     print(f"saved {r.tokenizer_path}")
+    print(f"encoded the corpus into {r.n_tokens:,} tokens: {r.tokens_path} (+ .json header)")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The quickstart job: train a tokenizer on the bundled sample corpus and show what it does.
+"""The quickstart job: train a tokenizer on the bundled sample corpus, show what it does, and
+encode the corpus into a token file ready for training.
 
 The sample (``assets/stories-sample.txt``, 1.9 MB of public-domain children's stories) ships in
 the wheel, so ``lmforge quickstart`` runs on a fresh install with no download.
@@ -29,6 +30,8 @@ class QuickstartResult:
     """What the quickstart made and measured."""
 
     tokenizer_path: Path
+    tokens_path: Path
+    n_tokens: int
     corpus_bytes: int
     train_seconds: float
     vocab_size: int
@@ -39,7 +42,8 @@ class QuickstartResult:
 def run_quickstart(
     out_dir: Path, vocab_size: int = 4096, progress: bool = True
 ) -> QuickstartResult:
-    """Trains a ``vocab_size`` tokenizer on the sample corpus and saves it under ``out_dir``."""
+    """Trains a ``vocab_size`` tokenizer on the sample corpus and saves it and the encoded corpus
+    (``tokenizer.json``, ``train.bin`` + ``train.bin.json``) under ``out_dir``."""
     corpus = sample_corpus()
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -52,8 +56,11 @@ def run_quickstart(
     if tok.decode(ids) != text:
         raise RuntimeError("round trip failed: decode(encode(text)) != text")
     sample = [tok.decode([i]) for i in tok.encode(SAMPLE_SENTENCE)]
+    tokens = tok.encode_files(corpus, out_dir / "train.bin", progress=progress)
     return QuickstartResult(
         tokenizer_path=path,
+        tokens_path=tokens.path,
+        n_tokens=len(tokens),
         corpus_bytes=len(text.encode("utf-8")),
         train_seconds=seconds,
         vocab_size=len(tok),
