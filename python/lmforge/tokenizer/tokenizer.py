@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Union, cast
 import numpy as np
 
 from lmforge import _bpe
+from lmforge.tokenizer.arguments import as_paths, special_sets
 from lmforge.tokenizer.stream import StreamDecoder
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class Tokenizer:
         if isinstance(special_tokens, str):
             raise TypeError("special_tokens must be a sequence of str, e.g. ('<|endoftext|>',)")
         specials = list(special_tokens)
-        paths = _as_paths(inputs)
+        paths = as_paths(inputs)
         if paths is not None:
             core, info = _bpe.CoreTokenizer.train_files(
                 paths, vocab_size, specials, pattern, num_threads, progress, errors
@@ -259,27 +260,7 @@ class Tokenizer:
         allowed_special: AbstractSet[str] | str,
         disallowed_special: AbstractSet[str] | Collection[str] | str,
     ) -> tuple[list[str] | None, list[str]]:
-        """tiktoken's keyword semantics, as (allowed names or None for all, disallowed names)."""
-        names = set(self.special_tokens)
-        if allowed_special == "all":
-            allowed = names
-        elif isinstance(allowed_special, str):
-            raise ValueError('allowed_special must be "all" or a set of special tokens')
-        else:
-            allowed = set(allowed_special)
-        if disallowed_special == "all":
-            disallowed = names - allowed
-        elif isinstance(disallowed_special, str):
-            raise ValueError('disallowed_special must be "all" or a set of special tokens')
-        else:
-            disallowed = set(disallowed_special)
-        unknown = (allowed | disallowed) - names
-        if unknown:
-            raise ValueError(
-                f"{sorted(unknown)} are not special tokens of this tokenizer "
-                f"(it has {sorted(names)})"
-            )
-        return (None if allowed == names else sorted(allowed)), sorted(disallowed)
+        return special_sets(set(self.special_tokens), allowed_special, disallowed_special)
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily encodes a stream of strings as if they were one concatenated string.
@@ -437,30 +418,3 @@ class Tokenizer:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Tokenizer.from_json, (self.to_json(),))
-
-
-def _as_paths(inputs: object) -> list[str] | None:
-    """The list of paths named by ``inputs``, or None when it is an iterable of texts."""
-    if isinstance(inputs, (str, os.PathLike)):
-        items: list[object] = [inputs]
-    elif isinstance(inputs, (list, tuple)):
-        items = list(inputs)
-    else:
-        return None
-    paths = []
-    for item in items:
-        if not isinstance(item, (str, os.PathLike)):
-            raise TypeError(
-                f"inputs must be a path, a list of paths or an iterable of str; got a list "
-                f"holding {type(item).__name__}"
-            )
-        path = os.fspath(item)
-        if not os.path.exists(path) and ("\n" in path or " " in path or len(path) > 255):
-            raise FileNotFoundError(
-                f"{path[:60]!r}...: no such file. A list or tuple is read as file paths; to "
-                "train on texts held in a list, pass iter(texts)."
-            )
-        paths.append(path)
-    if not paths:
-        raise ValueError("inputs is empty: give at least one file")
-    return paths
