@@ -311,6 +311,10 @@ mod tests {
             "\n",
             "\r\n",
             "\n\n",
+            "   ",
+            " \n \n",
+            "\t\n ",
+            " \u{a0}",
             "a",
             "Z",
             "ab",
@@ -319,7 +323,7 @@ mod tests {
         ];
         for pattern in [Pattern::Cl100k, Pattern::O200k] {
             let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
-            for _ in 0..1000 {
+            for _ in 0..3000 {
                 let n = 10 + rng.below(80);
                 let text: String = (0..n)
                     .map(|_| {
