@@ -7,8 +7,8 @@
 //! A-run where the backtracking would settle (see its comments). The remaining alternatives are
 //! cl100k's, with `/` allowed after a punctuation run.
 
-use super::block::{lanes_in, HIGH};
-use super::cl100k::{ascii_digits_end, ascii_run_end, digits_end, whitespace_end};
+use super::block::{bit, emit, lanes_in, Block, HIGH};
+use super::cl100k::{ascii_digits_end, ascii_run_end, digits_end, whitespace_end, Shared};
 use super::classes::{
     ascii_punct_lanes, class_at, class_run_end, contraction_ci, first_lane, lane_is_non_ascii,
     load8, run_end, LETTER, LETTER_OTHER, LOWER, MARK, NUMBER, PUNCT, SPACE, UPPER,
@@ -26,10 +26,52 @@ pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
+        if let Some(blk) = Block::load(b, i) {
+            let (starts, limit) = starts(&blk, b, i);
+            let done = emit(text, i, starts, limit, &mut f);
+            if done > 0 {
+                i += done;
+                continue;
+            }
+        }
         let end = token_end(b, i);
         f(&text[i..end]);
         i = end;
     }
+}
+
+/// The bitmap of pretoken starts in an ASCII window that begins at a pretoken start `i`, and the
+/// bound below which its bits are exact.
+///
+/// In ASCII a word is `[A-Z]*[a-z]*` (not empty), so a letter continues the letter before it
+/// unless it is uppercase after lowercase; its first letter may take a lead (see `Shared`).
+/// A contraction after a word (an apostrophe after a letter, unless that letter ended a
+/// contraction) joins it and ends it, even before a letter.
+#[inline(always)]
+fn starts(blk: &Block, b: &[u8], i: usize) -> (u64, u32) {
+    let shared = Shared::new(blk, blk.newline | blk.slash);
+    let (upper, lower) = (blk.upper, blk.lower);
+    let letter = upper | lower;
+    let prev = |m: u64| m << 1;
+    let mut cont = shared.cont
+        | (letter & prev(letter) & !(upper & prev(lower)))
+        | (letter & prev(shared.lead));
+    let mut apostrophes = blk.apostrophe & prev(letter) & letter >> 1;
+    let mut after_contraction = usize::MAX;
+    while apostrophes != 0 {
+        let a = apostrophes.trailing_zeros() as usize;
+        apostrophes &= apostrophes - 1;
+        if a == after_contraction {
+            continue;
+        }
+        let n = contraction_ci(b, i + a);
+        if n > 0 {
+            cont |= bit(a) | bit(a + 1) | bit(a + n - 1);
+            cont &= !bit(a + n);
+            after_contraction = a + n;
+        }
+    }
+    (!cont | 1, shared.limit)
 }
 
 /// End of the pretoken that starts at `i < b.len()`.
