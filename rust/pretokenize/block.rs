@@ -68,6 +68,7 @@ fn classify(window: &[u8; 64]) -> Block {
         blk.newline |= gather(newline) << shift;
         blk.space |= gather(lanes_in(x, 0x09, 0x0D) | blank) << shift;
         blk.apostrophe |= gather(lanes_in(x, b'\'', b'\'')) << shift;
+        blk.slash |= gather(lanes_in(x, b'/', b'/')) << shift;
     }
     blk.valid = non_ascii.trailing_zeros();
     blk
@@ -114,6 +115,7 @@ fn classify_sse2(window: &[u8; 64]) -> Block {
         blk.newline |= bits(_mm_or_si128(eq(v, b'\n'), eq(v, b'\r'))) << shift;
         blk.space |= bits(_mm_or_si128(in_range(v, 0x09, 0x0D), blank)) << shift;
         blk.apostrophe |= bits(eq(v, b'\'')) << shift;
+        blk.slash |= bits(eq(v, b'/')) << shift;
     }
     blk.valid = non_ascii.trailing_zeros();
     blk
@@ -135,6 +137,8 @@ pub(crate) struct Block {
     pub newline: u64,
     /// `'`.
     pub apostrophe: u64,
+    /// `/`.
+    pub slash: u64,
     /// How many bytes from the window's start are ASCII (at most 64).
     pub valid: u32,
 }
@@ -238,6 +242,7 @@ mod tests {
                 assert_eq!(has(blk.blank), c == b' ');
                 assert_eq!(has(blk.newline), c == b'\r' || c == b'\n');
                 assert_eq!(has(blk.apostrophe), c == b'\'');
+                assert_eq!(has(blk.slash), c == b'/');
                 assert_eq!(
                     has(blk.punct()),
                     !c.is_ascii_alphanumeric() && !b"\t\n\x0b\x0c\r ".contains(&c)

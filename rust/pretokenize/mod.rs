@@ -274,6 +274,76 @@ mod tests {
         }
     }
 
+    /// Long mostly-ASCII texts with the shapes the cl100k and o200k fast paths decide on their
+    /// own: mixed-case words, leading characters before words, digit runs, punctuation runs
+    /// followed by newlines and slashes, case-insensitive contractions; with non-ASCII pieces
+    /// next to them so that every hand-over to the general path is exercised.
+    #[test]
+    fn long_cased_texts_match_fancy_regex() {
+        let mut rng = Rng(0xC1_100C_0200_0C0D);
+        let words = [
+            "the",
+            " Cat",
+            "HTML",
+            "Parser",
+            "iPhone",
+            "DON",
+            "'T",
+            "'s",
+            "'Ll",
+            "'vE",
+            "'re",
+            "'x",
+            " 42",
+            "12345",
+            "7",
+            ",",
+            ".",
+            "...",
+            "(",
+            ")",
+            "\"",
+            " \"",
+            "/",
+            "//",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\n\n",
+            "   ",
+            " \n \n",
+            "\t\n ",
+            " \u{a0}",
+            "a",
+            "Z",
+            "ab",
+            "xyzzyxyzzyx",
+            "ABCDEFGHIJK",
+        ];
+        for pattern in [Pattern::Cl100k, Pattern::O200k] {
+            let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
+            for _ in 0..3000 {
+                let n = 10 + rng.below(80);
+                let text: String = (0..n)
+                    .map(|_| {
+                        if rng.below(6) == 0 {
+                            PIECES[rng.below(PIECES.len())]
+                        } else {
+                            words[rng.below(words.len())]
+                        }
+                    })
+                    .collect();
+                let want: Vec<&str> = regex
+                    .find_iter(&text)
+                    .map(|m| m.expect("no backtrack limit on short text").as_str())
+                    .collect();
+                assert_eq!(pattern.split(&text), want, "{}: {text:?}", pattern.name());
+            }
+        }
+    }
+
     #[test]
     fn restart_points_split_cleanly() {
         let mut rng = Rng(0x0123_4567_89AB_CDEF);

@@ -7,10 +7,11 @@
 //! A-run where the backtracking would settle (see its comments). The remaining alternatives are
 //! cl100k's, with `/` allowed after a punctuation run.
 
-use super::cl100k::{digits_end, whitespace_end};
+use super::block::{bit, emit, lanes_in, Block, HIGH};
+use super::cl100k::{ascii_digits_end, ascii_run_end, digits_end, whitespace_end, Shared};
 use super::classes::{
-    class_at, contraction_ci, run_end, LETTER, LETTER_OTHER, LOWER, MARK, NUMBER, PUNCT, SPACE,
-    UPPER,
+    ascii_punct_lanes, class_at, class_run_end, contraction_ci, first_lane, lane_is_non_ascii,
+    load8, run_end, LETTER, LETTER_OTHER, LOWER, MARK, NUMBER, PUNCT, SPACE, UPPER,
 };
 
 /// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`.
@@ -25,15 +26,60 @@ pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
+        if let Some(blk) = Block::load(b, i) {
+            let (starts, limit) = starts(&blk, b, i);
+            let done = emit(text, i, starts, limit, &mut f);
+            if done > 0 {
+                i += done;
+                continue;
+            }
+        }
         let end = token_end(b, i);
         f(&text[i..end]);
         i = end;
     }
 }
 
+/// The bitmap of pretoken starts in an ASCII window that begins at a pretoken start `i`, and the
+/// bound below which its bits are exact.
+///
+/// In ASCII a word is `[A-Z]*[a-z]*` (not empty), so a letter continues the letter before it
+/// unless it is uppercase after lowercase; its first letter may take a lead (see `Shared`).
+/// A contraction after a word (an apostrophe after a letter, unless that letter ended a
+/// contraction) joins it and ends it, even before a letter.
+#[inline(always)]
+fn starts(blk: &Block, b: &[u8], i: usize) -> (u64, u32) {
+    let shared = Shared::new(blk, blk.newline | blk.slash);
+    let (upper, lower) = (blk.upper, blk.lower);
+    let letter = upper | lower;
+    let prev = |m: u64| m << 1;
+    let mut cont = shared.cont
+        | (letter & prev(letter) & !(upper & prev(lower)))
+        | (letter & prev(shared.lead));
+    let mut apostrophes = blk.apostrophe & prev(letter) & letter >> 1;
+    let mut after_contraction = usize::MAX;
+    while apostrophes != 0 {
+        let a = apostrophes.trailing_zeros() as usize;
+        apostrophes &= apostrophes - 1;
+        if a == after_contraction {
+            continue;
+        }
+        let n = contraction_ci(b, i + a);
+        if n > 0 {
+            cont |= bit(a) | bit(a + 1) | bit(a + n - 1);
+            cont &= !bit(a + n);
+            after_contraction = a + n;
+        }
+    }
+    (!cont | 1, shared.limit)
+}
+
 /// End of the pretoken that starts at `i < b.len()`.
 #[inline(always)]
 fn token_end(b: &[u8], i: usize) -> usize {
+    if let Some(end) = ascii_token_end(b, i) {
+        return end;
+    }
     let b0 = b[i];
     let (flag, len) = class_at(b, i);
     // `P?`: greedy, so the word alternatives are tried with the prefix first, then without.
@@ -74,6 +120,73 @@ fn token_end(b: &[u8], i: usize) -> usize {
     }
     debug_assert!(flag & SPACE != 0);
     whitespace_end(b, i, len)
+}
+
+/// End of the pretoken at `i` when it starts with ASCII and is a word (with or without a leading
+/// character), a digit group or a punctuation run, and ASCII bytes decide where it ends; `None`
+/// sends the caller to the general path.
+///
+/// These are almost all the pretokens of English prose (` word`, `Word`, `,`, `.`), so the eight
+/// bytes at `i` are loaded once and classified together instead of one character at a time.
+#[inline(always)]
+fn ascii_token_end(b: &[u8], i: usize) -> Option<usize> {
+    let x = load8(b, i)?;
+    let (b0, b1) = (x as u8, (x >> 8) as u8);
+    if b0.is_ascii_alphabetic() {
+        return ascii_word_end(b, i, x, 0);
+    }
+    if b0.is_ascii_digit() {
+        return ascii_digits_end(x, i);
+    }
+    if b0 >= 0x80 || b0 == b'\r' || b0 == b'\n' || b1 >= 0x80 {
+        return None;
+    }
+    // `P?` then a word: `b0` is neither a letter, a digit, `\r` nor `\n`.
+    if b1.is_ascii_alphabetic() {
+        return ascii_word_end(b, i, x, 1);
+    }
+    // ` ?[^\s\p{L}\p{N}]+[\r\n/]*` (no word can start at `b0` or `b1`).
+    let punct = ascii_punct_lanes(x);
+    let lead = if punct & 0x80 != 0 {
+        0
+    } else if b0 == b' ' && punct & 0x8000 != 0 {
+        1
+    } else {
+        return None;
+    };
+    Some(newlines_slashes_end(
+        b,
+        ascii_run_end(b, i, x, punct, lead, PUNCT),
+    ))
+}
+
+/// `A*B+C?|A+B*C?` from lane `lead` (0 or 1, an ASCII letter) of `x = b[i..i + 8]`, lanes below
+/// `lead` being the `P?` prefix, if ASCII bytes decide where the word ends.
+///
+/// For ASCII, A is `[A-Z]` and B is `[a-z]`: the word is an uppercase run followed by a
+/// lowercase run (either may be empty, not both), then an optional contraction.
+#[inline(always)]
+fn ascii_word_end(b: &[u8], i: usize, x: u64, lead: usize) -> Option<usize> {
+    let (upper, lower) = (lanes_in(x, b'A', b'Z'), lanes_in(x, b'a', b'z'));
+    let prefix = (lead as u64) << 7;
+    let a = first_lane(!(upper | prefix) & HIGH);
+    if a == 8 {
+        return None;
+    }
+    // The lanes below `a`, whose high bits count as lowercase for the B-run's end.
+    let before = HIGH & ((1u64 << (8 * a)) - 1);
+    let stop = !(lower | before) & HIGH;
+    let end = if stop == 0 {
+        class_run_end(b, i + 8, |y| lanes_in(y, b'a', b'z'), B)
+    } else {
+        let k = first_lane(stop);
+        if lane_is_non_ascii(x, k) {
+            // A non-ASCII character may continue either run (marks, Lm, Lo, letters).
+            return None;
+        }
+        i + k
+    };
+    Some(end + contraction_ci(b, end))
 }
 
 /// `A*B+C?` at `s`.
