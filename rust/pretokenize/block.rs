@@ -174,6 +174,34 @@ impl Block {
     }
 }
 
+/// The scanners' driver. Where an ASCII window loads at a pretoken start `i`, `starts` gives its
+/// start bitmap and the bound below which the bits are exact, and the window's pretokens are
+/// emitted at once; elsewhere, or when a window completes no pretoken, `token_end` takes one
+/// pretoken the general way.
+#[inline(always)]
+pub(crate) fn scan_windows<'a>(
+    text: &'a str,
+    f: &mut impl FnMut(&'a str),
+    starts: impl Fn(&Block, &[u8], usize) -> (u64, u32),
+    token_end: impl Fn(&[u8], usize) -> usize,
+) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(blk) = Block::load(b, i) {
+            let (bits, limit) = starts(&blk, b, i);
+            let done = emit(text, i, bits, limit, f);
+            if done > 0 {
+                i += done;
+                continue;
+            }
+        }
+        let end = token_end(b, i);
+        f(&text[i..end]);
+        i = end;
+    }
+}
+
 /// Emits the pretokens of a window whose start bitmap is `starts` (bit 0 set), using only the
 /// starts below `limit`, and returns how many bytes they covered (0 if none was complete).
 ///

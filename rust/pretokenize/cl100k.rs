@@ -6,7 +6,7 @@
 //! back the last character of a run followed by a non-space. The scanner measures the run once
 //! and derives both, so it never rescans; ASCII bytes skip UTF-8 decoding.
 
-use super::block::{bit, emit, low_bits, Block, HIGH};
+use super::block::{bit, low_bits, scan_windows, Block, HIGH};
 use super::classes::{
     ascii_digit_lanes, ascii_letter_lanes, ascii_punct_lanes, class_at, class_run_end,
     contraction_ci, first_lane, lane_is_non_ascii, load8, run_end, LETTER, NUMBER, PUNCT, SPACE,
@@ -14,21 +14,7 @@ use super::classes::{
 
 /// Calls `f` with every pretoken of `text` (they tile `text`), as `regex.findall` would.
 pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
-    let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(blk) = Block::load(b, i) {
-            let (starts, limit) = starts(&blk, b, i);
-            let done = emit(text, i, starts, limit, &mut f);
-            if done > 0 {
-                i += done;
-                continue;
-            }
-        }
-        let end = token_end(b, i);
-        f(&text[i..end]);
-        i = end;
-    }
+    scan_windows(text, &mut f, starts, token_end);
 }
 
 /// The bitmap of pretoken starts in an ASCII window that begins at a pretoken start `i`, and the

@@ -6,7 +6,7 @@
 //! class of the first one or two characters. So the scanner dispatches on the first byte (ASCII
 //! fast path) and never looks back, which makes it several times faster than a regex engine.
 
-use super::block::{bit, emit, Block, HIGH};
+use super::block::{bit, scan_windows, Block, HIGH};
 use super::classes::{
     ascii_digit_lanes, ascii_letter_lanes, ascii_punct_lanes, class_at, class_run_end, first_lane,
     lane_is_non_ascii, load8, run_end, LETTER, NUMBER, PUNCT, SPACE,
@@ -14,27 +14,9 @@ use super::classes::{
 
 /// Calls `f` with every pretoken of `text` (they tile `text`), as `regex.findall` would.
 pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
-    let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(blk) = Block::load(b, i) {
-            // Each start bit depends on the byte after it, so it is exact below `valid - 1`.
-            let done = emit(
-                text,
-                i,
-                starts(&blk, b, i),
-                blk.valid.saturating_sub(1),
-                &mut f,
-            );
-            if done > 0 {
-                i += done;
-                continue;
-            }
-        }
-        let end = token_end(b, i);
-        f(&text[i..end]);
-        i = end;
-    }
+    // Each start bit depends on the byte after it, so it is exact below `valid - 1`.
+    let starts = |blk: &Block, b: &[u8], i: usize| (starts(blk, b, i), blk.valid.saturating_sub(1));
+    scan_windows(text, &mut f, starts, token_end);
 }
 
 /// The bitmap of pretoken starts in an ASCII window that begins at a pretoken start `i`.

@@ -7,7 +7,7 @@
 //! A-run where the backtracking would settle (see its comments). The remaining alternatives are
 //! cl100k's, with `/` allowed after a punctuation run.
 
-use super::block::{bit, emit, lanes_in, Block, HIGH};
+use super::block::{bit, lanes_in, scan_windows, Block, HIGH};
 use super::cl100k::{ascii_digits_end, ascii_run_end, digits_end, whitespace_end, Shared};
 use super::classes::{
     ascii_punct_lanes, class_at, class_run_end, contraction_ci, first_lane, lane_is_non_ascii,
@@ -23,21 +23,7 @@ const AB: u8 = A & B;
 
 /// Calls `f` with every pretoken of `text` (they tile `text`), as `regex.findall` would.
 pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
-    let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(blk) = Block::load(b, i) {
-            let (starts, limit) = starts(&blk, b, i);
-            let done = emit(text, i, starts, limit, &mut f);
-            if done > 0 {
-                i += done;
-                continue;
-            }
-        }
-        let end = token_end(b, i);
-        f(&text[i..end]);
-        i = end;
-    }
+    scan_windows(text, &mut f, starts, token_end);
 }
 
 /// The bitmap of pretoken starts in an ASCII window that begins at a pretoken start `i`, and the
