@@ -43,12 +43,6 @@ impl Bar {
         }
     }
 
-    pub fn set_position(&self, n: u64) {
-        if let Some(b) = &self.0 {
-            b.set_position(n);
-        }
-    }
-
     /// Draws the final state and ends the line, so the next phase's bar starts below it.
     pub fn finish(&self) {
         if let Some(b) = &self.0 {

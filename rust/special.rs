@@ -62,11 +62,6 @@ impl Specials {
         })
     }
 
-    /// The special tokens, in the order given.
-    pub fn tokens(&self) -> &[String] {
-        &self.tokens
-    }
-
     /// Length in bytes of the longest special token (0 when there are none).
     pub fn max_len(&self) -> usize {
         self.max_len
