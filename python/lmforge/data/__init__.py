@@ -1,4 +1,18 @@
-"""Training data: token files written by the tokenizer and read by training."""
+"""Training data: token files written by the tokenizer, and the batches training reads from them.
+
+``token_file`` is the on-disk format; ``training_file`` opens one for a given model;
+``batches`` gathers ``(x, y)`` windows; ``sampler`` decides, reproducibly and resumably, which
+windows each rank trains on; ``validation`` yields the fixed windows losses are measured on.
+
+The names from modules that need torch are imported on first use (PEP 562 ``__getattr__``), so
+the tokenizer, which writes token files through ``token_file``, does not pay torch's import
+time (a second or two) for ``lmforge tokenizer encode``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from lmforge.data.token_file import (
     TokenFile,
@@ -9,11 +23,54 @@ from lmforge.data.token_file import (
     write_header,
 )
 
+if TYPE_CHECKING:
+    from lmforge.data.batches import as_token_array, batch_from_starts, count_starts, get_batch
+    from lmforge.data.device import resolve_device
+    from lmforge.data.sampler import WindowSampler
+    from lmforge.data.training_file import open_training_file, padded_vocab_size
+    from lmforge.data.validation import ValidationBatches, validation_batches
+
+_LAZY = {
+    "as_token_array": "batches",
+    "batch_from_starts": "batches",
+    "count_starts": "batches",
+    "get_batch": "batches",
+    "resolve_device": "device",
+    "WindowSampler": "sampler",
+    "open_training_file": "training_file",
+    "padded_vocab_size": "training_file",
+    "ValidationBatches": "validation",
+    "validation_batches": "validation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"lmforge.data.{_LAZY[name]}"), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
     "TokenFile",
     "TokenFileError",
     "TokenFileHeader",
+    "ValidationBatches",
+    "WindowSampler",
+    "as_token_array",
+    "batch_from_starts",
+    "count_starts",
     "dtype_for",
+    "get_batch",
     "header_path",
+    "open_training_file",
+    "padded_vocab_size",
+    "resolve_device",
+    "validation_batches",
     "write_header",
 ]
