@@ -1,0 +1,236 @@
+"""Adam and AdamW: adaptive moment estimation, with coupled L2 or decoupled weight decay.
+
+Adam (Kingma & Ba 2015) keeps exponential moving averages of the gradient ``m`` and of its
+square ``v``, corrects their bias towards zero in the first steps, and moves each weight by
+``lr · m̂ / (sqrt(v̂) + eps)``. ``Adam`` adds weight decay to the gradient (coupled L2, as
+``torch.optim.Adam``), where the adaptive denominator then weakens it for weights with large
+gradients; ``AdamW`` (Loshchilov & Hutter 2019) instead shrinks the weights directly,
+``p ← p · (1 − lr · wd)``, before the Adam step, so the decay is the same for every weight.
+AdamW's defaults are the LM-pretraining ones (β₂ = 0.95 and wd = 0.1, as in GPT-3 and Llama),
+Adam's are torch's.
+
+The arithmetic follows ``torch.optim.Adam``'s non-fused implementations operation for
+operation (``m.lerp_(g, 1 − β₁)``; ``v ← β₂ v + (1 − β₂) g²``; ``denom = sqrt(v) / sqrt(bc₂) +
+eps``; ``p ← p − lr / bc₁ · m / denom``), so the two agree to rounding. The multi-tensor path
+allocates one temporary per parameter (the denominator) and works in place otherwise. State per
+parameter: ``step`` (a CPU float32 tensor), ``exp_avg``, ``exp_avg_sq`` — torch's names, so
+state dicts interchange with ``torch.optim.AdamW``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from lmforge.optim._common import (
+    GroupOptimizer,
+    check_beta,
+    check_foreach,
+    check_non_negative,
+    check_positive,
+    group_by_device_dtype,
+    new_step,
+    resolve_foreach,
+)
+
+__all__ = ["Adam", "AdamW", "adam_group_step", "check_adam_group"]
+
+
+class Adam(GroupOptimizer):
+    """Adam with coupled L2 weight decay (``grad += wd · p``), matching ``torch.optim.Adam``.
+
+    Args:
+        params: parameters or param-group dicts (each may override any hyperparameter).
+        lr: learning rate (>= 0).
+        betas: decay rates of the first and second moment averages, each in ``[0, 1)``.
+        eps: added to the denominator for numerical stability (> 0).
+        weight_decay: L2 penalty coefficient added to the gradient (>= 0).
+        foreach: multi-tensor path; ``None`` uses it when a group is on one device type.
+
+    Raises:
+        ValueError: on an out-of-range hyperparameter (in the defaults or in any group).
+    """
+
+    decoupled_weight_decay = False
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        check_adam_group(group)
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        adam_group_step(self.state, group, params, grads, decoupled=self.decoupled_weight_decay)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``p ← p · (1 − lr · wd)``), matching
+    ``torch.optim.AdamW``.
+
+    Args:
+        params: parameters or param-group dicts (each may override any hyperparameter).
+        lr: learning rate (>= 0).
+        betas: decay rates of the moment averages; ``(0.9, 0.95)`` is the LM-pretraining choice.
+        eps: added to the denominator for numerical stability (> 0).
+        weight_decay: decoupled decay coefficient (>= 0); the per-step shrink is ``lr · wd``.
+        foreach: multi-tensor path; ``None`` uses it when a group is on one device type.
+
+    Raises:
+        ValueError: on an out-of-range hyperparameter (in the defaults or in any group).
+    """
+
+    decoupled_weight_decay = True
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach)
+
+
+def check_adam_group(group: dict[str, Any]) -> None:
+    """Validate the Adam hyperparameters of a param group (``lr, betas, eps, weight_decay``).
+
+    Raises:
+        ValueError: naming the hyperparameter that is out of range.
+    """
+    check_non_negative("lr", group["lr"])
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    check_beta("betas[0]", betas[0])
+    check_beta("betas[1]", betas[1])
+    check_positive("eps", group["eps"])
+    check_non_negative("weight_decay", group["weight_decay"])
+    check_foreach(group["foreach"])
+
+
+def adam_group_step(
+    state: dict[Any, Any],
+    group: dict[str, Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    *,
+    decoupled: bool,
+) -> None:
+    """One Adam(W) step for the parameters of ``group`` that have gradients.
+
+    Args:
+        state: the optimizer's per-parameter state (filled on a parameter's first step).
+        group: the param group (``lr, betas, eps, weight_decay, foreach``).
+        params: the group's parameters that have a gradient.
+        grads: their gradients (read, never modified).
+        decoupled: AdamW's decoupled weight decay instead of Adam's coupled L2.
+    """
+    states = [_init_state(state[p], p) for p in params]
+    exp_avgs = [s["exp_avg"] for s in states]
+    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    steps = [s["step"] for s in states]
+    beta1, beta2 = group["betas"]
+    hyper = dict(
+        lr=group["lr"],
+        beta1=beta1,
+        beta2=beta2,
+        eps=group["eps"],
+        weight_decay=group["weight_decay"],
+        decoupled=decoupled,
+    )
+    if not resolve_foreach(group["foreach"], params):
+        _adam_loop(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper)
+        return
+    for bucket, (b_grads, b_avgs, b_sqs, b_steps) in group_by_device_dtype(
+        params, grads, exp_avgs, exp_avg_sqs, steps
+    ):
+        _adam_foreach(bucket, b_grads, b_avgs, b_sqs, b_steps, **hyper)
+
+
+def _init_state(state: dict[str, Any], p: Tensor) -> dict[str, Any]:
+    if not state:
+        state["step"] = new_step()
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state
+
+
+def _adam_loop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    """The reference: one parameter at a time, torch.optim.Adam's single-tensor arithmetic."""
+    for p, grad, exp_avg, exp_avg_sq, step_t in zip(
+        params, grads, exp_avgs, exp_avg_sqs, steps, strict=True
+    ):
+        step_t += 1
+        if weight_decay != 0:
+            if decoupled:
+                p.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(p, alpha=weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = step_t.item()
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+
+def _adam_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> None:
+    """The same update on one ``(device, dtype)`` bucket, with multi-tensor kernels."""
+    torch._foreach_add_(steps, 1.0)
+    if weight_decay != 0:
+        if decoupled:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+        else:
+            grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    step_values = [s.item() for s in steps]
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in step_values])
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, [-lr / (1 - beta1**t) for t in step_values])
