@@ -13,13 +13,13 @@ from lmforge.data import (
     TokenFileError,
     header_path,
     open_training_file,
-    padded_vocab_size,
 )
+from lmforge.model import pad_vocab_size
 
 
 def test_opens_a_matching_file(encode_tiny, tiny_tokenizer):
     path = encode_tiny()
-    for vocab_size in (tiny_tokenizer.n_vocab, padded_vocab_size(tiny_tokenizer.n_vocab)):
+    for vocab_size in (tiny_tokenizer.n_vocab, pad_vocab_size(tiny_tokenizer.n_vocab)):
         tf = open_training_file(
             path, vocab_size=vocab_size, fingerprint=tiny_tokenizer.fingerprint, check_ids=True
         )
@@ -33,7 +33,7 @@ def test_vocab_size_smaller_than_the_tokenizer(encode_tiny):
         open_training_file(path, vocab_size=299)
     assert str(e.value) == (
         f"model vocab_size 299 is smaller than the tokenizer's n_vocab 300 in "
-        f"{header_path(path)}; set vocab_size >= 300 (e.g. 320)"
+        f"{header_path(path)}; set vocab_size >= 300 (e.g. 320, a multiple of 64)"
     )
     assert isinstance(e.value, ValueError)
 
@@ -87,16 +87,3 @@ def test_missing_file(tmp_path):
 def test_bad_arguments(encode_tiny, kwargs):
     with pytest.raises(ValueError, match="must be a positive integer"):
         open_training_file(encode_tiny(), **kwargs)
-
-
-def test_padded_vocab_size():
-    assert [padded_vocab_size(n) for n in (1, 64, 65, 10_000, 50_257)] == [
-        64,
-        64,
-        128,
-        10_048,
-        50_304,
-    ]
-    assert padded_vocab_size(300, multiple=128) == 384
-    with pytest.raises(ValueError, match="positive"):
-        padded_vocab_size(0)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from lmforge.data.batches import as_token_array, batch_from_starts, count_starts, get_batch
     from lmforge.data.device import resolve_device
     from lmforge.data.sampler import WindowSampler
-    from lmforge.data.training_file import open_training_file, padded_vocab_size
+    from lmforge.data.training_file import open_training_file
     from lmforge.data.validation import ValidationBatches, validation_batches
 
 _LAZY = {
@@ -38,7 +38,6 @@ _LAZY = {
     "resolve_device": "device",
     "WindowSampler": "sampler",
     "open_training_file": "training_file",
-    "padded_vocab_size": "training_file",
     "ValidationBatches": "validation",
     "validation_batches": "validation",
 }
@@ -69,7 +68,6 @@ __all__ = [
     "get_batch",
     "header_path",
     "open_training_file",
-    "padded_vocab_size",
     "resolve_device",
     "validation_batches",
     "write_header",

@@ -19,24 +19,6 @@ from lmforge.data.token_file import PathLike, TokenFile, TokenFileError, header_
 _VOCAB_MULTIPLE = 64
 
 
-def padded_vocab_size(n_vocab: int, multiple: int = _VOCAB_MULTIPLE) -> int:
-    """The smallest multiple of ``multiple`` that is at least ``n_vocab`` (e.g. 10000 -> 10048).
-
-    Args:
-        n_vocab: the tokenizer's vocabulary size.
-        multiple: the rounding unit; 64 suits tensor-core matmuls.
-
-    Returns:
-        ``n_vocab`` rounded up to a multiple of ``multiple``.
-
-    Raises:
-        ValueError: when ``n_vocab`` or ``multiple`` is not positive.
-    """
-    if n_vocab < 1 or multiple < 1:
-        raise ValueError(f"n_vocab and multiple must be positive, got {n_vocab} and {multiple}")
-    return -(-n_vocab // multiple) * multiple
-
-
 def open_training_file(
     path: PathLike,
     *,
@@ -75,7 +57,7 @@ def open_training_file(
         raise TokenFileError(
             f"model vocab_size {vocab_size} is smaller than the tokenizer's n_vocab {n_vocab} "
             f"in {header_path(tf.path)}; set vocab_size >= {n_vocab} "
-            f"(e.g. {padded_vocab_size(n_vocab)})"
+            f"(e.g. {-(-n_vocab // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE}, a multiple of 64)"
         )
     if context_length is not None and len(tf) < context_length + 1:
         raise TokenFileError(

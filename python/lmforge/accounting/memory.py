@@ -1,0 +1,351 @@
+"""Peak GPU memory of a training step, predicted by counting tensors.
+
+``estimate_training_memory`` adds up the bytes of every tensor alive at each moment of a
+training step and reports the largest sum, the number ``torch.cuda.max_memory_allocated``
+measures. Nothing is fitted: parameters, gradients and optimizer state are counted from
+:func:`~lmforge.accounting.params.count_params`; activations from the saved-tensor tables of
+:mod:`lmforge.accounting.activations` and :mod:`lmforge.accounting.loss_memory`. The breakdown
+follows ZeRO's (Rajbhandari et al. 2020: 4 bytes of fp32 weights, 4 of gradients, 8 of Adam
+moments per parameter; "model states") and Korthikanti et al. 2022's per-layer activation count,
+redone for this model's layers and PyTorch's kernels.
+
+The step is ``forward → backward → optimizer.step() → zero_grad(set_to_none=True)``, repeated;
+at steady state the optimizer state exists and gradients are freed between steps. Four
+moments compete for the peak:
+
+- ``forward``: model states + every block's saved tensors + autocast's bf16 weight copies +
+  the loss's saved gradients and its largest forward transient (the last logits chunk);
+- ``backward_start``: the same with the loss's backward transient instead;
+- ``backward_block``: the top block's backward, with the head's gradient now allocated (with
+  activation checkpointing, one block's recomputed activations and the gradients so far);
+- ``optimizer``: weights + all gradients + state + the optimizer's temporaries (the foreach
+  Adam step materialises ``sqrt(v)`` for its largest parameter group).
+
+With ``grad_accum > 1`` the gradients of earlier micro-batches are alive through every forward
+and backward. Always alive: the cuBLAS workspaces, which PyTorch allocates through its caching
+allocator, one per thread that runs matmuls (the main thread and autograd's backward thread),
+32 MiB each on Hopper (``CublasHandlePool.cpp``; about 8 MiB on older GPUs: pass
+``workspace_bytes``). Not counted: the CUDA context (outside ``max_memory_allocated``), the
+allocator's rounding and fragmentation (up to 1 MiB per large block), kernels' scratch
+buffers, and the data batch (``16·N`` bytes).
+
+Measured on one H200 with PyTorch 2.11 (``tests/accounting/memory_probe.py``; steady-state
+step, lmforge's AdamW, predicted / ``max_memory_allocated``):
+
+| shape (batch × 1024 tokens, 512 for the last)   | eager          | compiled             |
+|-------------------------------------------------|----------------|----------------------|
+| GPT-2 small, batch 8                            | 0.998          | 0.995, 1.019 (note)  |
+| GPT-2 small, batch 32                           | 1.028          | 1.011                |
+| 1B (d 2048, 16 layers), batch 16                | —              | 1.019                |
+| GQA 16/4 + QK-norm, tied, batch 8               | 1.000          | 1.002, 1.054 (note)  |
+| parallel blocks + checkpointing, batch 8        | 0.999          | 1.001                |
+| full logits: GPT-2 small / GQA, batch 4         | 0.991 / 0.998  | — / 1.023            |
+
+Note: Inductor sometimes writes RoPE's output token-major, which makes attention's output
+token-major and drops the copy that feeds ``wo`` (see :mod:`.activations`); the model counts
+the copy, so compiled runs that drop it come out a few percent high. Eager at batch 32 also
+saved one ``N·d`` bf16 tensor per block fewer than counted, unexplained (batch 8 was listed
+tensor by tensor and matches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmforge.accounting.activations import (
+    DTYPE_BYTES,
+    TensorGroup,
+    block_saved,
+    block_weight_copies,
+    total_bytes,
+)
+from lmforge.accounting.loss_memory import loss_tensors
+from lmforge.accounting.params import ParamCount, count_params
+from lmforge.accounting.units import format_bytes
+from lmforge.model.config import ModelConfig
+
+__all__ = ["CUBLAS_WORKSPACES", "OPTIMIZER_STATES", "MemoryEstimate", "estimate_training_memory"]
+
+#: Two cuBLAS workspaces of 32 MiB (forward thread, autograd thread): PyTorch's Hopper default.
+CUBLAS_WORKSPACES = 2 * 32 * 2**20
+
+#: Optimizer → (states per non-Muon parameter, states per Muon matrix).
+OPTIMIZER_STATES = {"adamw": (2, 2), "adam": (2, 2), "adagrad": (1, 1), "sgd": (1, 1),
+                    "muon": (2, 1)}  # fmt: skip
+
+_PARAM_DTYPES = ("fp32", "bf16", "fp16")
+_COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted memory of a training step, by part and by moment.
+
+    Attributes:
+        parts: the rows of each part. Always alive: ``parameters``, ``optimizer_state``,
+            ``workspace``. Saved for backward at the end of the forward pass: ``activations``
+            (all blocks), ``loss_saved`` (final norm and loss), ``weight_copies`` (autocast's
+            bf16 weights). Transients: ``autocast_cache`` (eager checkpointing only),
+            ``loss_forward``, ``loss_backward``, ``block_backward``, ``optimizer_transient``.
+            And ``gradients``.
+        phases: total bytes alive at each moment (``forward``, ``backward_start``,
+            ``backward_block``, ``optimizer``).
+        peak_phase: the moment of the peak.
+        inputs: the arguments the estimate was made for.
+    """
+
+    parts: dict[str, list[TensorGroup]]
+    phases: dict[str, int]
+    peak_phase: str
+    inputs: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """The predicted peak in bytes (compare with ``torch.cuda.max_memory_allocated``)."""
+        return self.phases[self.peak_phase]
+
+    @property
+    def peak(self) -> int:
+        """Alias of :attr:`total`."""
+        return self.total
+
+    def bytes(self, part: str) -> int:
+        """Bytes of one part (a key of :attr:`parts`)."""
+        return total_bytes(self.parts[part])
+
+    @property
+    def parameters(self) -> int:
+        """Bytes of the parameters."""
+        return self.bytes("parameters")
+
+    @property
+    def gradients(self) -> int:
+        """Bytes of all gradients."""
+        return self.bytes("gradients")
+
+    @property
+    def optimizer_state(self) -> int:
+        """Bytes of the optimizer's state."""
+        return self.bytes("optimizer_state")
+
+    @property
+    def activations(self) -> int:
+        """Bytes saved for backward at the end of the forward pass (weight copies included)."""
+        return self.bytes("activations") + self.bytes("loss_saved") + self.bytes("weight_copies")
+
+    def by_dtype(self, part: str) -> dict[str, int]:
+        """Bytes of one part by dtype, e.g. ``{"fp32": ..., "bf16": ...}``."""
+        out: dict[str, int] = {}
+        for row in self.parts[part]:
+            out[row.dtype] = out.get(row.dtype, 0) + row.bytes
+        return out
+
+    def table(self) -> str:
+        """A readable breakdown: every part by dtype, then each moment's total."""
+        lines = []
+        for part in self.parts:
+            dtypes = ", ".join(f"{k} {format_bytes(b)}" for k, b in self.by_dtype(part).items())
+            lines.append(f"{part:<20} {format_bytes(self.bytes(part)):>11}  ({dtypes or '-'})")
+        for phase, b in self.phases.items():
+            mark = "  <- peak" if phase == self.peak_phase else ""
+            lines.append(f"at {phase:<17} {format_bytes(b):>11}{mark}")
+        return "\n".join(lines)
+
+
+def _model_states(pc: ParamCount, optimizer: str, param: str) -> dict[str, list[TensorGroup]]:
+    """Parameters, gradients, optimizer state and the optimizer step's temporaries."""
+    per_other, per_muon = OPTIMIZER_STATES[optimizer]
+    muon = pc.blocks_matmul if optimizer == "muon" else 0
+    rest = pc.total - muon
+    states = [
+        TensorGroup(f"{optimizer} state ({per_other} per parameter)", per_other * rest, param)
+    ]
+    if muon:
+        states.append(TensorGroup("Muon momentum (matrices)", per_muon * muon, param))
+    # The groups of lmforge.optim.param_groups: decayed (matrices, head) and not (embedding,
+    # norms). Adam/AdaGrad's foreach step builds one sqrt buffer per group, SGD a direction;
+    # Muon holds the Nesterov updates and their orthogonalisation for all matrices at once.
+    decayed = pc.blocks_matmul + pc.head
+    largest_group = max(decayed - muon, pc.embedding + pc.norms)
+    transient = [TensorGroup("foreach step buffer (largest group)", largest_group, param)]
+    if muon:
+        transient = [TensorGroup("Muon updates and orthogonalised updates", 2 * muon, param)]
+    return {
+        "parameters": [TensorGroup("parameters", pc.total, param)],
+        "gradients": [TensorGroup("gradients", pc.total, param)],
+        "optimizer_state": states,
+        "optimizer_transient": transient,
+    }
+
+
+def _block_backward(
+    cfg: ModelConfig, n: int, *, residual: str, compute: str, block_params: int
+) -> list[TensorGroup]:
+    """The top block's backward through its MLP: the largest moment of a block's backward.
+
+    The residual's gradient (arriving, and the one being summed), the gradient of the MLP's
+    output in the compute dtype, the gradients of ``silu(gate)·up``, ``silu(gate)`` and ``up``,
+    and the block's weight gradients.
+    """
+    assert cfg.d_ff is not None
+    d, f = cfg.d_model, cfg.d_ff
+    return [
+        TensorGroup("residual-stream gradients", 2 * n * d, residual),
+        TensorGroup("MLP output gradient", n * d, compute),
+        TensorGroup("MLP hidden gradients", 3 * n * f, compute),
+        TensorGroup("the block's weight gradients", block_params, residual),
+    ]
+
+
+def _check_args(sizes: dict[str, int], param: str, compute: str, optimizer: str) -> None:
+    for name, value in sizes.items():
+        low = 0 if name == "workspace_bytes" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if param not in _PARAM_DTYPES:
+        raise ValueError(f"param_dtype must be one of {_PARAM_DTYPES}, got {param!r}")
+    if compute not in _COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {_COMPUTE_DTYPES}, got {compute!r}")
+    if DTYPE_BYTES[compute] > DTYPE_BYTES[param]:
+        raise ValueError(f"compute_dtype {compute!r} is wider than param_dtype {param!r}")
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
+
+
+def estimate_training_memory(
+    cfg: ModelConfig,
+    batch_size: int,
+    seq_len: int | None = None,
+    *,
+    param_dtype: str = "fp32",
+    compute_dtype: str = "bf16",
+    optimizer: str = "adamw",
+    activation_checkpointing: bool | None = None,
+    chunked_loss: bool = True,
+    loss_chunk_size: int = 4096,
+    compiled: bool = False,
+    grad_accum: int = 1,
+    workspace_bytes: int = CUBLAS_WORKSPACES,
+) -> MemoryEstimate:
+    """Predict the peak memory of one training step of ``lmforge.model.Transformer``.
+
+    Args:
+        cfg: the model's shape.
+        batch_size: sequences per micro-batch.
+        seq_len: tokens per sequence; ``None`` means ``cfg.context_length``.
+        param_dtype: the parameters' (and gradients', optimizer state's) dtype: ``"fp32"``
+            (mixed precision, the trainer's default), ``"bf16"`` or ``"fp16"``.
+        compute_dtype: the matmuls' dtype: the autocast dtype (``"bf16"``, ``"fp16"``), or
+            ``"fp32"`` without autocast (equal to ``param_dtype`` means no autocast).
+        optimizer: ``"adamw"``/``"adam"`` (2 states), ``"sgd"``/``"adagrad"`` (1), ``"muon"``
+            (1 for the blocks' matrices, AdamW's 2 for the rest).
+        activation_checkpointing: recompute each block in backward; ``None`` reads the config.
+        chunked_loss: the fused chunked head loss (``return_logits=False``, what the trainer
+            runs) rather than full float32 logits.
+        loss_chunk_size: rows per loss chunk (``Transformer.loss_chunk_size``).
+        compiled: the model runs under ``torch.compile`` (fewer saved tensors, fused loss).
+        grad_accum: micro-batches per optimizer step; above 1, gradients stay allocated
+            through the forward and backward passes.
+        workspace_bytes: memory the matmul libraries hold (default: two 32 MiB cuBLAS
+            workspaces, PyTorch's default on Hopper).
+
+    Returns:
+        A :class:`MemoryEstimate`; ``.total`` is the predicted peak in bytes.
+
+    Raises:
+        ValueError: a non-positive size, an unknown dtype or optimizer, or ``compute_dtype``
+            wider than ``param_dtype``.
+    """
+    seq = cfg.context_length if seq_len is None else seq_len
+    sizes = dict(batch_size=batch_size, seq_len=seq, grad_accum=grad_accum,
+                 loss_chunk_size=loss_chunk_size, workspace_bytes=workspace_bytes)  # fmt: skip
+    _check_args(sizes, param_dtype, compute_dtype, optimizer)
+    ckpt = cfg.activation_checkpointing if activation_checkpointing is None else (
+        activation_checkpointing
+    )  # fmt: skip
+    pc = count_params(cfg)
+    parts = _model_states(pc, optimizer, param_dtype)
+    parts["workspace"] = [TensorGroup("cuBLAS workspaces", workspace_bytes, "uint8")]
+    parts.update(
+        _activation_parts(
+            cfg,
+            batch_size * seq,
+            pc,
+            param=param_dtype,
+            compute=compute_dtype,
+            ckpt=ckpt,
+            compiled=compiled,
+            chunked=chunked_loss,
+            chunk_size=loss_chunk_size,
+        )  # fmt: skip
+    )
+    phases = _phases(parts, pc, grads_live=grad_accum > 1, ckpt=ckpt)
+    inputs = dict(sizes, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                  optimizer=optimizer, activation_checkpointing=ckpt, chunked_loss=chunked_loss,
+                  compiled=compiled)  # fmt: skip
+    return MemoryEstimate(parts, phases, max(phases, key=phases.__getitem__), inputs)
+
+
+def _activation_parts(
+    cfg: ModelConfig,
+    n: int,
+    pc: ParamCount,
+    *,
+    param: str,
+    compute: str,
+    ckpt: bool,
+    compiled: bool,
+    chunked: bool,
+    chunk_size: int,
+) -> dict[str, list[TensorGroup]]:
+    """Saved activations, weight copies and the transients, for ``n`` tokens."""
+    dt = {"residual": param, "compute": compute}
+    block = block_saved(cfg, n, compiled=compiled, **dt)
+    copies = block_weight_copies(cfg, param=param, compute=compute)
+    loss = loss_tensors(cfg, n, chunked=chunked, chunk_size=chunk_size, compiled=compiled, **dt)
+    block_params = (pc.blocks_matmul + pc.norms - cfg.d_model) // cfg.n_layers
+    top_block = _block_backward(cfg, n, block_params=block_params, **dt)
+    if ckpt:  # each block keeps its input; one is recomputed at a time in backward
+        inputs = TensorGroup("block inputs (checkpointed)", n * cfg.d_model, param)
+        activations = [inputs.times(cfg.n_layers)]
+        saved_copies: list[TensorGroup] = []
+        top_block = block + copies + top_block
+    else:
+        activations = [row.times(cfg.n_layers) for row in block]
+        saved_copies = [row.times(cfg.n_layers) for row in copies]
+    return {
+        "activations": activations,
+        "loss_saved": loss.saved,
+        "weight_copies": saved_copies,
+        "autocast_cache": [row.times(cfg.n_layers) for row in copies]
+        if ckpt and not compiled
+        else [],
+        "loss_forward": loss.forward_transient,
+        "loss_backward": loss.backward_transient,
+        "block_backward": top_block,
+    }
+
+
+def _phases(
+    parts: dict[str, list[TensorGroup]],
+    pc: ParamCount,
+    *,
+    grads_live: bool,
+    ckpt: bool,
+) -> dict[str, int]:
+    """Bytes alive at the four candidate moments of the peak (module docstring)."""
+    b = {name: total_bytes(rows) for name, rows in parts.items()}
+    grads = b["gradients"]
+    states = b["parameters"] + b["optimizer_state"] + b["workspace"] + (grads if grads_live else 0)
+    saved = b["activations"] + b["weight_copies"] + b["loss_saved"]
+    # In the top block's backward the loss's saved tensors are gone and the head's gradient
+    # exists (all gradients but one block's, with checkpointing).
+    head_grad = pc.head_matmul * grads // max(pc.total, 1)
+    grads_so_far = 0 if grads_live else (grads if ckpt else head_grad)
+    return {
+        # Eager autocast caches each weight's copy until the forward ends (saved or not).
+        "forward": states + saved + b["autocast_cache"] + b["loss_forward"],
+        "backward_start": states + saved + b["loss_backward"],
+        "backward_block": states + saved - b["loss_saved"] + grads_so_far + b["block_backward"],
+        "optimizer": states + (0 if grads_live else grads) + b["optimizer_transient"],
+    }
