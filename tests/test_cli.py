@@ -13,14 +13,22 @@ from lmforge.data import TokenFile
 
 
 def test_quickstart(tmp_path, capsys):
-    assert main(["quickstart", "--out", str(tmp_path), "--no-progress"]) == 0
+    argv = ["quickstart", "--out", str(tmp_path), "--no-progress", "--max-iters", "6"]
+    assert main([*argv, "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "bytes per token" in out and "saved" in out
     tok = Tokenizer.load(tmp_path / "tokenizer.json")
     assert len(tok) == 4096
-    tokens = TokenFile.open(tmp_path / "train.bin", fingerprint=tok.fingerprint)
-    assert f"{len(tokens):,} tokens" in out
+    train = TokenFile.open(tmp_path / "train.bin", fingerprint=tok.fingerprint)
+    val = TokenFile.open(tmp_path / "val.bin", fingerprint=tok.fingerprint)
+    assert f"{len(train) + len(val):,} tokens" in out
+    assert 0 < len(val) < len(train) / 10
     assert tok.decode(tok.encode("Once upon a time")) == "Once upon a time"
+    # the model part: 6 steps, an evaluation, a checkpoint, a plot and a sample
+    run = tmp_path / "run"
+    assert "trained 6 steps" in out and "val loss" in out and "sample:" in out
+    assert (run / "metrics.jsonl").is_file() and (run / "config.toml").is_file()
+    assert list(run.glob("ckpt-*/checkpoint.pt")) and list(run.glob("**/*.png"))
 
 
 def test_tokenizer_train(tmp_path, capsys, sample_corpus):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lmforge import __version__
 
@@ -14,14 +16,26 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from lmforge.quickstart import run_quickstart
 
     print(f"lmforge {__version__} quickstart: training a tokenizer on the bundled stories sample")
-    r = run_quickstart(Path(args.out), vocab_size=args.vocab_size, progress=not args.no_progress)
+    r = run_quickstart(
+        Path(args.out),
+        vocab_size=args.vocab_size,
+        progress=not args.no_progress,
+        train_model=not args.no_train,
+        max_iters=args.max_iters,
+        device=args.device,
+    )
     print(
         f"trained vocab {r.vocab_size} on {r.corpus_bytes / 1e6:.1f} MB in {r.train_seconds:.2f} s"
     )
     print(f"compression: {r.bytes_per_token:.2f} bytes per token on the sample corpus")
     print("tokens: " + " | ".join(repr(t)[1:-1] for t in r.sample_tokens))
     print(f"saved {r.tokenizer_path}")
-    print(f"encoded the corpus into {r.n_tokens:,} tokens: {r.tokens_path} (+ .json header)")
+    print(
+        f"encoded the corpus into {r.n_tokens:,} tokens: {r.tokens_path} and "
+        f"{r.val_tokens_path} (held-out stories), each with a .json header"
+    )
+    if r.run is not None:
+        _print_train_result(r.run)
     return 0
 
 
@@ -67,6 +81,133 @@ def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lmforge.train.config import load_run_config
+    from lmforge.train.trainer import Trainer, TrainingError
+
+    overrides = list(args.set or [])
+    for flag, key in (
+        ("data", "train.train_data"),
+        ("val_data", "train.val_data"),
+        ("tokenizer", "train.tokenizer"),
+        ("out", "train.out_dir"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={_toml_string(value)}")
+    config = load_run_config(args.config, overrides)
+    try:
+        result = Trainer(config, resume=args.resume).fit()
+    except TrainingError as err:
+        print(f"lmforge: training stopped: {err}", file=sys.stderr)
+        return 1
+    _print_train_result(result)
+    return 0
+
+
+def _print_train_result(result: Any) -> None:
+    print(
+        f"trained {result.iterations} steps ({result.tokens / 1e6:.1f}M tokens) in "
+        f"{result.seconds:.0f} s; last train loss {result.train_loss:.4f}"
+    )
+    if result.val is not None:
+        bpb = result.val.bits_per_byte
+        print(
+            f"val loss {result.val.loss:.4f}, perplexity {result.val.perplexity:.2f}"
+            + (f", {bpb:.4f} bits/byte" if bpb is not None else "")
+        )
+    print(f"run directory: {result.run_dir} (metrics.jsonl, plots, checkpoints)")
+    sample = result.run_dir / "sample.txt"
+    if sample.is_file():
+        print("sample:\n" + sample.read_text(encoding="utf-8"))
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmforge.model.generate import generate
+    from lmforge.train.artifacts import load_trained
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trained = load_trained(args.checkpoint, device)
+    if trained.tokenizer is None:
+        raise ValueError(f"no tokenizer.json in the run directory of {trained.checkpoint}")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    ids = trained.tokenizer.encode(args.prompt)
+    room = trained.config.context_length - len(ids)
+    idx = torch.tensor([ids] * args.num_samples, device=device)
+    out = generate(
+        trained.model,
+        idx,
+        min(args.max_new_tokens, room),
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eot_id=trained.config.eot_id,
+        generator=generator,
+    )
+    for row in out.tolist():
+        print(trained.tokenizer.decode(row, errors="replace"))
+        print("-" * 40)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmforge.data import open_training_file
+    from lmforge.train.artifacts import load_trained
+    from lmforge.train.evaluate import evaluate, token_byte_lengths
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trained = load_trained(args.checkpoint, device)
+    tok = trained.tokenizer
+    data = open_training_file(
+        args.data,
+        vocab_size=trained.config.vocab_size,
+        fingerprint=tok.fingerprint if tok is not None else None,
+    )
+    result = evaluate(
+        trained.model,
+        data.tokens,
+        batch_size=args.batch_size,
+        context_length=trained.config.context_length,
+        device=device,
+        max_batches=args.batches,
+        token_bytes=token_byte_lengths(tok, trained.config.vocab_size) if tok else None,
+    )
+    bpb = "n/a" if result.bits_per_byte is None else f"{result.bits_per_byte:.4f}"
+    print(
+        f"step {trained.step}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, "
+        f"bits/byte {bpb} over {result.tokens:,} tokens"
+    )
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from lmforge.train.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from lmforge.model.export import export_hf_llama, export_safetensors
+    from lmforge.train.artifacts import load_trained
+
+    trained = load_trained(args.checkpoint, "cpu")
+    if args.format == "hf":
+        out = export_hf_llama(trained.model, args.out, tokenizer=trained.tokenizer)
+    else:
+        out = export_safetensors(trained.model, args.out)
+    print(f"exported step {trained.step} to {out}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lmforge",
@@ -79,6 +220,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="lmforge-quickstart", help="output folder")
     q.add_argument("--vocab-size", type=int, default=4096)
     q.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    q.add_argument("--no-train", action="store_true", help="stop after the token files")
+    q.add_argument(
+        "--max-iters", type=int, default=None, help="training steps (default: 300 CPU, 2000 GPU)"
+    )
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     q.set_defaults(func=_cmd_quickstart)
 
     tok = sub.add_parser("tokenizer", help="train tokenizers and encode text with them")
@@ -119,12 +265,69 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, help="worker threads (default: all)")
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
     e.set_defaults(func=_cmd_tokenizer_encode)
+    _add_model_commands(sub)
     return p
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    tr = sub.add_parser("train", help="train a language model on token files")
+    tr.add_argument(
+        "--config",
+        default=None,
+        help="a run config TOML or a preset name (stories-17M, gpt2-124M, 1B)",
+    )
+    tr.add_argument("--data", default=None, help="the training token file (train.bin)")
+    tr.add_argument("--val-data", default=None, help="a validation token file")
+    tr.add_argument("--tokenizer", default=None, help="the tokenizer.json that made the data")
+    tr.add_argument("--out", default=None, help="the run directory")
+    tr.add_argument(
+        "--set",
+        action="append",
+        metavar="TABLE.KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)",
+    )
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    tr.set_defaults(func=_cmd_train)
+
+    sa = sub.add_parser("sample", help="generate text from a trained model")
+    sa.add_argument("checkpoint", help="a run directory, checkpoint folder or checkpoint file")
+    sa.add_argument("--prompt", default="Once upon a time")
+    sa.add_argument("--max-new-tokens", type=int, default=200)
+    sa.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    sa.add_argument("--top-k", type=int, default=None)
+    sa.add_argument("--top-p", type=float, default=None)
+    sa.add_argument("--num-samples", type=int, default=1)
+    sa.add_argument("--seed", type=int, default=0)
+    sa.set_defaults(func=_cmd_sample)
+
+    ev = sub.add_parser("eval", help="loss, perplexity and bits per byte on a token file")
+    ev.add_argument("checkpoint", help="a run directory, checkpoint folder or checkpoint file")
+    ev.add_argument("--data", required=True, help="the token file to evaluate on")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batches", type=int, default=None, help="at most this many batches")
+    ev.set_defaults(func=_cmd_eval)
+
+    pl = sub.add_parser("plot", help="plot a run's loss and throughput curves (PNG)")
+    pl.add_argument("run_dir", help="the run directory")
+    pl.add_argument("--out", default=None, help="the PNG (default: in the run directory)")
+    pl.set_defaults(func=_cmd_plot)
+
+    ex = sub.add_parser("export", help="write a trained model as safetensors or for HF")
+    ex.add_argument("checkpoint", help="a run directory, checkpoint folder or checkpoint file")
+    ex.add_argument("--out", required=True, help="the output folder")
+    ex.add_argument(
+        "--format",
+        choices=["safetensors", "hf"],
+        default="safetensors",
+        help="safetensors + config.json, or a Hugging Face Llama folder",
+    )
+    ex.set_defaults(func=_cmd_export)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lmforge`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return int(args.func(args))
     except (ValueError, OSError, TypeError) as e:

@@ -1,0 +1,181 @@
+"""Side-by-side training-throughput benchmark: lmforge's model vs the plain compiled baseline.
+
+For each shape (``--shapes 124M,1B``: the ``gpt2-124M`` and ``1B`` presets; ``17M``: the
+``stories-17M`` preset) this script runs, on the same GPU in the same call:
+
+1. the baseline, ``gpt_baseline.py`` (nanoGPT-style dense GPT: bf16 autocast, fused AdamW, SDPA,
+   torch.compile; ``--baseline`` gives its path), in a child process;
+2. lmforge, this script re-invoked with ``--child``: ``lmforge.model.Transformer`` of the preset,
+   lmforge's own AdamW (``lmforge.optim``), bf16 autocast, ``torch.compile``, the loss computed
+   by the model's chunked LM head (``return_logits=False``) — one full training step as the
+   trainer runs it (forward, backward, optimizer step, zero grad, the after-step hook).
+
+Both train on one fixed random batch (as the baseline does), batch and sequence the same, and
+report tokens/s and MFU with the baseline's FLOP convention (6 × non-embedding parameters + the
+LM head, plus 12·L·T·d attention; ``lmforge.accounting.flops_per_token``) against the card's
+bf16 dense peak. lmforge's child also reports ``torch.cuda.max_memory_allocated`` beside the
+memory model's prediction (``lmforge.accounting.estimate_training_memory``).
+
+    python benches/bench_model.py [--shapes 124M,1B] [--batch 124M=32,1B=16] [--steps 30]
+        [--baseline .device/gpt_baseline.py] [--out PATH.json]
+
+Results: a table on stdout and one JSON file in ``benches/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    default_out_path,
+    emit_result,
+    machine_info,
+    parse_result,
+    print_table,
+    run_child,
+    write_json,
+)
+
+PRESETS = {"17M": "stories-17M", "124M": "gpt2-124M", "1B": "1B"}
+DEFAULT_BATCH = {"17M": 128, "124M": 32, "1B": 16}
+
+
+def child(shape: str, batch: int, steps: int, grad_clip: bool) -> None:
+    import torch
+
+    from lmforge import accounting
+    from lmforge.model import Transformer
+    from lmforge.optim import OptimConfig, build_optimizer, clip_grad_norm_
+    from lmforge.train.config import load_run_config
+
+    cfg = load_run_config(PRESETS[shape], ["train.train_data=unused"]).model
+    torch.manual_seed(0)
+    model = Transformer(cfg).cuda()
+    kinds = model.param_kinds()
+    opt = build_optimizer(
+        [(p, kinds[n]) for n, p in model.named_parameters()],
+        OptimConfig(name="adamw", lr=3e-4, weight_decay=0.1),
+    )
+    step_model = torch.compile(model)
+    T = cfg.context_length
+    x = torch.randint(0, cfg.vocab_size, (batch, T), device="cuda")
+    y = torch.roll(x, -1, 1)
+
+    def one() -> torch.Tensor:
+        with torch.autocast("cuda", torch.bfloat16):
+            out = step_model(x, y, return_logits=False)
+        out.loss.backward()
+        if grad_clip:
+            clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.after_optimizer_step()
+        return out.loss
+
+    t0 = time.perf_counter()
+    for _ in range(5):
+        one()
+    torch.cuda.synchronize()
+    warm_s = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    one()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        loss = one()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    tokens = batch * T
+    flops_tok = accounting.flops_per_token(cfg, seq_len=T)
+    name = torch.cuda.get_device_name()
+    peak = accounting.peak_flops(name, "bf16")
+    est = accounting.estimate_training_memory(cfg, batch, T, compiled=True)
+    emit_result(
+        dict(
+            params=sum(p.numel() for p in model.parameters()),
+            step_ms=dt * 1e3,
+            tok_s=tokens / dt,
+            mfu=flops_tok * tokens / dt / peak if peak else None,
+            mem_gb=torch.cuda.max_memory_allocated() / 2**30,
+            mem_model_gb=est.total / 2**30,
+            warmup_s=warm_s,
+            loss=float(loss),
+            device=name,
+            torch=torch.__version__,
+        )
+    )
+
+
+def run_baseline(baseline: Path, shape: str, batch: int, steps: int) -> dict | None:
+    from lmforge.train.config import load_run_config
+
+    cfg = load_run_config(PRESETS[shape], ["train.train_data=unused"]).model
+    cmd = [sys.executable, str(baseline), "--d", str(cfg.d_model), "--layers", str(cfg.n_layers)]
+    cmd += ["--heads", str(cfg.n_heads), "--seq", str(cfg.context_length), "--batch", str(batch)]
+    cmd += ["--vocab", str(cfg.vocab_size), "--steps", str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="124M,1B")
+    p.add_argument("--batch", default="", help="per-shape batch, e.g. 124M=32,1B=16")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--grad-clip", action="store_true", help="clip gradients (the trainer does)")
+    p.add_argument("--baseline", type=Path, default=Path(".device/gpt_baseline.py"))
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    batches = dict(DEFAULT_BATCH)
+    for item in filter(None, a.batch.split(",")):
+        k, v = item.split("=")
+        batches[k] = int(v)
+    if a.child:
+        child(a.child, batches[a.child], a.steps, a.grad_clip)
+        return
+    results, rows = [], []
+    for shape in a.shapes.split(","):
+        base = None if a.skip_baseline else run_baseline(a.baseline, shape, batches[shape], a.steps)
+        cmd = [sys.executable, __file__, "--child", shape, "--batch", a.batch, "--steps"]
+        cmd += [str(a.steps)] + (["--grad-clip"] if a.grad_clip else [])
+        code, stdout, _ = run_child(cmd)
+        ours = parse_result(stdout) if code == 0 else None
+        results.append(dict(shape=shape, batch=batches[shape], baseline=base, lmforge=ours))
+        for who, r in (("baseline", base), ("lmforge", ours)):
+            if r is None:
+                rows.append([shape, who, "failed", "", "", "", ""])
+                continue
+            mem_model = f"{r['mem_model_gb']:.1f}" if "mem_model_gb" in r else ""
+            mfu = r.get("mfu")
+            rows.append(
+                [
+                    shape,
+                    who,
+                    f"{r['tok_s']:,.0f}",
+                    f"{mfu:.1%}" if mfu else "n/a",
+                    f"{r['step_ms']:.1f}",
+                    f"{r['mem_gb']:.1f}",
+                    mem_model,
+                ]
+            )
+        if base and ours:
+            rows.append([shape, "ratio", f"{ours['tok_s'] / base['tok_s']:.2f}x", "", "", "", ""])
+    print_table(["shape", "who", "tokens/s", "MFU", "step ms", "mem GB", "model GB"], rows)
+    out = a.out or default_out_path("model")
+    write_json(out, dict(machine=machine_info(), steps=a.steps, results=results))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Run configuration: ``TrainConfig`` and the TOML file that holds a whole run.
+
+A run is described by one TOML file with three tables, one per owner (STYLE: each part receives
+only its own config)::
+
+    [model]   # lmforge.model.ModelConfig
+    [optim]   # lmforge.optim.OptimConfig
+    [train]   # TrainConfig: data, batch, length, evaluation, checkpoints, device
+
+``load_run_config(path, overrides)`` reads it and applies ``--set table.key=value`` overrides
+(values are parsed as TOML, so ``--set train.compile=true``, ``--set optim.lr=1e-3`` and
+``--set train.train_data="a.bin"`` all work; a bare word falls back to a string). The trainer
+writes the resolved config back as ``config.toml`` in the run directory, so a run can be
+reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.model.config import ModelConfig
+from lmforge.optim import OptimConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "RunConfig",
+    "TrainConfig",
+    "load_run_config",
+    "parse_overrides",
+    "preset_names",
+    "resolve_config",
+    "to_toml",
+]
+
+_PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
+_DTYPES = ("bf16", "fp32")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How to train: data, batch, length, evaluation, checkpoints and the device.
+
+    Attributes:
+        train_data: the training token file (``train.bin``, with its ``.json`` header).
+        val_data: a validation token file; ``None`` skips evaluation.
+        tokenizer: the tokenizer JSON that made the token files: copied into the run folder,
+            checked against the token files' fingerprint, used for bits per byte and samples.
+        out_dir: the run directory (``config.toml``, ``metrics.jsonl``, ``ckpt-STEP/``, plots).
+        batch_size: sequences per micro-batch (per process).
+        grad_accum: micro-batches per optimizer step.
+        max_iters: optimizer steps; ``None`` means derive it from ``epochs``.
+        epochs: passes over the training tokens (tokens seen / tokens in the file); used when
+            ``max_iters`` is ``None``.
+        seed: seeds every RNG (Python, NumPy, torch) and the data sampler.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"bf16"`` (autocast with fp32 master weights; CUDA only) or ``"fp32"``.
+        compile: ``torch.compile`` the model.
+        log_interval: steps between metric lines (each one synchronises the device).
+        eval_interval: steps between evaluations (and at the end); 0 disables.
+        eval_batches: validation batches per evaluation.
+        ckpt_interval: steps between checkpoints (and at the end); 0 keeps only the final one.
+        keep_checkpoints: how many ``ckpt-STEP/`` folders to keep (newest first); 0 keeps all.
+        sample_tokens: at the end of training, sample this many tokens (0 skips).
+        progress: show a progress bar.
+        tensorboard: also log to TensorBoard (if installed).
+        wandb: also log to Weights & Biases (if installed).
+    """
+
+    train_data: str
+    val_data: str | None = None
+    tokenizer: str | None = None
+    out_dir: str = "runs/run"
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_iters: int | None = None
+    epochs: float | None = None
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "bf16"
+    compile: bool = False
+    log_interval: int = 10
+    eval_interval: int = 250
+    eval_batches: int = 20
+    ckpt_interval: int = 1000
+    keep_checkpoints: int = 2
+    sample_tokens: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_data, str) or not self.train_data:
+            raise ValueError("train.train_data must be the path of a token file (train.bin)")
+        for name in ("batch_size", "grad_accum", "log_interval", "eval_batches"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("eval_interval", "ckpt_interval", "keep_checkpoints", "sample_tokens"):
+            _check_int(name, getattr(self, name), minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        if self.max_iters is None and self.epochs is None:
+            raise ValueError("set train.max_iters (optimizer steps) or train.epochs")
+        if self.max_iters is not None:
+            _check_int("max_iters", self.max_iters, minimum=1)
+        if self.epochs is not None and not (
+            isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0
+        ):
+            raise ValueError(f"train.epochs must be a positive number, got {self.epochs!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"train.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"train.device must be a string such as 'cuda', got {self.device!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step of one process, before multiplying by the world size."""
+        return self.batch_size * self.grad_accum
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A whole run: the model, the optimizer and the training configs."""
+
+    model: ModelConfig
+    optim: OptimConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{"model": ..., "optim": ..., "train": ...}``."""
+        return {
+            "model": self.model.to_dict(),
+            "optim": self.optim.to_dict(),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from nested tables; unknown tables or keys raise ``ValueError``."""
+        unknown = sorted(set(data) - {"model", "optim", "train"})
+        if unknown:
+            raise ValueError(f"unknown config table(s) {unknown}; use [model], [optim], [train]")
+        for table in ("model", "train"):
+            if table not in data:
+                raise ValueError(f"the config has no [{table}] table")
+        return cls(
+            model=ModelConfig.from_dict(dict(data["model"])),
+            optim=OptimConfig.from_dict(dict(data.get("optim", {}))),
+            train=_train_from_dict(dict(data["train"])),
+        )
+
+
+def _train_from_dict(data: dict[str, Any]) -> TrainConfig:
+    if "train_data" not in data:
+        raise ValueError(
+            "no training data: pass --data train.bin (or set train.train_data in the config)"
+        )
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown [train] key(s) {unknown}; known keys: {sorted(known)}")
+    return TrainConfig(**data)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """Parse ``table.key=value`` strings into nested tables.
+
+    Raises:
+        ValueError: an override without ``=`` or without a ``table.`` prefix.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        table, dot, name = key.strip().partition(".")
+        if not sep or not dot or not table or not name:
+            raise ValueError(f"--set {item!r}: expected table.key=value, e.g. --set optim.lr=1e-3")
+        out.setdefault(table, {})[name] = _parse_value(raw.strip())
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare word: a path or a name
+
+
+def preset_names() -> list[str]:
+    """The bundled presets (``lmforge/configs/*.toml``), e.g. ``stories-17M``."""
+    return sorted(p.stem for p in _PRESETS.glob("*.toml"))
+
+
+def resolve_config(name_or_path: str | os.PathLike[str]) -> Path:
+    """A config file path, or the path of a bundled preset named ``name_or_path``.
+
+    Raises:
+        FileNotFoundError: neither a file nor a preset; the message lists the presets.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = _PRESETS / f"{path.name.removesuffix('.toml')}.toml"
+    if path.parent == Path(".") and preset.is_file():
+        return preset
+    raise FileNotFoundError(
+        f"config {os.fspath(name_or_path)!r} is neither a file nor a preset; "
+        f"presets: {', '.join(preset_names())}"
+    )
+
+
+def load_run_config(
+    path: str | os.PathLike[str] | None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Read a run config TOML and apply ``--set`` overrides.
+
+    Args:
+        path: a TOML file or the name of a bundled preset (:func:`preset_names`); ``None``
+            builds the config from the overrides alone.
+        overrides: ``table.key=value`` strings applied on top.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: invalid TOML, unknown keys or invalid values.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = resolve_config(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{p}: invalid TOML ({err})") from None
+    for table, values in parse_overrides(overrides or []).items():
+        data.setdefault(table, {}).update(values)
+    return RunConfig.from_dict(data)
+
+
+def to_toml(config: RunConfig) -> str:
+    """The config as TOML text (``None`` values are left out: they mean the default)."""
+    lines: list[str] = []
+    for table, values in config.to_dict().items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"train.{name} must be an integer >= {minimum}, got {value!r}")

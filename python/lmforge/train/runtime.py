@@ -1,0 +1,55 @@
+"""Where and how a run computes: device resolution, autocast, seeding.
+
+``bf16`` means autocast to bfloat16 with fp32 master weights (Micikevicius et al. 2018, without
+loss scaling since bf16 has fp32's exponent range); on the CPU lmforge trains in fp32, where
+autocast to bf16 is slow and only emulated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from lmforge.data import resolve_device as data_resolve_device
+
+__all__ = ["autocast_dtype", "autocast_for", "resolve_device", "seed_everything"]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``"auto"`` → CUDA when available else CPU; anything else checked by
+    :func:`lmforge.data.resolve_device`.
+
+    Raises:
+        ValueError: an unknown device, or CUDA asked for where there is none.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return data_resolve_device(spec)
+
+
+def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a config ``dtype`` on ``device`` (``None``: plain fp32)."""
+    if dtype == "bf16" and device.type == "cuda":
+        return torch.bfloat16
+    return None
+
+
+@contextlib.contextmanager
+def autocast_for(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Autocast to ``dtype`` on ``device``, or nothing when ``dtype`` is ``None``."""
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Everything lmforge checks on a GPU, in one device call (the device tool, with dist/ holding the
+# abi3 wheel built on the dev machine and .device/ holding the stories corpus and the baseline):
+#   bash scripts/gpu_check.sh [tests] [bench] [e2e]     (default: all three)
+# tests: pytest -m gpu; bench: benches/bench_model.py (SHAPES, default 124M,1B); e2e: the
+# stories-17M run of scripts/e2e_stories.sh. Logs, JSON and PNGs go to $OUT (never checkpoints).
+set -euo pipefail
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/lmforge-out}"
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site dist/*.whl
+export PYTHONPATH=/tmp/site
+python3 -c "import lmforge, torch; print('lmforge', lmforge.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+parts="${*:-tests bench e2e}"
+for part in $parts; do
+    case "$part" in
+    tests)
+        python3 -m pytest tests -m gpu -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+        ;;
+    bench)
+        python3 benches/bench_model.py --shapes "${SHAPES:-124M,1B}" ${BENCH_ARGS:-} \
+            --out "$OUT/bench-model.json" 2>&1 | tee "$OUT/bench-model.log" | tail -25
+        ;;
+    e2e)
+        bash scripts/e2e_stories.sh
+        ;;
+    *)
+        echo "unknown part $part (tests, bench, e2e)" >&2
+        exit 2
+        ;;
+    esac
+done

@@ -1,0 +1,89 @@
+"""Run configs: TOML files, presets, --set overrides, validation, the TOML written back."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmforge.train.config import (
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+    parse_overrides,
+    preset_names,
+    to_toml,
+)
+
+DATA = ["train.train_data=train.bin"]
+
+
+def test_presets_have_the_issue_shapes():
+    assert {"stories-17M", "gpt2-124M", "1B"} <= set(preset_names())
+    s = load_run_config("stories-17M", DATA).model
+    assert (s.d_model, s.n_layers, s.n_heads, s.d_ff, s.context_length) == (512, 4, 16, 1344, 256)
+    assert s.vocab_size >= 10_000 and s.vocab_size % 64 == 0
+    g = load_run_config("gpt2-124M", DATA).model
+    assert (g.d_model, g.n_layers, g.n_heads, g.context_length, g.vocab_size) == (
+        768,
+        12,
+        12,
+        1024,
+        50304,
+    )
+    b = load_run_config("1B", DATA).model
+    assert (b.d_model, b.n_layers, b.n_heads, b.context_length, b.vocab_size) == (
+        2048,
+        16,
+        16,
+        1024,
+        50304,
+    )
+
+
+def test_overrides_are_toml_values():
+    cfg = load_run_config(
+        "stories-17M",
+        [*DATA, "optim.lr=1e-3", "train.compile=false", "model.n_layers=2", 'train.out_dir="x y"'],
+    )
+    assert cfg.optim.lr == 1e-3 and cfg.train.compile is False and cfg.model.n_layers == 2
+    assert cfg.train.out_dir == "x y"
+    assert parse_overrides(["train.device=cuda:1"]) == {"train": {"device": "cuda:1"}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lr=1"], "table.key=value"),
+        (["train.nope=1"], "unknown \\[train\\] key"),
+        (["model.d_model=100"], "divisible by n_heads"),
+        (["train.batch_size=0"], "batch_size"),
+        (["train.dtype=fp8"], "dtype"),
+        (["bogus.x=1"], "unknown config table"),
+    ],
+)
+def test_bad_overrides_raise(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_run_config("stories-17M", [*DATA, *overrides])
+
+
+def test_missing_data_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="--data"):
+        load_run_config("stories-17M", [])
+    with pytest.raises(FileNotFoundError, match="presets: .*stories-17M"):
+        load_run_config(tmp_path / "nope.toml", DATA)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ValueError, match="invalid TOML"):
+        load_run_config(bad, DATA)
+
+
+def test_needs_max_iters_or_epochs():
+    with pytest.raises(ValueError, match="max_iters"):
+        TrainConfig(train_data="x.bin")
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = load_run_config("gpt2-124M", [*DATA, "model.logit_softcap=30.0", "train.seed=7"])
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(cfg))
+    again = load_run_config(path)
+    assert again == cfg and isinstance(again, RunConfig)

@@ -1,0 +1,148 @@
+"""The trainer on real text (CPU): the loss falls, resume is bit-identical, a NaN stops the run
+with the last good checkpoint kept, and the CLI commands around a run work."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lmforge.cli import main
+from lmforge.train.config import load_run_config
+from lmforge.train.trainer import Trainer, TrainingError
+
+TINY = [
+    "model.vocab_size=512",
+    "model.context_length=64",
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.d_ff=192",
+    "optim.warmup_iters=5",
+    "train.batch_size=8",
+    "train.compile=false",
+    "train.device=cpu",
+    "train.progress=false",
+    "train.sample_tokens=0",
+]
+
+
+def tiny_config(data, out, *extra):
+    overrides = [
+        *TINY,
+        f'train.train_data="{data["train"]}"',
+        f'train.val_data="{data["val"]}"',
+        f'train.tokenizer="{data["tokenizer"]}"',
+        f'train.out_dir="{out}"',
+        *extra,
+    ]
+    return load_run_config("stories-17M", overrides)
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir):
+    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
+
+
+def test_loss_falls_on_real_text(stories_data, tmp_path):
+    cfg = tiny_config(
+        stories_data,
+        tmp_path / "run",
+        "train.max_iters=60",
+        "optim.lr=3e-3",
+        "train.log_interval=10",
+        "train.eval_interval=30",
+    )
+    result = Trainer(cfg).fit()
+    losses = train_losses(result.run_dir)
+    assert losses[10] - losses[60] > 1.0, losses
+    assert result.val is not None and result.val.loss < math.log(512) - 1.0
+    assert 0 < result.val.bits_per_byte < 8
+    assert result.tokens == 60 * 8 * 64
+    val = [r for r in records(result.run_dir) if "val_loss" in r]
+    assert [r["step"] for r in val] == [30, 60] and val[1]["val_loss"] < val[0]["val_loss"]
+    assert (result.run_dir / "tokenizer.json").is_file()
+    assert (result.run_dir / "config.toml").is_file()
+
+
+def test_resume_is_bit_identical(stories_data, tmp_path, monkeypatch):
+    extra = ["train.max_iters=8", "train.ckpt_interval=4", "train.log_interval=1"]
+    extra += ["train.eval_interval=0", "train.keep_checkpoints=0"]
+    whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
+
+    calls = {"n": 0}
+    step = Trainer._step
+
+    def crash_after_4(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # the process dies in step 5
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_step", crash_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(stories_data, tmp_path / "b", *extra)).fit()
+    monkeypatch.setattr(Trainer, "_step", step)
+    torch.manual_seed(12345)  # resume must not depend on the process's RNG state
+    resumed = Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True)
+    assert resumed.iteration == 4
+    resumed.fit()
+    assert train_losses(tmp_path / "b") == train_losses(whole.run_dir)
+    a = torch.load(whole.run_dir / "ckpt-00000008" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "ckpt-00000008" / "checkpoint.pt", weights_only=False)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(stories_data, tmp_path, monkeypatch):
+    extra = ["train.max_iters=10", "train.ckpt_interval=2", "train.log_interval=1"]
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "run", *extra))
+    step = Trainer._step
+
+    def nan_at_3(self):
+        loss, norm, metrics = step(self)
+        if self.iteration == 2:  # the third step (0-based count before the increment)
+            loss = loss * float("nan")
+        return loss, norm, metrics
+
+    monkeypatch.setattr(Trainer, "_step", nan_at_3)
+    with pytest.raises(TrainingError, match="nan.*ckpt-00000002"):
+        trainer.fit()
+    assert [p.name for p in sorted((tmp_path / "run").glob("ckpt-*"))][-1] == "ckpt-00000002"
+
+
+def test_resume_without_checkpoint_and_existing_run(stories_data, tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        Trainer(tiny_config(stories_data, tmp_path / "new", "train.max_iters=2"), resume=True)
+
+
+def test_vocab_smaller_than_tokenizer_is_refused(stories_data, tmp_path):
+    cfg = tiny_config(stories_data, tmp_path / "run", "train.max_iters=2", "model.vocab_size=256")
+    with pytest.raises(ValueError, match="vocab_size"):
+        Trainer(cfg)
+
+
+def test_cli_train_sample_eval_plot_export(stories_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--config", "stories-17M", "--data", str(stories_data["train"])]
+    argv += ["--val-data", str(stories_data["val"]), "--tokenizer", str(stories_data["tokenizer"])]
+    argv += ["--out", str(run)]
+    for item in [*TINY, "train.max_iters=6", "train.eval_interval=6", "train.sample_tokens=10"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trained 6 steps" in out and "bits/byte" in out and "sample:" in out
+
+    assert main(["sample", str(run), "--max-new-tokens", "8", "--prompt", "Once"]) == 0
+    assert capsys.readouterr().out.startswith("Once")
+    assert main(["eval", str(run), "--data", str(stories_data["val"]), "--batches", "2"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["export", str(run), "--out", str(tmp_path / "st")]) == 0
+    assert (tmp_path / "st" / "model.safetensors").is_file()
