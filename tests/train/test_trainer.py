@@ -116,13 +116,29 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(stories_data, tmp_path, m
     assert [p.name for p in sorted((tmp_path / "run").glob("ckpt-*"))][-1] == "ckpt-00000002"
 
 
+def test_cuda_oom_becomes_an_actionable_error(stories_data, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "run", "train.max_iters=6"))
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "step_model", oom)
+    with pytest.raises(TrainingError, match="out of memory.*estimated peak.*batch_size"):
+        trainer.fit()
+
+
 def test_resume_without_checkpoint_and_existing_run(stories_data, tmp_path):
     with pytest.raises(ValueError, match="no checkpoint"):
-        Trainer(tiny_config(stories_data, tmp_path / "new", "train.max_iters=2"), resume=True)
+        Trainer(tiny_config(stories_data, tmp_path / "new", "train.max_iters=6"), resume=True)
+
+
+def test_schedule_longer_than_the_run_is_refused_up_front(stories_data, tmp_path):
+    with pytest.raises(ValueError, match="warmup_iters .*lower optim.warmup_iters"):
+        Trainer(tiny_config(stories_data, tmp_path / "run", "train.max_iters=2"))
 
 
 def test_vocab_smaller_than_tokenizer_is_refused(stories_data, tmp_path):
-    cfg = tiny_config(stories_data, tmp_path / "run", "train.max_iters=2", "model.vocab_size=256")
+    cfg = tiny_config(stories_data, tmp_path / "run", "train.max_iters=6", "model.vocab_size=256")
     with pytest.raises(ValueError, match="vocab_size"):
         Trainer(cfg)
 

@@ -91,7 +91,7 @@ def evaluate(
         An :class:`EvalResult`.
 
     Raises:
-        ValueError: ``tokens`` too short for one window.
+        ValueError: ``tokens`` too short for one window (from ``validation_batches``).
     """
     device = torch.device(device)
     was_training = model.training
@@ -123,8 +123,6 @@ def evaluate(
                 n_bytes += nb.sum()
     finally:
         model.train(was_training)
-    if count == 0:
-        raise ValueError(f"{len(tokens)} tokens are too few for one evaluation window")
     loss = loss_sum.item() / count
     bpb = None
     if byte_table is not None and n_bytes.item() > 0:

@@ -33,7 +33,7 @@ import torch
 from lmforge import accounting
 from lmforge.data import WindowSampler, batch_from_starts, open_training_file
 from lmforge.model import Transformer
-from lmforge.optim import build_optimizer, clip_grad_norm_, set_lr
+from lmforge.optim import build_optimizer, clip_grad_norm_, lr_at, set_lr
 from lmforge.train.checkpoint import load_checkpoint
 from lmforge.train.config import RunConfig, to_toml
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
@@ -116,6 +116,10 @@ class Trainer:
                 (tc.epochs or 1.0) * len(self.train_file) / (self.global_batch * mc.context_length)
             ),
         )
+        try:
+            lr_at(config.optim, 0, self.max_iters)  # schedule errors now, not at step one
+        except ValueError as err:
+            raise ValueError(f"{err}: lower optim.warmup_iters or train more steps") from None
         self.sampler = WindowSampler(
             len(self.train_file),
             mc.context_length,
