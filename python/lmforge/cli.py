@@ -82,9 +82,12 @@ def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lmforge.train.config import load_run_config
+    from lmforge.train.config import load_run_config, toml_value
     from lmforge.train.trainer import Trainer, TrainingError
 
+    config_path = args.config
+    if config_path is None and args.resume and args.out is not None:
+        config_path = Path(args.out) / "config.toml"  # resume with the run's own config
     overrides = list(args.set or [])
     for flag, key in (
         ("data", "train.train_data"),
@@ -94,8 +97,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ):
         value = getattr(args, flag)
         if value is not None:
-            overrides.append(f"{key}={_toml_string(value)}")
-    config = load_run_config(args.config, overrides)
+            overrides.append(f"{key}={toml_value(value)}")
+    config = load_run_config(config_path, overrides)
     try:
         result = Trainer(config, resume=args.resume).fit()
     except TrainingError as err:
@@ -122,37 +125,27 @@ def _print_train_result(result: Any) -> None:
         print("sample:\n" + sample.read_text(encoding="utf-8"))
 
 
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from lmforge.model.generate import generate
-    from lmforge.train.artifacts import load_trained
+    from lmforge.train.artifacts import generate_text, load_trained
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trained = load_trained(args.checkpoint, device)
     if trained.tokenizer is None:
         raise ValueError(f"no tokenizer.json in the run directory of {trained.checkpoint}")
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    ids = trained.tokenizer.encode(args.prompt)
-    room = trained.config.context_length - len(ids)
-    idx = torch.tensor([ids] * args.num_samples, device=device)
-    out = generate(
+    texts = generate_text(
         trained.model,
-        idx,
-        min(args.max_new_tokens, room),
+        trained.tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        num_samples=args.num_samples,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        eot_id=trained.config.eot_id,
-        generator=generator,
+        generator=torch.Generator(device=device).manual_seed(args.seed),
     )
-    for row in out.tolist():
-        print(trained.tokenizer.decode(row, errors="replace"))
-        print("-" * 40)
+    print(("\n" + "-" * 40 + "\n").join(texts))
     return 0
 
 
@@ -274,7 +267,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument(
         "--config",
         default=None,
-        help="a run config TOML or a preset name (stories-17M, gpt2-124M, 1B)",
+        help="a run config TOML or a preset name (stories-17M, gpt2-124M, 1B); with --resume "
+        "and --out, the run's own config.toml by default",
     )
     tr.add_argument("--data", default=None, help="the training token file (train.bin)")
     tr.add_argument("--val-data", default=None, help="a validation token file")

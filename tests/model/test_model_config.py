@@ -42,7 +42,6 @@ def test_defaults() -> None:
         (dict(logit_softcap=0.0), "logit_softcap"),
         (dict(eot_id=67), "eot_id"),
         (dict(eot_id=-1), "eot_id"),
-        (dict(document_mask=True), "document_mask needs eot_id"),
     ],
 )
 def test_validation_errors(overrides: dict[str, Any], match: str) -> None:

@@ -164,6 +164,8 @@ def test_forward_errors() -> None:
         model(idx, idx[:, :-1])
     with pytest.raises(ValueError, match="needs targets"):
         model(idx, return_logits=False)
+    with pytest.raises(ValueError, match="document_mask needs eot_id"):
+        Transformer(tiny_config(document_mask=True))
 
 
 @pytest.mark.parametrize("variant", ["mha", "gqa", "parallel"])

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from lmforge._atomic import write_atomic
 from lmforge.train import checkpoint as checkpoint_module
 from lmforge.train.checkpoint import (
     FORMAT,
@@ -22,7 +23,6 @@ from lmforge.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
-    write_atomic,
 )
 
 

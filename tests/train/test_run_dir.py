@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from lmforge._atomic import write_text_atomic
 from lmforge.train import checkpoint as checkpoint_module
 from lmforge.train.checkpoint import load_checkpoint
 from lmforge.train.run_dir import (
@@ -16,7 +17,6 @@ from lmforge.train.run_dir import (
     RunDir,
     RunDirError,
     parse_checkpoint_step,
-    write_text_atomic,
 )
 
 CONFIG = {"d_model": 4, "n_layers": 1}

@@ -105,15 +105,57 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(stories_data, tmp_path, m
     step = Trainer._step
 
     def nan_at_3(self):
-        loss, norm, metrics = step(self)
+        loss, ce, norm, metrics = step(self)
         if self.iteration == 2:  # the third step (0-based count before the increment)
             loss = loss * float("nan")
-        return loss, norm, metrics
+        return loss, ce, norm, metrics
 
     monkeypatch.setattr(Trainer, "_step", nan_at_3)
-    with pytest.raises(TrainingError, match="nan.*ckpt-00000002"):
+    with pytest.raises(TrainingError, match="loss \\(nan\\).*ckpt-00000002"):
         trainer.fit()
     assert [p.name for p in sorted((tmp_path / "run").glob("ckpt-*"))][-1] == "ckpt-00000002"
+
+
+def test_non_finite_gradient_is_never_checkpointed(stories_data, tmp_path, monkeypatch):
+    """An inf gradient at a checkpoint step: the loss of that step is still finite, yet the
+    update is poisoned, so the checkpoint of that step must not be written."""
+    extra = ["train.max_iters=10", "train.ckpt_interval=2", "train.log_interval=5"]
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "run", *extra))
+    backward = torch.Tensor.backward
+
+    def poisoned(self, *args, **kwargs):
+        backward(self, *args, **kwargs)
+        if trainer.iteration == 3:  # the fourth step, a checkpoint step
+            next(trainer.model.parameters()).grad.view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(torch.Tensor, "backward", poisoned)
+    with pytest.raises(TrainingError, match="gradient norm .*ckpt-00000002"):
+        trainer.fit()
+    assert [p.name for p in sorted((tmp_path / "run").glob("ckpt-*"))][-1] == "ckpt-00000002"
+
+
+def test_resume_applies_new_optimizer_settings_and_refuses_model_changes(stories_data, tmp_path):
+    extra = ["train.max_iters=6", "train.eval_interval=0", "train.log_interval=1"]
+    Trainer(tiny_config(stories_data, tmp_path / "run", *extra)).fit()
+    more = [*extra, "train.max_iters=8"]
+    with pytest.raises(ValueError, match="model.rope_theta \\(checkpoint 10000.0, now 500.0\\)"):
+        Trainer(
+            tiny_config(stories_data, tmp_path / "run", *more, "model.rope_theta=500.0"),
+            resume=True,
+        )
+    with pytest.raises(ValueError, match="does not fit this model: missing keys"):
+        Trainer(tiny_config(stories_data, tmp_path / "run", *more, "model.n_layers=3"), resume=True)
+    with pytest.raises(ValueError, match="train.batch_size"):
+        Trainer(
+            tiny_config(stories_data, tmp_path / "run", *more, "train.batch_size=4"), resume=True
+        )
+    trainer = Trainer(
+        tiny_config(stories_data, tmp_path / "run", *more, "optim.weight_decay=0.0"), resume=True
+    )
+    assert trainer.iteration == 6
+    assert all(g["weight_decay"] == 0.0 for g in trainer.optimizer.param_groups)
+    trainer.fit()
+    assert sorted(train_losses(tmp_path / "run")) == list(range(1, 9))
 
 
 def test_cuda_oom_becomes_an_actionable_error(stories_data, tmp_path, monkeypatch):
@@ -127,9 +169,18 @@ def test_cuda_oom_becomes_an_actionable_error(stories_data, tmp_path, monkeypatc
         trainer.fit()
 
 
-def test_resume_without_checkpoint_and_existing_run(stories_data, tmp_path):
-    with pytest.raises(ValueError, match="no checkpoint"):
-        Trainer(tiny_config(stories_data, tmp_path / "new", "train.max_iters=6"), resume=True)
+def test_resume_without_checkpoint_starts_afresh(stories_data, tmp_path):
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "new", "train.max_iters=6"), resume=True)
+    assert trainer.iteration == 0 and (tmp_path / "new" / "config.toml").is_file()
+
+
+def test_eot_id_comes_from_the_data_so_document_mask_just_works(stories_data, tmp_path):
+    extra = ["train.max_iters=6", "model.document_mask=true"]
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "run", *extra))
+    assert trainer.config.model.eot_id == trainer.train_file.header.eot_id is not None
+    trainer.fit()
+    with pytest.raises(ValueError, match="model.eot_id is 3 but the training data"):
+        Trainer(tiny_config(stories_data, tmp_path / "other", *extra, "model.eot_id=3"))
 
 
 def test_schedule_longer_than_the_run_is_refused_up_front(stories_data, tmp_path):
@@ -156,6 +207,11 @@ def test_cli_train_sample_eval_plot_export(stories_data, tmp_path, capsys):
 
     assert main(["sample", str(run), "--max-new-tokens", "8", "--prompt", "Once"]) == 0
     assert capsys.readouterr().out.startswith("Once")
+    assert main(["sample", str(run), "--prompt", "Once upon a time " * 40]) == 2
+    assert "shorten it" in capsys.readouterr().err
+    argv_resume = ["train", "--out", str(run), "--resume", "--set", "train.max_iters=8"]
+    assert main(argv_resume) == 0  # the run's own config.toml, extended by two steps
+    assert "trained 8 steps" in capsys.readouterr().out
     assert main(["eval", str(run), "--data", str(stories_data["val"]), "--batches", "2"]) == 0
     assert "perplexity" in capsys.readouterr().out
     assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0

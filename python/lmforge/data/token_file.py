@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
+
+from lmforge._atomic import write_text_atomic
 
 PathLike = Union[str, "os.PathLike[str]"]
 """A filesystem path."""
@@ -216,17 +217,7 @@ def write_header(path: PathLike, header: TokenFileHeader) -> None:
     Raises:
         OSError: when the folder is not writable; no temp file is left behind.
     """
-    target = header_path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(header.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(header_path(path), header.to_json())
 
 
 class TokenFile:

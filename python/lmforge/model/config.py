@@ -61,7 +61,8 @@ class ModelConfig:
         init_std: standard deviation of the embedding initialisation; linear layers use a
             truncated normal with std ``1 / sqrt(fan_in)``.
         document_mask: attention never crosses an end-of-text token inside a training window
-            (needs ``eot_id``).
+            (needs ``eot_id`` when the model is built; the trainer takes it from the token
+            file's header).
         eot_id: the end-of-text token id (document separator; generation stops on it).
         activation_checkpointing: recompute each block's activations in the backward pass
             (less memory, about a third more compute).
@@ -120,8 +121,6 @@ class ModelConfig:
             raise ValueError(
                 f"eot_id must be an id in [0, vocab_size={self.vocab_size}), got {self.eot_id!r}"
             )
-        if self.document_mask and self.eot_id is None:
-            raise ValueError("document_mask needs eot_id (the end-of-text token id)")
 
     @property
     def head_dim(self) -> int:

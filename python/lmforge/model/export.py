@@ -32,8 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from lmforge._atomic import write_atomic_path
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 
@@ -110,7 +109,7 @@ def export_safetensors(model: nn.Module, out_dir: PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", _ALIASES_KEY: json.dumps(aliases, sort_keys=True)}
-    _write_atomically(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata=metadata))
+    write_atomic_path(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata=metadata))
     _write_json(out / CONFIG_FILE, config.to_dict())
     logger.info("wrote %d tensors to %s", len(tensors), out / WEIGHTS_FILE)
     return out
@@ -224,7 +223,7 @@ def export_hf_llama(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt"}
-    _write_atomically(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata=metadata))
+    write_atomic_path(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata=metadata))
     dtype = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     _write_json(out / CONFIG_FILE, hf_llama_config(config, dtype=dtype))
     if tokenizer is not None:
@@ -403,21 +402,4 @@ def _config_of(model: nn.Module) -> ModelConfig:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=2) + "\n"
-    _write_atomically(path, lambda p: p.write_text(text, encoding="utf-8"))
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Runs ``write`` on a temp file beside ``path``, fsyncs it and renames it to ``path``.
-
-    Raises:
-        OSError: the folder is not writable (``path`` is then untouched).
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic_path(path, lambda p: p.write_text(text, encoding="utf-8"))

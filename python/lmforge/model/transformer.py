@@ -150,6 +150,11 @@ class Transformer(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if config.document_mask and config.eot_id is None:
+            raise ValueError(
+                "document_mask needs eot_id (the end-of-text token id): set model.eot_id, or "
+                "let the trainer take it from the token file's header"
+            )
         self.config = config
         self.loss_chunk_size = 4096
         d = config.d_model

@@ -5,15 +5,14 @@ as a printable character), to ids; ``vocab.bpe`` lists the merges in rank order,
 ``left right`` pair per line after an optional ``#version`` line. Hugging Face's byte-level
 files use the same table (``formats_hf.py``); tiktoken's rank files are in ``formats_tiktoken.py``.
 
-Every writer here goes through :func:`atomic_write_text` (temp file, fsync, rename), as
-``Tokenizer.save`` does, so a crash never leaves a half-written tokenizer behind.
+Every writer here goes through :func:`lmforge._atomic.write_text_atomic` (temp file, fsync,
+rename), as ``Tokenizer.save`` does, so a crash never leaves a half-written tokenizer behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 
 from lmforge.tokenizer.tokenizer import PathLike, Tokenizer
 
@@ -47,36 +46,6 @@ def gpt2_byte_encoder() -> list[str]:
     for char, b in gpt2_byte_decoder().items():
         encoder[b] = char
     return encoder
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Writes ``text`` (UTF-8) to ``path`` atomically: a temp file beside it, fsync, rename.
-
-    Raises:
-        OSError: the directory is missing or not writable (``path`` is then untouched).
-    """
-    name = os.fspath(path)
-    folder, base = os.path.split(name)
-    # A unique name opened with "x" gets the usual permissions (umask), unlike mkstemp's 0600.
-    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, name)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # best effort: makes the rename itself durable
-        fd = os.open(folder or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _decode(token: str, table: dict[str, int], source: str) -> bytes:

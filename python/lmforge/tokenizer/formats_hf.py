@@ -24,7 +24,8 @@ import os
 from typing import Any
 
 from lmforge import _bpe
-from lmforge.tokenizer.formats import atomic_write_text, gpt2_byte_decoder, gpt2_byte_encoder
+from lmforge._atomic import write_text_atomic
+from lmforge.tokenizer.formats import gpt2_byte_decoder, gpt2_byte_encoder
 from lmforge.tokenizer.tokenizer import PathLike, Tokenizer
 
 TIKTOKEN_GPT2_PATTERN = (
@@ -104,7 +105,7 @@ def save_hf(tok: Tokenizer, path: PathLike) -> None:
             "merges": merges,
         },
     }
-    atomic_write_text(path, json.dumps(doc, ensure_ascii=False))
+    write_text_atomic(path, json.dumps(doc, ensure_ascii=False))
 
 
 def load_hf(path: PathLike) -> Tokenizer:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from lmforge.tokenizer.formats import atomic_write_text
+from lmforge._atomic import write_text_atomic
 from lmforge.tokenizer.tokenizer import PathLike, Tokenizer
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def save_tiktoken(tok: Tokenizer, path: PathLike) -> None:
         f"{base64.b64encode(token).decode('ascii')} {rank}\n"
         for token, rank in sorted(ranks.items(), key=lambda item: item[1])
     ]
-    atomic_write_text(path, "".join(lines))
+    write_text_atomic(path, "".join(lines))
 
 
 def to_tiktoken(tok: Tokenizer, name: str | None = None) -> tiktoken.Encoding:

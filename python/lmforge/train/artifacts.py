@@ -1,4 +1,5 @@
-"""Loading what a run left behind: a trained model from a run directory or checkpoint.
+"""Using what a run left behind: a trained model from a run directory or checkpoint, and text
+sampled from it.
 
 A path may name a run directory (its newest ``ckpt-STEP/``), a checkpoint folder, or the
 checkpoint file inside one. The model config comes from the ``config.json`` beside the
@@ -7,6 +8,7 @@ checkpoint, and the tokenizer from the run directory's ``tokenizer.json`` when t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +18,12 @@ import torch
 
 from lmforge.model import ModelConfig, Transformer
 from lmforge.train.checkpoint import load_checkpoint
-from lmforge.train.run_dir import RunDir
+from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir
 
 if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
 
-__all__ = ["TrainedModel", "find_checkpoint", "load_trained"]
-
-CHECKPOINT_FILE = "checkpoint.pt"
+__all__ = ["TrainedModel", "find_checkpoint", "generate_text", "load_trained"]
 
 
 @dataclass
@@ -79,3 +79,63 @@ def load_trained(path: str | os.PathLike[str], device: str | torch.device = "cpu
             tokenizer = Tokenizer.load(candidate)
             break
     return TrainedModel(model, config, tokenizer, step, ckpt)
+
+
+def generate_text(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    num_samples: int = 1,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[str]:
+    """Continue ``prompt`` ``num_samples`` times; each text includes the prompt.
+
+    Generation stops at the model's ``eot_id`` or after ``max_new_tokens`` (fewer when the
+    context would overflow).
+
+    Raises:
+        ValueError: an empty prompt, a prompt as long as the context, or ``num_samples < 1``.
+    """
+    from lmforge.model.generate import generate
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    ids = tokenizer.encode(prompt)
+    context = model.config.context_length
+    if not ids:
+        raise ValueError("the prompt is empty: give at least one token of text")
+    if len(ids) >= context:
+        raise ValueError(
+            f"the prompt is {len(ids)} tokens but the model's context is {context}: shorten it"
+        )
+    device = model.head_weight.device
+    idx = torch.tensor([ids] * num_samples, device=device)
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        out = generate(
+            model,
+            idx,
+            min(max_new_tokens, context - len(ids)),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eot_id=model.config.eot_id,
+            generator=generator,
+        )
+    texts = []
+    for row in out.tolist():
+        new = row[len(ids) :]
+        if model.config.eot_id in new:  # finished rows are padded with end-of-text ids
+            new = new[: new.index(model.config.eot_id)]
+        texts.append(tokenizer.decode(ids + new, errors="replace"))
+    return texts

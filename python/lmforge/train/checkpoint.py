@@ -36,9 +36,8 @@ import logging
 import os
 import pickle
 import random
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Union
 
@@ -46,17 +45,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmforge._atomic import write_atomic
+
 __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
-    "fsync_dir",
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
-    "temp_name",
-    "write_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,61 +77,6 @@ _SAFE_SCALARS += (torch.Size, torch.dtype, torch.device)
 
 class CheckpointError(ValueError):
     """A checkpoint is corrupt, from a newer lmforge, or does not fit the model or optimizer."""
-
-
-def fsync_dir(path: PathLike) -> None:
-    """Fsync a folder so that renames into it survive a power loss (a no-op where unsupported).
-
-    Args:
-        path: the folder.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # e.g. Windows, where folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on folders; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
-def temp_name(target: Path, kind: str) -> Path:
-    """A fresh hidden name beside ``target``: ``.{name}.{12 hex}.{kind}`` (``tmp``, ``old``...).
-
-    Leftovers of interrupted writes are recognisable by this shape, and never mistaken for
-    the real file by anything that lists the folder.
-    """
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.{kind}")
-
-
-def write_atomic(path: PathLike, write: Callable[[IO[bytes]], object]) -> None:
-    """Write a file atomically: temp file in the same folder, fsync, rename, fsync the folder.
-
-    Args:
-        path: the file to write or replace.
-        write: called with the temp file opened for binary writing; writes the contents.
-
-    Raises:
-        OSError: when the folder is missing or not writable; whatever ``write`` raises. In
-            every case the file at ``path`` is left as it was and no temp file remains.
-    """
-    target = Path(path)
-    tmp = temp_name(target, "tmp")
-    # not mkstemp: its 0o600 would make checkpoints unreadable to the rest of a shared group;
-    # os.open with 0o666 honours the umask like any other file the user creates
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
 
 
 def rng_state() -> dict[str, Any]:

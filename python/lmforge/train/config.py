@@ -40,6 +40,7 @@ __all__ = [
     "preset_names",
     "resolve_config",
     "to_toml",
+    "toml_value",
 ]
 
 _PRESETS = Path(__file__).resolve().parent.parent / "configs"
@@ -249,12 +250,13 @@ def to_toml(config: RunConfig) -> str:
         lines.append(f"[{table}]")
         for key, value in values.items():
             if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
+                lines.append(f"{key} = {toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """One value written as TOML (a string quoted and escaped, a list in brackets)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -262,7 +264,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

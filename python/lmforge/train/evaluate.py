@@ -15,19 +15,21 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lmforge.data import validation_batches
+from lmforge.model import Transformer
 
 if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
 
 __all__ = ["EvalResult", "evaluate", "token_byte_lengths"]
+
+_ROWS = 4096  # logits rows per chunk: 4096 x 50,304 float32 = 0.8 GB
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,22 @@ def token_byte_lengths(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
     return lengths
 
 
+def _token_losses(
+    model: Transformer, hidden: torch.Tensor, targets: torch.Tensor, autocast: Any
+) -> torch.Tensor:
+    """Per-token cross-entropy (float64), the logits made ``_ROWS`` rows at a time so that a
+    large vocabulary's float32 logits never exist for the whole batch at once."""
+    out = []
+    for h, t in zip(hidden.split(_ROWS), targets.split(_ROWS), strict=True):
+        with autocast:
+            logits = model.logits(h)
+        out.append(F.cross_entropy(logits.float(), t, reduction="none").double())
+    return torch.cat(out)
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: Transformer,
     tokens: np.ndarray,
     *,
     batch_size: int,
@@ -78,7 +93,7 @@ def evaluate(
     """Evaluate a model on the fixed validation windows of ``tokens``.
 
     Args:
-        model: a model following the lmforge contract (``model(idx).logits``).
+        model: the model (its ``forward_hidden`` and ``logits``).
         tokens: a 1-D token array or memmap.
         batch_size: windows per forward pass.
         context_length: window length.
@@ -111,10 +126,8 @@ def evaluate(
             tokens, batch_size, context_length, device, max_batches=max_batches
         ):
             with autocast:
-                logits = model(x).logits
-            losses = F.cross_entropy(
-                logits.float().flatten(0, 1), y.flatten(), reduction="none"
-            ).double()
+                hidden, _ = model.forward_hidden(x)
+            losses = _token_losses(model, hidden.flatten(0, 1), y.flatten(), autocast)
             loss_sum += losses.sum()
             count += y.numel()
             if byte_table is not None:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmforge.train.checkpoint import write_atomic
+from lmforge._atomic import write_atomic
 
 __all__ = ["MetricsError", "MetricsLogger", "read_metrics"]
 

@@ -34,7 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lmforge.train.checkpoint import write_atomic
+from lmforge._atomic import write_atomic
 from lmforge.train.metrics import read_metrics
 from lmforge.train.run_dir import METRICS_FILE, PLOTS_DIR
 

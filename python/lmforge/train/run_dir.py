@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.train.checkpoint import fsync_dir, save_checkpoint, temp_name, write_atomic
+from lmforge._atomic import fsync_dir, temp_name, write_text_atomic
+from lmforge.train.checkpoint import save_checkpoint
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -65,20 +66,6 @@ _LEFTOVER = re.compile(r"\.(.+)\.[0-9a-f]{12}\.(tmp|old|deleting)")
 
 class RunDirError(ValueError):
     """A run directory cannot be used as asked (e.g. it already holds another run)."""
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 text to ``path`` atomically (temp file, fsync, rename; see write_atomic).
-
-    Args:
-        path: the file to write or replace; its folder must exist.
-        text: the contents.
-
-    Raises:
-        OSError: when the folder is missing or not writable; the old file is left intact.
-    """
-    data = text.encode("utf-8")
-    write_atomic(path, lambda f: f.write(data))
 
 
 def parse_checkpoint_step(name: str) -> int | None:

@@ -34,11 +34,14 @@ from lmforge import accounting
 from lmforge.data import WindowSampler, batch_from_starts, open_training_file
 from lmforge.model import Transformer
 from lmforge.optim import build_optimizer, clip_grad_norm_, lr_at, set_lr
+from lmforge.train.artifacts import generate_text
 from lmforge.train.checkpoint import load_checkpoint
 from lmforge.train.config import RunConfig, to_toml
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
+from lmforge.train.meter import StepWindow
 from lmforge.train.metrics import MetricsLogger
-from lmforge.train.run_dir import RunDir, write_text_atomic
+from lmforge.train.resume import apply_hyperparameters, check_resumable, hyperparameters
+from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir, write_text_atomic
 from lmforge.train.runtime import autocast_dtype, autocast_for, resolve_device, seed_everything
 
 __all__ = ["TrainResult", "Trainer", "TrainingError"]
@@ -85,36 +88,33 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, *, resume: bool = False) -> None:
-        self.config = config
         tc, mc = config.train, config.model
         self.device = resolve_device(tc.device)
         self.amp_dtype = autocast_dtype(tc.dtype, self.device)
         seed_everything(tc.seed)
         self.tokenizer = _load_tokenizer(tc.tokenizer)
         fingerprint = self.tokenizer.fingerprint if self.tokenizer is not None else None
-        self.train_file = open_training_file(
-            tc.train_data, vocab_size=mc.vocab_size, fingerprint=fingerprint
-        )
-        self.val_file = (
-            open_training_file(tc.val_data, vocab_size=mc.vocab_size, fingerprint=fingerprint)
-            if tc.val_data
-            else None
-        )
-        if mc.eot_id is None and self.train_file.header.eot_id is not None:
-            # the model's end-of-text id (generation stops on it) comes from the data's header
-            mc = dataclasses.replace(mc, eot_id=self.train_file.header.eot_id)
-            self.config = config = dataclasses.replace(config, model=mc)
-        self.model = Transformer(mc).to(self.device)
+        opened = {
+            path: open_training_file(
+                path,
+                vocab_size=mc.vocab_size,
+                fingerprint=fingerprint,
+                context_length=mc.context_length,
+            )
+            for path in filter(None, (tc.train_data, tc.val_data))
+        }
+        self.train_file = opened[tc.train_data]
+        self.val_file = opened[tc.val_data] if tc.val_data else None
+        self.config = config = _with_data_eot_id(config, self.train_file.header.eot_id)
+        self.model = Transformer(config.model).to(self.device)
         kinds = self.model.param_kinds()
         self.optimizer = build_optimizer(
             [(p, kinds[name]) for name, p in self.model.named_parameters()], config.optim
         )
         self.global_batch = tc.batch_size * tc.grad_accum
+        self.tokens_per_step = self.global_batch * mc.context_length
         self.max_iters = tc.max_iters or max(
-            1,
-            math.ceil(
-                (tc.epochs or 1.0) * len(self.train_file) / (self.global_batch * mc.context_length)
-            ),
+            1, math.ceil((tc.epochs or 1.0) * len(self.train_file) / self.tokens_per_step)
         )
         try:
             lr_at(config.optim, 0, self.max_iters)  # schedule errors now, not at step one
@@ -129,32 +129,36 @@ class Trainer:
         )
         self.run_dir = RunDir.create(tc.out_dir, resume=resume)
         self.iteration = 0
-        if resume:
-            self._resume()
-        else:
-            self._write_run_files()
+        latest = self.run_dir.latest() if resume else None
+        if latest is not None:
+            self._resume(latest)
+        elif resume:
+            log.warning("%s has no checkpoint yet: starting the run afresh", self.run_dir.path)
+        self._write_run_files()
         self.step_model = torch.compile(self.model) if tc.compile else self.model
         self.token_bytes = (
             token_byte_lengths(self.tokenizer, mc.vocab_size) if self.tokenizer else None
         )
+        # set on the device when a gradient norm is not finite; read only with the loss
+        self._bad_grad = torch.zeros((), dtype=torch.bool, device=self.device)
 
     def _write_run_files(self) -> None:
         write_text_atomic(self.run_dir.path / "config.toml", to_toml(self.config))
         if self.config.train.tokenizer:
             shutil.copyfile(self.config.train.tokenizer, self.run_dir.path / "tokenizer.json")
 
-    def _resume(self) -> None:
-        latest = self.run_dir.latest()
-        if latest is None:
-            raise ValueError(f"--resume: {self.run_dir.path} has no checkpoint to resume from")
+    def _resume(self, latest: Path) -> None:
+        settings = hyperparameters(self.optimizer)
         state: dict[str, Any] = {}
+        # map to the CPU: load_state_dict moves moments onto the parameters' device and keeps
+        # the step counters on the CPU (on the GPU each would cost a sync per step)
         self.iteration = load_checkpoint(
-            latest / "checkpoint.pt",
-            self.model,
-            self.optimizer,
-            map_location=self.device,
-            state=state,
+            latest / CHECKPOINT_FILE, self.model, self.optimizer, map_location="cpu", state=state
         )
+        changed = check_resumable(state.get("config"), self.config)
+        apply_hyperparameters(self.optimizer, settings)
+        if changed:
+            log.info("resuming with changed optimizer settings: %s", "; ".join(changed))
         self.sampler.load_state_dict(state["sampler"])
         log.info("resumed from %s at step %d", latest, self.iteration)
 
@@ -162,83 +166,88 @@ class Trainer:
         """Train until ``max_iters``, evaluating, logging and checkpointing on the way.
 
         Raises:
-            TrainingError: a non-finite loss or CUDA out of memory.
+            TrainingError: a non-finite loss or gradient, or CUDA out of memory.
         """
-        tc, mc = self.config.train, self.config.model
-        log.info("%s", accounting.shape_report(mc))
-        start, t0 = self.iteration, time.perf_counter()
-        flops_tok = accounting.flops_per_token(mc, seq_len=mc.context_length)
-        peak = _peak_flops(self.device)
+        tc = self.config.train
+        log.info("%s", accounting.shape_report(self.config.model))
+        t0 = time.perf_counter()
+        window = StepWindow(self.device)
+        val, train_loss = None, math.nan
         logger = MetricsLogger(
             self.run_dir.path / "metrics.jsonl",
             tqdm_total=self.max_iters,
-            initial=start,
+            initial=self.iteration,
             progress=tc.progress,
             tensorboard=tc.tensorboard,
             wandb=tc.wandb,
         )
-        loss_acc = torch.zeros((), device=self.device)
-        steps_acc, t_last, val = 0, time.perf_counter(), None
-        train_loss = math.nan
         with logger:
             while self.iteration < self.max_iters:
                 lr = set_lr(self.optimizer, self.config.optim, self.iteration, self.max_iters)
-                loss, grad_norm, metrics = self._step()
-                loss_acc += loss
-                steps_acc += 1
+                window.add(*self._step())
                 self.iteration += 1
-                it = self.iteration
-                last = it == self.max_iters
+                it, last = self.iteration, self.iteration == self.max_iters
                 if it % tc.log_interval == 0 or last:
-                    mean_loss = self._checked_mean(loss_acc, steps_acc)
-                    dt = time.perf_counter() - t_last
-                    tok_s = steps_acc * self.global_batch * mc.context_length / dt
-                    logger.log(
-                        it,
-                        tokens=it * self.global_batch * mc.context_length,
-                        epoch=self.sampler.epoch,
-                        loss=mean_loss,
-                        lr=lr,
-                        grad_norm=grad_norm,
-                        tokens_per_s=tok_s,
-                        mfu=None if peak is None else tok_s * flops_tok / peak,
-                        memory_gb=_max_memory_gb(self.device),
-                        **metrics,
-                    )
-                    loss_acc.zero_()
-                    steps_acc, t_last = 0, time.perf_counter()
-                    train_loss = mean_loss
+                    train_loss = self._log_train(logger, window, lr)
                 if (
                     self.val_file is not None
                     and tc.eval_interval
                     and (it % tc.eval_interval == 0 or last)
                 ):
-                    val = self._evaluate()
-                    logger.log(
-                        it,
-                        tokens=it * self.global_batch * mc.context_length,
-                        val_loss=val.loss,
-                        val_bpb=val.bits_per_byte,
-                        val_ppl=val.perplexity,
-                    )
-                    t_last = time.perf_counter()  # evaluation time is not training time
+                    with window.pause():
+                        val = self._evaluate()
+                        logger.log(
+                            it,
+                            tokens=it * self.tokens_per_step,
+                            val_loss=val.loss,
+                            val_bpb=val.bits_per_byte,
+                            val_ppl=val.perplexity,
+                        )
                 if (tc.ckpt_interval and it % tc.ckpt_interval == 0) or last:
-                    self._checked_mean(loss_acc, max(steps_acc, 1))
-                    self._save()
+                    with window.pause():
+                        self._check_finite(window)
+                        self._save()
         self._finish()
         return TrainResult(
             run_dir=self.run_dir.path,
             iterations=self.iteration,
-            tokens=self.iteration * self.global_batch * mc.context_length,
+            tokens=self.iteration * self.tokens_per_step,
             train_loss=train_loss,
             val=val,
             seconds=time.perf_counter() - t0,
         )
 
-    def _step(self) -> tuple[torch.Tensor, float | torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss."""
-        tc = self.config.train
+    def _log_train(self, logger: MetricsLogger, window: StepWindow, lr: float) -> float:
+        """Write one metrics line for the steps since the last one; returns their mean loss."""
+        ce, seconds = self._check_finite(window), window.seconds()
+        tok_s = window.steps * self.tokens_per_step / seconds
+        peak = _peak_flops(self.device, self.amp_dtype)
+        flops = accounting.flops_per_token(self.config.model, self.config.model.context_length)
+        logger.log(
+            self.iteration,
+            tokens=self.iteration * self.tokens_per_step,
+            epoch=self.sampler.epoch,
+            loss=ce,
+            lr=lr,
+            grad_norm=window.grad_norm,
+            tokens_per_s=tok_s,
+            mfu=None if peak is None else tok_s * flops / peak,
+            memory_gb=_max_memory_gb(self.device),
+            **window.metrics,
+        )
+        window.reset()
+        return ce
+
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step over ``grad_accum`` micro-batches.
+
+        Returns:
+            The step's mean loss (back-propagated total) and cross-entropy, the gradient norm,
+            and the last micro-batch's metrics and named losses, all device tensors.
+        """
+        accum = self.config.train.grad_accum
         total = torch.zeros((), device=self.device)
+        ce = torch.zeros((), device=self.device)
         metrics: dict[str, torch.Tensor] = {}
         try:
             for starts in self.sampler.next_step():
@@ -247,30 +256,34 @@ class Trainer:
                 )
                 with autocast_for(self.device, self.amp_dtype):
                     out = self.step_model(x, y, return_logits=False)
-                (out.loss / tc.grad_accum).backward()
-                total += out.loss.detach() / tc.grad_accum
+                (out.loss / accum).backward()
+                total += out.loss.detach() / accum
+                ce += out.losses["ce"] / accum
                 metrics = {**out.metrics, **{f"loss/{k}": v for k, v in out.losses.items()}}
-            grad_norm: float | torch.Tensor = math.nan
-            if self.config.optim.grad_clip:
-                grad_norm = clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+            clip = self.config.optim.grad_clip or math.inf  # the norm is logged either way
+            grad_norm = clip_grad_norm_(self.model.parameters(), clip)
+            self._bad_grad |= ~torch.isfinite(grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.model.after_optimizer_step()
         except torch.cuda.OutOfMemoryError:
             raise TrainingError(self._oom_message()) from None
-        return total, grad_norm, metrics
+        return total, ce, grad_norm, metrics
 
-    def _checked_mean(self, loss_sum: torch.Tensor, steps: int) -> float:
-        mean = loss_sum.item() / steps
-        if not math.isfinite(mean):
-            latest = self.run_dir.latest()
-            where = f"the last good checkpoint is {latest}" if latest else "no checkpoint yet"
-            raise TrainingError(
-                f"the training loss became {mean} before step {self.iteration}; {where}. "
-                "Lower optim.lr, keep optim.grad_clip on (1.0), or try model.qk_norm=true / "
-                "model.z_loss=1e-4, then resume with --resume"
-            )
-        return mean
+    def _check_finite(self, window: StepWindow) -> float:
+        """The window's mean cross-entropy; raises if a loss or gradient was not finite."""
+        total, ce = window.means()
+        bad_grad = bool(self._bad_grad.item())
+        if math.isfinite(total) and not bad_grad:
+            return ce
+        latest = self.run_dir.latest()
+        where = f"the last good checkpoint is {latest}" if latest else "there is no checkpoint yet"
+        what = "a gradient norm" if bad_grad else f"the training loss ({total})"
+        raise TrainingError(
+            f"{what} became non-finite before step {self.iteration}; {where}. "
+            "Lower optim.lr, keep optim.grad_clip on (1.0), or try model.qk_norm=true / "
+            "model.z_loss=1e-4, then resume with --resume --set optim.lr=..."
+        )
 
     def _evaluate(self) -> EvalResult:
         assert self.val_file is not None
@@ -303,7 +316,7 @@ class Trainer:
         try:
             png = plot_run(self.run_dir.path)
             log.info("training curves: %s", png)
-        except (ValueError, OSError) as err:  # plotting must never fail a finished run
+        except (ValueError, OSError, ImportError) as err:  # a plot never fails a finished run
             log.warning("could not plot the training curves: %s", err)
         if self.config.train.sample_tokens and self.tokenizer is not None:
             text = self.sample(self.config.train.sample_tokens)
@@ -311,17 +324,16 @@ class Trainer:
 
     def sample(self, max_new_tokens: int, prompt: str = "Once upon a time") -> str:
         """Sample a continuation of ``prompt`` from the current model (needs the tokenizer)."""
-        from lmforge.model.generate import generate
-
         if self.tokenizer is None:
             raise ValueError("sampling needs train.tokenizer")
-        ids = self.tokenizer.encode(prompt)
-        mc = self.config.model
-        max_new = min(max_new_tokens, mc.context_length - len(ids))
-        idx = torch.tensor([ids], device=self.device)
-        with autocast_for(self.device, self.amp_dtype):
-            out = generate(self.model, idx, max_new, temperature=0.8, top_k=200, eot_id=mc.eot_id)
-        return self.tokenizer.decode(out[0].tolist(), errors="replace")
+        return generate_text(
+            self.model,
+            self.tokenizer,
+            prompt,
+            max_new_tokens,
+            top_k=200,
+            autocast_dtype=self.amp_dtype,
+        )[0]
 
     def _oom_message(self) -> str:
         tc, mc = self.config.train, self.config.model
@@ -349,10 +361,28 @@ def _load_tokenizer(path: str | None) -> Any:
     return Tokenizer.load(path)
 
 
-def _peak_flops(device: torch.device) -> float | None:
+def _with_data_eot_id(config: RunConfig, eot_id: int | None) -> RunConfig:
+    """The config with ``model.eot_id`` taken from the token file's header when unset.
+
+    Raises:
+        ValueError: a configured ``eot_id`` that differs from the data's.
+    """
+    mc = config.model
+    if eot_id is None or mc.eot_id == eot_id:
+        return config
+    if mc.eot_id is not None:
+        raise ValueError(
+            f"model.eot_id is {mc.eot_id} but the training data's end-of-text id is {eot_id}; "
+            "leave model.eot_id unset to take it from the data"
+        )
+    return dataclasses.replace(config, model=dataclasses.replace(mc, eot_id=eot_id))
+
+
+def _peak_flops(device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
     if device.type != "cuda":
         return None
-    return accounting.peak_flops(torch.cuda.get_device_name(device), "bf16")
+    dtype = "bf16" if amp_dtype is not None else "fp32"
+    return accounting.peak_flops(torch.cuda.get_device_name(device), dtype)
 
 
 def _max_memory_gb(device: torch.device) -> float | None:
