@@ -8,7 +8,8 @@ For each shape (``--shapes 124M,1B``: the ``gpt2-124M`` and ``1B`` presets; ``17
 2. lmforge, this script re-invoked with ``--child``: ``lmforge.model.Transformer`` of the preset,
    lmforge's own AdamW (``lmforge.optim``), bf16 autocast, ``torch.compile``, the loss computed
    by the model's chunked LM head (``return_logits=False``) — one full training step as the
-   trainer runs it (forward, backward, optimizer step, zero grad, the after-step hook).
+   trainer runs it (forward, backward, gradient clipping — which the baseline does not do;
+   ``--no-grad-clip`` drops it —, optimizer step, zero grad, the after-step hook).
 
 Both train on one fixed random batch (as the baseline does), batch and sequence the same, and
 report tokens/s and MFU with the baseline's FLOP convention (6 × non-embedding parameters + the
@@ -131,7 +132,9 @@ def main() -> None:
     p.add_argument("--shapes", default="124M,1B")
     p.add_argument("--batch", default="", help="per-shape batch, e.g. 124M=32,1B=16")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--grad-clip", action="store_true", help="clip gradients (the trainer does)")
+    p.add_argument(
+        "--no-grad-clip", action="store_true", help="skip gradient clipping (the trainer clips)"
+    )
     p.add_argument("--baseline", type=Path, default=Path(".device/gpt_baseline.py"))
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--out", type=Path, default=None)
@@ -142,13 +145,13 @@ def main() -> None:
         k, v = item.split("=")
         batches[k] = int(v)
     if a.child:
-        child(a.child, batches[a.child], a.steps, a.grad_clip)
+        child(a.child, batches[a.child], a.steps, not a.no_grad_clip)
         return
     results, rows = [], []
     for shape in a.shapes.split(","):
         base = None if a.skip_baseline else run_baseline(a.baseline, shape, batches[shape], a.steps)
         cmd = [sys.executable, __file__, "--child", shape, "--batch", a.batch, "--steps"]
-        cmd += [str(a.steps)] + (["--grad-clip"] if a.grad_clip else [])
+        cmd += [str(a.steps)] + (["--no-grad-clip"] if a.no_grad_clip else [])
         code, stdout, _ = run_child(cmd)
         ours = parse_result(stdout) if code == 0 else None
         results.append(dict(shape=shape, batch=batches[shape], baseline=base, lmforge=ours))

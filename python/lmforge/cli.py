@@ -13,17 +13,11 @@ from lmforge import __version__
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from lmforge.quickstart import run_quickstart
+    from lmforge.quickstart import prepare_data, train_small_model
 
     print(f"lmforge {__version__} quickstart: training a tokenizer on the bundled stories sample")
-    r = run_quickstart(
-        Path(args.out),
-        vocab_size=args.vocab_size,
-        progress=not args.no_progress,
-        train_model=not args.no_train,
-        max_iters=args.max_iters,
-        device=args.device,
-    )
+    out, progress = Path(args.out), not args.no_progress
+    r = prepare_data(out, vocab_size=args.vocab_size, progress=progress)
     print(
         f"trained vocab {r.vocab_size} on {r.corpus_bytes / 1e6:.1f} MB in {r.train_seconds:.2f} s"
     )
@@ -34,8 +28,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         f"encoded the corpus into {r.n_tokens:,} tokens: {r.tokens_path} and "
         f"{r.val_tokens_path} (held-out stories), each with a .json header"
     )
-    if r.run is not None:
-        _print_train_result(r.run)
+    if args.no_train:
+        return 0
+    print("training a small Transformer on them (see the run directory for curves):")
+    run = train_small_model(out, max_iters=args.max_iters, device=args.device, progress=progress)
+    _print_train_result(run)
     return 0
 
 
@@ -215,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--no-progress", action="store_true", help="hide progress bars")
     q.add_argument("--no-train", action="store_true", help="stop after the token files")
     q.add_argument(
-        "--max-iters", type=int, default=None, help="training steps (default: 300 CPU, 2000 GPU)"
+        "--max-iters", type=int, default=None, help="training steps (default: 200 CPU, 2000 GPU)"
     )
     q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     q.set_defaults(func=_cmd_quickstart)

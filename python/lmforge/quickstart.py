@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ def sample_corpus() -> Path:
 
 @dataclass(frozen=True)
 class QuickstartResult:
-    """What the quickstart made and measured."""
+    """What the quickstart's data steps made and measured (``run``: the training, if any)."""
 
     tokenizer_path: Path
     tokens_path: Path
@@ -44,7 +45,7 @@ class QuickstartResult:
     vocab_size: int
     bytes_per_token: float
     sample_tokens: list[str]
-    run: object | None  # lmforge.train.TrainResult when a model was trained
+    run: object | None = None  # lmforge.train.TrainResult when a model was trained
 
 
 def run_quickstart(
@@ -64,9 +65,18 @@ def run_quickstart(
         vocab_size: the tokenizer's vocabulary size.
         progress: show progress bars.
         train_model: also train and sample a small model.
-        max_iters: optimizer steps (default: 300 on the CPU, 2,000 on a GPU).
+        max_iters: optimizer steps (default: 200 on the CPU, 2,000 on a GPU).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
     """
+    data = prepare_data(out_dir, vocab_size, progress)
+    if not train_model:
+        return data
+    run = train_small_model(out_dir, max_iters=max_iters, device=device, progress=progress)
+    return dataclasses.replace(data, run=run)
+
+
+def prepare_data(out_dir: Path, vocab_size: int = 4096, progress: bool = True) -> QuickstartResult:
+    """Steps 1 and 2: ``tokenizer.json``, ``train.bin`` and ``val.bin`` under ``out_dir``."""
     corpus = sample_corpus()
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -82,9 +92,6 @@ def run_quickstart(
     train_txt, val_txt = _split(text, out_dir)
     tokens = tok.encode_files(train_txt, out_dir / "train.bin", progress=progress)
     val = tok.encode_files(val_txt, out_dir / "val.bin", progress=progress)
-    run = None
-    if train_model:
-        run = _train(out_dir, tok, max_iters=max_iters, device=device, progress=progress)
     return QuickstartResult(
         tokenizer_path=path,
         tokens_path=tokens.path,
@@ -95,7 +102,6 @@ def run_quickstart(
         vocab_size=len(tok),
         bytes_per_token=len(text.encode("utf-8")) / max(len(ids), 1),
         sample_tokens=sample,
-        run=run,
     )
 
 
@@ -109,10 +115,14 @@ def _split(text: str, out_dir: Path) -> tuple[Path, Path]:
     return train_txt, val_txt
 
 
-def _train(
-    out_dir: Path, tok: Tokenizer, *, max_iters: int | None, device: str, progress: bool
+def train_small_model(
+    out_dir: Path, *, max_iters: int | None = None, device: str = "auto", progress: bool = True
 ) -> object:
-    """Train a small model on the quickstart's token files; returns the ``TrainResult``."""
+    """Steps 3 and 4: train a small model on ``prepare_data``'s files in ``out_dir/run``.
+
+    Returns:
+        The ``lmforge.train.trainer.TrainResult``.
+    """
     import torch
 
     from lmforge.model import ModelConfig, pad_vocab_size
@@ -120,9 +130,10 @@ def _train(
     from lmforge.train.config import RunConfig, TrainConfig
     from lmforge.train.trainer import Trainer
 
+    tok = Tokenizer.load(out_dir / "tokenizer.json")
     gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     d_model, n_layers = (384, 6) if gpu else (256, 4)
-    iters = max_iters or (2000 if gpu else 300)
+    iters = max_iters or (2000 if gpu else 200)
     config = RunConfig(
         model=ModelConfig(
             vocab_size=pad_vocab_size(tok.n_vocab),

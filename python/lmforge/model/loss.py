@@ -150,6 +150,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         grad_hidden: list[Tensor] = []
         acc_dtype = torch.promote_types(weight.dtype, torch.float32)
         grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_weight_grad else None
+        weight_lp: Tensor | None = None  # the head in the gradients' dtype, cast once
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]
             t, m = targets[start : start + chunk_size], valid[start : start + chunk_size]
@@ -167,7 +168,9 @@ class _FusedHeadLoss(torch.autograd.Function):
                 grad = grad * (1.0 - (logits / cap).square())  # d(c·tanh(x/c))/dx
             grad = grad.to(raw_lp.dtype)
             if need_hidden_grad:
-                grad_hidden.append((grad @ weight.to(grad.dtype)).to(hidden.dtype))
+                if weight_lp is None:
+                    weight_lp = weight.to(grad.dtype)
+                grad_hidden.append((grad @ weight_lp).to(hidden.dtype))
             if grad_weight is not None:
                 grad_weight += grad.t() @ h.to(grad.dtype)
         loss, ce, z = _finish(ce_sum, z_sum, lse_sum, n, z_loss)
