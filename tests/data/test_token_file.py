@@ -196,6 +196,15 @@ def test_header_write_is_atomic(tmp_path, monkeypatch):
     assert header_path(path).read_text() == before
 
 
+def test_header_permissions_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_token_file(tmp_path, [1, 2, EOT])
+    finally:
+        os.umask(old)
+    assert header_path(path).stat().st_mode & 0o777 == 0o644  # not mkstemp's 0o600
+
+
 @pytest.mark.parametrize("chunk", [2, 3, 1 << 22])
 def test_documents(tmp_path, monkeypatch, chunk):
     monkeypatch.setattr(token_file_module, "_CHUNK_TOKENS", chunk)
