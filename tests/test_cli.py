@@ -84,3 +84,16 @@ def test_module_entry_point():
         [sys.executable, "-m", "lmforge", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("lmforge ")
+
+
+def test_accounting_command(capsys):
+    assert (
+        main(["accounting", "--config", "gpt2-124M", "--batch", "8", "--set", "n_kv_heads=4"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "12·L·d²" in out and "heads 12 (kv 4)" in out
+    assert all(kind in out for kind in ("MHA", "GQA", "MQA", "MLA"))
+    assert main(["accounting", "--config", "gpt2-124M", "--set", "n_kv_heads=5"]) == 2
+    assert "divisible by n_kv_heads" in capsys.readouterr().err
+    assert main(["accounting", "--config", "gpt2-124M", "--set", "train.batch_size=2"]) == 2
+    assert "only model.*" in capsys.readouterr().err

@@ -198,6 +198,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_accounting(args: argparse.Namespace) -> int:
+    from lmforge.accounting import attention_cost_table, shape_report
+    from lmforge.train.config import load_model_config
+
+    cfg = load_model_config(args.config, args.set)
+    seq = cfg.context_length if args.seq is None else args.seq
+    table = attention_cost_table(cfg, args.batch, seq, args.dtype)
+    print(shape_report(cfg, seq))
+    print()
+    print(table)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lmforge",
@@ -313,6 +326,28 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         help="safetensors + config.json, or a Hugging Face Llama folder",
     )
     ex.set_defaults(func=_cmd_export)
+
+    ac = sub.add_parser(
+        "accounting", help="parameters, FLOPs and attention/KV-cache cost of a config, no GPU"
+    )
+    ac.add_argument("--config", required=True, help="a run config TOML or a preset name")
+    ac.add_argument("--batch", type=int, default=1, help="sequences decoded together")
+    ac.add_argument(
+        "--seq", type=int, default=None, help="positions attended (default: context_length)"
+    )
+    ac.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32", "fp8"],
+        default="bf16",
+        help="dtype of weights, KV cache and activations",
+    )
+    ac.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a model value, e.g. --set n_kv_heads=4 (repeatable)",
+    )
+    ac.set_defaults(func=_cmd_accounting)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 ``token_file`` is the on-disk format; ``training_file`` opens one for a given model;
 ``batches`` gathers ``(x, y)`` windows; ``sampler`` decides, reproducibly and resumably, which
-windows each rank trains on; ``validation`` yields the fixed windows losses are measured on.
+windows each rank trains on; ``mixture`` does the same over several token files with sampling
+weights; ``validation`` yields the fixed windows losses are measured on.
 
 The names from modules that need torch are imported on first use (PEP 562 ``__getattr__``), so
 the tokenizer, which writes token files through ``token_file``, does not pay torch's import
@@ -26,6 +27,12 @@ from lmforge.data.token_file import (
 if TYPE_CHECKING:
     from lmforge.data.batches import as_token_array, batch_from_starts, count_starts, get_batch
     from lmforge.data.device import resolve_device
+    from lmforge.data.mixture import (
+        MixtureSampler,
+        MixtureStarts,
+        gather_mixture_batch,
+        mixture_weights,
+    )
     from lmforge.data.sampler import WindowSampler
     from lmforge.data.training_file import open_training_file
     from lmforge.data.validation import ValidationBatches, validation_batches
@@ -36,6 +43,10 @@ _LAZY = {
     "count_starts": "batches",
     "get_batch": "batches",
     "resolve_device": "device",
+    "MixtureSampler": "mixture",
+    "MixtureStarts": "mixture",
+    "gather_mixture_batch": "mixture",
+    "mixture_weights": "mixture",
     "WindowSampler": "sampler",
     "open_training_file": "training_file",
     "ValidationBatches": "validation",
@@ -56,6 +67,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "MixtureSampler",
+    "MixtureStarts",
     "TokenFile",
     "TokenFileError",
     "TokenFileHeader",
@@ -65,8 +78,10 @@ __all__ = [
     "batch_from_starts",
     "count_starts",
     "dtype_for",
+    "gather_mixture_batch",
     "get_batch",
     "header_path",
+    "mixture_weights",
     "open_training_file",
     "resolve_device",
     "validation_batches",

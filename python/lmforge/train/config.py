@@ -35,6 +35,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "RunConfig",
     "TrainConfig",
+    "load_model_config",
     "load_run_config",
     "parse_overrides",
     "preset_names",
@@ -241,6 +242,32 @@ def load_run_config(
     for table, values in parse_overrides(overrides or []).items():
         data.setdefault(table, {}).update(values)
     return RunConfig.from_dict(data)
+
+
+def load_model_config(
+    path: str | os.PathLike[str], overrides: list[str] | None = None
+) -> ModelConfig:
+    """Only the ``[model]`` table of a run config or preset, with ``model.key=value`` (or bare
+    ``key=value``) overrides: for tools that need the shape but no data.
+
+    Raises:
+        FileNotFoundError: neither a file nor a preset.
+        ValueError: invalid TOML, no ``[model]`` table, or invalid values.
+    """
+    p = resolve_config(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{p}: invalid TOML ({err})") from None
+    if "model" not in data:
+        raise ValueError(f"{p} has no [model] table")
+    items = [o if "." in o.partition("=")[0] else f"model.{o}" for o in overrides or []]
+    table = dict(data["model"])
+    for name, values in parse_overrides(items).items():
+        if name != "model":
+            raise ValueError(f"only model.* values can be set here, got [{name}]")
+        table.update(values)
+    return ModelConfig.from_dict(table)
 
 
 def to_toml(config: RunConfig) -> str:

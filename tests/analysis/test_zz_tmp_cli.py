@@ -1,0 +1,19 @@
+"""``lmforge lens``: prints the table of a trained run and draws the heatmap."""
+
+from __future__ import annotations
+
+import sys
+
+sys.path.insert(0, "/tmp/clicheck")
+from cli_patched import main
+
+
+def test_lens_command(trained_stories, tmp_path, capsys) -> None:
+    png = tmp_path / "lens.png"
+    argv = ["lens", str(trained_stories.run_dir), "--text", "Once upon a time", "--top-k", "3"]
+    assert main([*argv, "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "logit lens of step 150" in out and "top-3" in out and "block 2" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["lens", str(trained_stories.run_dir), "--text", ""]) == 2
+    assert "ids is empty" in capsys.readouterr().err
