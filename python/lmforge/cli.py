@@ -93,6 +93,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ("out", "train.out_dir"),
     ):
         value = getattr(args, flag)
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
         if value is not None:
             overrides.append(f"{key}={toml_value(value)}")
     config = load_run_config(config_path, overrides)
@@ -182,6 +184,24 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from lmforge.train.plot import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
+def _cmd_lens(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmforge.analysis import format_table, logit_lens, save_heatmap
+    from lmforge.train.artifacts import load_trained
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trained = load_trained(args.checkpoint, device)
+    if trained.tokenizer is None:
+        raise ValueError(f"no tokenizer.json in the run directory of {trained.checkpoint}")
+    result = logit_lens(trained.model, trained.tokenizer.encode(args.text), top_k=args.top_k)
+    print(f"logit lens of step {trained.step} ({trained.checkpoint})")
+    print(format_table(result, trained.tokenizer))
+    if args.png:
+        print(f"wrote {save_heatmap(result, trained.tokenizer, args.png)}")
     return 0
 
 
@@ -280,7 +300,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         help="a run config TOML or a preset name (stories-17M, gpt2-124M, 1B); with --resume "
         "and --out, the run's own config.toml by default",
     )
-    tr.add_argument("--data", default=None, help="the training token file (train.bin)")
+    tr.add_argument(
+        "--data",
+        nargs="+",
+        default=None,
+        help="the training token file(s) (several: a mixture, see train.mixture_alpha)",
+    )
     tr.add_argument("--val-data", default=None, help="a validation token file")
     tr.add_argument("--tokenizer", default=None, help="the tokenizer.json that made the data")
     tr.add_argument("--out", default=None, help="the run directory")
@@ -326,6 +351,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         help="safetensors + config.json, or a Hugging Face Llama folder",
     )
     ex.set_defaults(func=_cmd_export)
+
+    le = sub.add_parser("lens", help="the logit lens: what each layer would predict next")
+    le.add_argument("checkpoint", help="a run directory, checkpoint folder or checkpoint file")
+    le.add_argument("--text", required=True, help="the text to read (at most the context)")
+    le.add_argument("--top-k", type=int, default=5, help="most likely tokens shown per layer")
+    le.add_argument("--png", default=None, help="also draw the heatmap to this PNG")
+    le.set_defaults(func=_cmd_lens)
 
     ac = sub.add_parser(
         "accounting", help="parameters, FLOPs and attention/KV-cache cost of a config, no GPU"

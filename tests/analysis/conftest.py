@@ -53,7 +53,7 @@ class TrainedStories:
 def trained_stories(
     tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path
 ) -> TrainedStories:
-    """Train d_model 64, 2 layers, context 64 for 150 AdamW steps; ~400 held-out paragraphs."""
+    """Train d_model 64, 2 layers, context 64 for 150 AdamW steps; held-out paragraphs, shuffled."""
     root = tmp_path_factory.mktemp("analysis")
     text = sample_corpus.read_text(encoding="utf-8")
     cut = int(len(text) * TRAIN_FRACTION)

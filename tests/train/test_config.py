@@ -87,3 +87,21 @@ def test_toml_round_trip(tmp_path):
     path.write_text(to_toml(cfg))
     again = load_run_config(path)
     assert again == cfg and isinstance(again, RunConfig)
+
+
+def test_train_data_may_be_a_mixture():
+    from lmforge.train.config import TrainConfig
+
+    tc = TrainConfig(train_data=["a.bin", "b.bin"], mixture_weights=[1, 3], max_iters=1)
+    assert tc.train_paths == ["a.bin", "b.bin"]
+    assert TrainConfig(train_data="a.bin", max_iters=1).train_paths == ["a.bin"]
+    with pytest.raises(ValueError, match="got 3 mixture weights for 2 sources"):
+        TrainConfig(train_data=["a.bin", "b.bin"], mixture_weights=[1, 2, 3], max_iters=1)
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(train_data=["a", "b"], mixture_alpha=0.3, mixture_weights=[1, 1], max_iters=1)
+    with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
+        TrainConfig(train_data=["a", "b"], mixture_alpha=-1.0, max_iters=1)
+    with pytest.raises(ValueError, match="lists a file twice"):
+        TrainConfig(train_data=["a", "a"], max_iters=1)
+    with pytest.raises(ValueError, match="or a list of them"):
+        TrainConfig(train_data=[], max_iters=1)

@@ -177,7 +177,7 @@ def test_resume_without_checkpoint_starts_afresh(stories_data, tmp_path):
 def test_eot_id_comes_from_the_data_so_document_mask_just_works(stories_data, tmp_path):
     extra = ["train.max_iters=6", "model.document_mask=true"]
     trainer = Trainer(tiny_config(stories_data, tmp_path / "run", *extra))
-    assert trainer.config.model.eot_id == trainer.train_file.header.eot_id is not None
+    assert trainer.config.model.eot_id == trainer.train_files[0].header.eot_id is not None
     trainer.fit()
     with pytest.raises(ValueError, match="model.eot_id is 3 but the training data"):
         Trainer(tiny_config(stories_data, tmp_path / "other", *extra, "model.eot_id=3"))
@@ -218,3 +218,36 @@ def test_cli_train_sample_eval_plot_export(stories_data, tmp_path, capsys):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["export", str(run), "--out", str(tmp_path / "st")]) == 0
     assert (tmp_path / "st" / "model.safetensors").is_file()
+
+
+def test_mixture_logs_the_realised_mixture_and_resumes_exactly(stories_data, tmp_path, monkeypatch):
+    two = f'train.train_data=["{stories_data["train"]}", "{stories_data["val"]}"]'
+    extra = [two, "train.mixture_alpha=0.3", "train.max_iters=8", "train.ckpt_interval=4"]
+    extra += ["train.log_interval=2", "train.eval_interval=0", "train.keep_checkpoints=0"]
+    whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
+    mixes = [r for r in records(whole.run_dir) if "mix/train" in r]
+    assert [r["step"] for r in mixes] == [2, 4, 6, 8]
+    assert all(r["mix/train"] + r["mix/val"] == pytest.approx(1.0) for r in mixes)
+    assert mixes[-1]["mix/val"] > 0.1 and mixes[-1]["epoch/val"] > mixes[-1]["epoch/train"]
+
+    calls = {"n": 0}
+    step = Trainer._step
+
+    def crash_after_4(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_step", crash_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(stories_data, tmp_path / "b", *extra)).fit()
+    monkeypatch.setattr(Trainer, "_step", step)
+    Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True).fit()
+    assert records(tmp_path / "b")[-1]["mix/val"] == mixes[-1]["mix/val"]
+    assert train_losses(tmp_path / "b") == train_losses(whole.run_dir)
+    with pytest.raises(ValueError, match="train.mixture_alpha \\(checkpoint 0.3, now 0.5\\)"):
+        Trainer(
+            tiny_config(stories_data, tmp_path / "b", *extra, "train.mixture_alpha=0.5"),
+            resume=True,
+        )

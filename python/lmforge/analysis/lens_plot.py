@@ -83,7 +83,7 @@ def save_heatmap(
         tokenizer: the model's tokenizer, to label the tokens.
         path: the PNG to write (its folder is created).
         max_positions: draw at most this many positions, the first ones.
-        title: the figure's title (default: "logit lens").
+        title: the figure's title (default: says what the rows, cells and colours are).
 
     Returns:
         The path written.

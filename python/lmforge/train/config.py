@@ -54,7 +54,14 @@ class TrainConfig:
     """How to train: data, batch, length, evaluation, checkpoints and the device.
 
     Attributes:
-        train_data: the training token file (``train.bin``, with its ``.json`` header).
+        train_data: the training token file (``train.bin``, with its ``.json`` header), or a
+            list of them to train on a mixture (languages, domains; see
+            :class:`~lmforge.data.mixture.MixtureSampler`).
+        mixture_alpha: with several training files, draw file ``i`` with probability
+            ``n_i^alpha / sum_j n_j^alpha`` for sizes ``n_i`` in tokens: 1 (the default) is
+            proportional to size, 0.3 up-samples small files as XLM-R and mT5 do, 0 is uniform.
+        mixture_weights: explicit sampling weights, one per training file, instead of
+            ``mixture_alpha``.
         val_data: a validation token file; ``None`` skips evaluation.
         tokenizer: the tokenizer JSON that made the token files: copied into the run folder,
             checked against the token files' fingerprint, used for bits per byte and samples.
@@ -79,7 +86,9 @@ class TrainConfig:
         wandb: also log to Weights & Biases (if installed).
     """
 
-    train_data: str
+    train_data: str | list[str]
+    mixture_alpha: float | None = None
+    mixture_weights: list[float] | None = None
     val_data: str | None = None
     tokenizer: str | None = None
     out_dir: str = "runs/run"
@@ -102,8 +111,23 @@ class TrainConfig:
     wandb: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.train_data, str) or not self.train_data:
-            raise ValueError("train.train_data must be the path of a token file (train.bin)")
+        paths = self.train_paths
+        if not paths or not all(isinstance(p, str) and p for p in paths):
+            raise ValueError(
+                "train.train_data must be the path of a token file (train.bin) or a list of them"
+            )
+        if len(set(paths)) != len(paths):
+            raise ValueError(
+                f"train.train_data lists a file twice ({paths}); give it a larger "
+                "train.mixture_weights entry instead"
+            )
+        if self.mixture_alpha is not None or self.mixture_weights is not None:
+            from lmforge.data.mixture import mixture_weights  # torch only for a mixture
+
+            try:  # the alpha and weights checks; the real sizes come with the files
+                mixture_weights([1] * len(paths), self.mixture_alpha, self.mixture_weights)
+            except ValueError as err:
+                raise ValueError(f"train.mixture_alpha / train.mixture_weights: {err}") from None
         for name in ("batch_size", "grad_accum", "log_interval", "eval_batches"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("eval_interval", "ckpt_interval", "keep_checkpoints", "sample_tokens"):
@@ -121,6 +145,12 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"train.device must be a string such as 'cuda', got {self.device!r}")
+
+    @property
+    def train_paths(self) -> list[str]:
+        """The training token files: ``train_data`` as a list."""
+        data = self.train_data
+        return [data] if isinstance(data, str) else list(data) if isinstance(data, list) else []
 
     @property
     def tokens_per_step(self) -> int:

@@ -5,8 +5,9 @@ The config given on resume is then checked against the one saved in the checkpoi
 
 - **Refused**: any change to ``[model]`` (the weights would mean something else), to
   ``optim.name`` (the optimizer state would not fit), and to
-  ``train.batch_size``, ``train.grad_accum`` or ``train.seed`` (the sampler's stream of windows
-  would no longer continue the same run).
+  ``train.batch_size``, ``train.grad_accum``, ``train.seed``, ``train.mixture_alpha`` or
+  ``train.mixture_weights`` (the sampler's stream of windows would no longer continue the same
+  run).
 - **Applied**: ``[optim]`` hyperparameters come from the config given now, not from the
   checkpoint (so a run that diverged can resume with a lower ``optim.lr``); length
   (``max_iters``/``epochs``), intervals, evaluation and the device may change too.
@@ -25,7 +26,7 @@ __all__ = ["apply_hyperparameters", "check_resumable", "hyperparameters"]
 
 log = logging.getLogger(__name__)
 
-_FIXED_TRAIN_KEYS = ("batch_size", "grad_accum", "seed")
+_FIXED_TRAIN_KEYS = ("batch_size", "grad_accum", "seed", "mixture_alpha", "mixture_weights")
 
 
 def check_resumable(saved: dict[str, Any] | None, now: RunConfig) -> list[str]:

@@ -4,6 +4,13 @@ One ``Trainer`` owns one run: it opens the token files (checking their headers a
 and the tokenizer), builds the model and optimizer, and steps through the seeded window sampler
 with gradient accumulation, clipping and the learning-rate schedule. Design choices:
 
+- **One file or a mixture, one code path.** The sampler is a
+  :class:`~lmforge.data.mixture.MixtureSampler` over the training files (weights from their
+  sizes and ``mixture_alpha``, or ``mixture_weights``); with one file its stream is exactly the
+  ``WindowSampler``'s, so single-file runs and their checkpoints are unchanged. With several,
+  the realised mixture (``mix/<file>``, the fraction of windows drawn from each) and each
+  file's epochs (``epoch/<file>``) are logged with the loss.
+
 - **No device sync per step.** The loss is accumulated on the device and read only every
   ``log_interval`` steps (and before a checkpoint), so the host runs ahead of the GPU. That is
   also where non-finite losses are caught: training stops with a clear error, and since a
@@ -19,7 +26,6 @@ with gradient accumulation, clipping and the learning-rate schedule. Design choi
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import shutil
@@ -31,12 +37,19 @@ from typing import Any
 import torch
 
 from lmforge import accounting
-from lmforge.data import WindowSampler, batch_from_starts, open_training_file
+from lmforge.data import MixtureSampler, gather_mixture_batch
 from lmforge.model import Transformer
 from lmforge.optim import build_optimizer, clip_grad_norm_, lr_at, set_lr
 from lmforge.train.artifacts import generate_text
 from lmforge.train.checkpoint import load_checkpoint
 from lmforge.train.config import RunConfig, to_toml
+from lmforge.train.data_files import (
+    mixture_line,
+    open_run_data,
+    source_names,
+    train_eot_id,
+    with_data_eot_id,
+)
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
 from lmforge.train.meter import StepWindow
 from lmforge.train.metrics import MetricsLogger
@@ -94,18 +107,8 @@ class Trainer:
         seed_everything(tc.seed)
         self.tokenizer = _load_tokenizer(tc.tokenizer)
         fingerprint = self.tokenizer.fingerprint if self.tokenizer is not None else None
-        opened = {
-            path: open_training_file(
-                path,
-                vocab_size=mc.vocab_size,
-                fingerprint=fingerprint,
-                context_length=mc.context_length,
-            )
-            for path in filter(None, (tc.train_data, tc.val_data))
-        }
-        self.train_file = opened[tc.train_data]
-        self.val_file = opened[tc.val_data] if tc.val_data else None
-        self.config = config = _with_data_eot_id(config, self.train_file.header.eot_id)
+        self.train_files, self.val_file = open_run_data(tc, mc, fingerprint)
+        self.config = config = with_data_eot_id(config, train_eot_id(self.train_files))
         self.model = Transformer(config.model).to(self.device)
         kinds = self.model.param_kinds()
         self.optimizer = build_optimizer(
@@ -113,20 +116,24 @@ class Trainer:
         )
         self.global_batch = tc.batch_size * tc.grad_accum
         self.tokens_per_step = self.global_batch * mc.context_length
+        self.sampler = MixtureSampler(
+            [len(f) for f in self.train_files],
+            mc.context_length,
+            self.global_batch,
+            tc.seed,
+            alpha=tc.mixture_alpha,
+            weights=tc.mixture_weights,
+            grad_accum=tc.grad_accum,
+        )
         self.max_iters = tc.max_iters or max(
-            1, math.ceil((tc.epochs or 1.0) * len(self.train_file) / self.tokens_per_step)
+            1, math.ceil((tc.epochs or 1.0) * self.sampler.n_tokens / self.tokens_per_step)
         )
         try:
             lr_at(config.optim, 0, self.max_iters)  # schedule errors now, not at step one
         except ValueError as err:
             raise ValueError(f"{err}: lower optim.warmup_iters or train more steps") from None
-        self.sampler = WindowSampler(
-            len(self.train_file),
-            mc.context_length,
-            self.global_batch,
-            tc.seed,
-            grad_accum=tc.grad_accum,
-        )
+        if self.sampler.n_sources > 1:
+            log.info("data mixture: %s", mixture_line(tc.train_paths, self.sampler.weights))
         self.run_dir = RunDir.create(tc.out_dir, resume=resume)
         self.iteration = 0
         latest = self.run_dir.latest() if resume else None
@@ -233,10 +240,22 @@ class Trainer:
             tokens_per_s=tok_s,
             mfu=None if peak is None else tok_s * flops / peak,
             memory_gb=_max_memory_gb(self.device),
+            **self._mixture_metrics(),
             **window.metrics,
         )
         window.reset()
         return ce
+
+    def _mixture_metrics(self) -> dict[str, float]:
+        """With several training files: the realised mixture and each file's epochs so far."""
+        if self.sampler.n_sources == 1:
+            return {}
+        names = source_names(self.config.train.train_paths)
+        mix, epochs = self.sampler.realised_mixture(), self.sampler.source_epochs
+        return {
+            **{f"mix/{name}": float(p) for name, p in zip(names, mix, strict=True)},
+            **{f"epoch/{name}": float(e) for name, e in zip(names, epochs, strict=True)},
+        }
 
     def _step(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step over ``grad_accum`` micro-batches.
@@ -250,9 +269,10 @@ class Trainer:
         ce = torch.zeros((), device=self.device)
         metrics: dict[str, torch.Tensor] = {}
         try:
-            for starts in self.sampler.next_step():
-                x, y = batch_from_starts(
-                    self.train_file.tokens, starts, self.config.model.context_length, self.device
+            tokens = [f.tokens for f in self.train_files]
+            for sources, starts in self.sampler.next_step():
+                x, y = gather_mixture_batch(
+                    tokens, sources, starts, self.config.model.context_length, self.device
                 )
                 with autocast_for(self.device, self.amp_dtype):
                     out = self.step_model(x, y, return_logits=False)
@@ -359,23 +379,6 @@ def _load_tokenizer(path: str | None) -> Any:
     from lmforge.tokenizer import Tokenizer
 
     return Tokenizer.load(path)
-
-
-def _with_data_eot_id(config: RunConfig, eot_id: int | None) -> RunConfig:
-    """The config with ``model.eot_id`` taken from the token file's header when unset.
-
-    Raises:
-        ValueError: a configured ``eot_id`` that differs from the data's.
-    """
-    mc = config.model
-    if eot_id is None or mc.eot_id == eot_id:
-        return config
-    if mc.eot_id is not None:
-        raise ValueError(
-            f"model.eot_id is {mc.eot_id} but the training data's end-of-text id is {eot_id}; "
-            "leave model.eot_id unset to take it from the data"
-        )
-    return dataclasses.replace(config, model=dataclasses.replace(mc, eot_id=eot_id))
 
 
 def _peak_flops(device: torch.device, amp_dtype: torch.dtype | None) -> float | None:

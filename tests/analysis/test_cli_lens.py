@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-sys.path.insert(0, "/tmp/clicheck")
-from cli_patched import main
+from lmforge.cli import main
 
 
 def test_lens_command(trained_stories, tmp_path, capsys) -> None:
