@@ -205,6 +205,34 @@ def _cmd_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from lmforge.analysis import Standardizer, embed_texts, mean_pairwise_cosine
+    from lmforge.train.artifacts import load_trained
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trained = load_trained(args.checkpoint, device)
+    tokenizer = trained.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"no tokenizer.json in the run directory of {trained.checkpoint}")
+
+    def embed(path: str) -> torch.Tensor:
+        texts = [t for t in Path(path).read_text(encoding="utf-8").splitlines() if t.strip()]
+        return embed_texts(trained.model, tokenizer, texts, layer=args.layer, pooling=args.pooling)
+
+    emb = embed(args.texts)
+    print(f"{emb.shape[0]} texts -> {emb.shape[1]}-dim embeddings (layer {args.layer})")
+    print(f"mean cosine of random pairs: {mean_pairwise_cosine(emb):.3f} raw")
+    if args.reference:
+        emb = Standardizer.fit(embed(args.reference)).transform(emb)
+        print(f"mean cosine of random pairs: {mean_pairwise_cosine(emb):.3f} standardised")
+    np.save(args.out, emb.numpy())
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from lmforge.model.export import export_hf_llama, export_safetensors
     from lmforge.train.artifacts import load_trained
@@ -358,6 +386,19 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     le.add_argument("--top-k", type=int, default=5, help="most likely tokens shown per layer")
     le.add_argument("--png", default=None, help="also draw the heatmap to this PNG")
     le.set_defaults(func=_cmd_lens)
+
+    em = sub.add_parser("embed", help="contextual embeddings of texts (one per line) as .npy")
+    em.add_argument("checkpoint", help="a run directory, checkpoint folder or checkpoint file")
+    em.add_argument("--texts", required=True, help="a UTF-8 file, one text per line")
+    em.add_argument("--out", required=True, help="the .npy file to write (n_texts, d_model)")
+    em.add_argument("--layer", type=int, default=-1, help="0 = embedding, -1 = last block")
+    em.add_argument("--pooling", choices=["mean", "last"], default="mean")
+    em.add_argument(
+        "--reference",
+        default=None,
+        help="texts (one per line) to fit a per-dimension z-score on; the output is standardised",
+    )
+    em.set_defaults(func=_cmd_embed)
 
     ac = sub.add_parser(
         "accounting", help="parameters, FLOPs and attention/KV-cache cost of a config, no GPU"

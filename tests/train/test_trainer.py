@@ -49,7 +49,7 @@ def train_losses(run_dir):
     return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
 
 
-def test_loss_falls_on_real_text(stories_data, tmp_path):
+def test_loss_falls_on_real_text(stories_data, tmp_path, caplog):
     cfg = tiny_config(
         stories_data,
         tmp_path / "run",
@@ -58,7 +58,9 @@ def test_loss_falls_on_real_text(stories_data, tmp_path):
         "train.log_interval=10",
         "train.eval_interval=30",
     )
-    result = Trainer(cfg).fit()
+    with caplog.at_level("INFO", logger="lmforge.train.trainer"):
+        result = Trainer(cfg).fit()
+    assert "12·L·d²" in caplog.text and "d_model/n_layers" in caplog.text  # the shape report
     losses = train_losses(result.run_dir)
     assert losses[10] - losses[60] > 1.0, losses
     assert result.val is not None and result.val.loss < math.log(512) - 1.0
