@@ -233,6 +233,46 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmforge.data import open_training_file
+    from lmforge.model.lora import LoRAConfig, apply_lora, save_lora, trainable_parameters
+    from lmforge.train.artifacts import load_trained
+    from lmforge.train.finetune import finetune
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    trained = load_trained(args.checkpoint, device)
+    tok = trained.tokenizer
+    data = open_training_file(
+        args.data,
+        vocab_size=trained.config.vocab_size,
+        fingerprint=tok.fingerprint if tok is not None else None,
+        context_length=trained.config.context_length,
+    )
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    config = LoRAConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=targets)
+    model = apply_lora(trained.model, config)
+    print(
+        f"LoRA rank {config.rank} on {', '.join(targets)}: "
+        f"{trainable_parameters(model):,} trainable of {trained.model.num_params():,} parameters"
+    )
+    losses = finetune(
+        model,
+        data.tokens,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        context_length=trained.config.context_length,
+        device=device,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    save_lora(model, args.out)
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps; saved {args.out}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from lmforge.model.export import export_hf_llama, export_safetensors
     from lmforge.train.artifacts import load_trained
@@ -399,6 +439,24 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         help="texts (one per line) to fit a per-dimension z-score on; the output is standardised",
     )
     em.set_defaults(func=_cmd_embed)
+
+    ft = sub.add_parser("finetune", help="train LoRA adapters on a trained model (base frozen)")
+    ft.add_argument("checkpoint", help="a run directory, checkpoint folder or checkpoint file")
+    ft.add_argument("--data", required=True, help="the token file to fine-tune on (.bin)")
+    ft.add_argument("--out", required=True, help="the adapter file to write (e.g. lora.pt)")
+    ft.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+    ft.add_argument("--alpha", type=float, default=16.0, help="adapter scale is alpha / rank")
+    ft.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapter input")
+    ft.add_argument(
+        "--targets", default="wq,wv", help="comma-separated Linear names (wq,wk,wv,wo,w1,w2,w3)"
+    )
+    ft.add_argument("--steps", type=int, default=200)
+    ft.add_argument("--lr", type=float, default=1e-3)
+    ft.add_argument("--batch-size", type=int, default=16)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ft.set_defaults(func=_cmd_finetune)
 
     ac = sub.add_parser(
         "accounting", help="parameters, FLOPs and attention/KV-cache cost of a config, no GPU"

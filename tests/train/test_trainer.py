@@ -220,6 +220,10 @@ def test_cli_train_sample_eval_plot_export(stories_data, tmp_path, capsys):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["export", str(run), "--out", str(tmp_path / "st")]) == 0
     assert (tmp_path / "st" / "model.safetensors").is_file()
+    lora = tmp_path / "lora.pt"
+    argv = ["finetune", str(run), "--data", str(stories_data["train"]), "--out", str(lora)]
+    assert main([*argv, "--steps", "3", "--rank", "2", "--no-progress"]) == 0
+    assert "trainable of" in capsys.readouterr().out and lora.is_file()
 
 
 def test_mixture_logs_the_realised_mixture_and_resumes_exactly(stories_data, tmp_path, monkeypatch):
