@@ -273,6 +273,52 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmforge.data import open_training_file
+    from lmforge.quant import quantization_report, quantize, save_quantized, weight_bytes
+    from lmforge.train.artifacts import load_trained
+    from lmforge.train.evaluate import evaluate
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trained = load_trained(args.checkpoint, device)
+    tok = trained.tokenizer
+
+    def perplexity(model: Any) -> float:
+        data = open_training_file(
+            args.data,
+            vocab_size=trained.config.vocab_size,
+            fingerprint=tok.fingerprint if tok is not None else None,
+        )
+        result = evaluate(
+            model,
+            data.tokens,
+            batch_size=args.batch_size,
+            context_length=trained.config.context_length,
+            device=device,
+            max_batches=args.batches,
+        )
+        return result.perplexity
+
+    ppl_before = perplexity(trained.model) if args.data else None
+    before = weight_bytes(trained.model)
+    model = trained.model
+    quantize(model, args.format, include_head=args.include_head)  # in place
+    path = save_quantized(model, args.out)
+    if tok is not None:
+        tok.save(Path(args.out) / "tokenizer.json")
+    print(quantization_report(before, model).summary())
+    if ppl_before is not None:
+        ppl_after = perplexity(model)
+        print(
+            f"perplexity on {args.data}: {ppl_before:.3f} -> {ppl_after:.3f} "
+            f"({ppl_after / ppl_before - 1:+.2%})"
+        )
+    print(f"wrote step {trained.step} ({args.format}) to {path}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from lmforge.model.export import export_hf_llama, export_safetensors
     from lmforge.train.artifacts import load_trained
@@ -457,6 +503,21 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ft.add_argument("--no-progress", action="store_true", help="no progress bar")
     ft.set_defaults(func=_cmd_finetune)
+
+    qz = sub.add_parser("quantize", help="store a trained model's Linear weights in int8 or fp8")
+    qz.add_argument("checkpoint", help="a run directory, checkpoint folder or checkpoint file")
+    qz.add_argument("--out", required=True, help="the output folder (quantized.pt + config.json)")
+    qz.add_argument(
+        "--format",
+        choices=["int8", "fp8"],
+        default="int8",
+        help="int8 (absmax/127 per output channel) or fp8 e4m3 (absmax/448)",
+    )
+    qz.add_argument("--include-head", action="store_true", help="quantize the LM head too")
+    qz.add_argument("--data", default=None, help="a token file: report perplexity before/after")
+    qz.add_argument("--batch-size", type=int, default=16)
+    qz.add_argument("--batches", type=int, default=None, help="at most this many eval batches")
+    qz.set_defaults(func=_cmd_quantize)
 
     ac = sub.add_parser(
         "accounting", help="parameters, FLOPs and attention/KV-cache cost of a config, no GPU"

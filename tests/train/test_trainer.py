@@ -224,6 +224,10 @@ def test_cli_train_sample_eval_plot_export(stories_data, tmp_path, capsys):
     argv = ["finetune", str(run), "--data", str(stories_data["train"]), "--out", str(lora)]
     assert main([*argv, "--steps", "3", "--rank", "2", "--no-progress"]) == 0
     assert "trainable of" in capsys.readouterr().out and lora.is_file()
+    argv = ["quantize", str(run), "--out", str(tmp_path / "q"), "--data", str(stories_data["val"])]
+    assert main([*argv, "--batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity on" in out and (tmp_path / "q" / "quantized.pt").is_file()
 
 
 def test_mixture_logs_the_realised_mixture_and_resumes_exactly(stories_data, tmp_path, monkeypatch):
