@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,7 @@ def _cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from lmforge.train.config import load_run_config, toml_value
+    from lmforge.train.distributed import teardown
     from lmforge.train.trainer import Trainer, TrainingError
 
     config_path = args.config
@@ -98,12 +100,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={toml_value(value)}")
     config = load_run_config(config_path, overrides)
+    main_rank = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun, rank 0 speaks
+    if not main_rank:
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         result = Trainer(config, resume=args.resume).fit()
     except TrainingError as err:
         print(f"lmforge: training stopped: {err}", file=sys.stderr)
         return 1
-    _print_train_result(result)
+    finally:
+        teardown()
+    if main_rank:
+        _print_train_result(result)
     return 0
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "VERSION",
     "CheckpointError",
     "load_checkpoint",
+    "read_checkpoint",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -271,6 +272,16 @@ def _read(src: PathLike | IO[bytes], map_location: Any) -> tuple[dict[str, Any],
     if missing := sorted(expected - set(data)):
         raise CheckpointError(f"{origin} is not a valid checkpoint (missing fields {missing})")
     return data, origin
+
+
+def read_checkpoint(src: PathLike | IO[bytes], map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint's validated top level (``model``, ``optimizer``, ``rng``, ``state``,
+    ``iteration``), for callers that restore a sharded model themselves.
+
+    Raises:
+        FileNotFoundError, CheckpointError: as :func:`load_checkpoint`.
+    """
+    return _read(src, map_location)[0]
 
 
 def _name_keys(keys: list[str]) -> str:

@@ -47,6 +47,7 @@ __all__ = [
 _PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 _DTYPES = ("bf16", "fp32")
+_STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +67,10 @@ class TrainConfig:
         tokenizer: the tokenizer JSON that made the token files: copied into the run folder,
             checked against the token files' fingerprint, used for bits per byte and samples.
         out_dir: the run directory (``config.toml``, ``metrics.jsonl``, ``ckpt-STEP/``, plots).
-        batch_size: sequences per micro-batch (per process).
-        grad_accum: micro-batches per optimizer step.
+        batch_size: sequences per micro-batch, per process.
+        grad_accum: micro-batches per optimizer step, per process. Under ``torchrun`` with
+            ``N`` processes the global batch is ``batch_size * grad_accum * N`` sequences, the
+            same windows as one process with ``grad_accum * N``.
         max_iters: optimizer steps; ``None`` means derive it from ``epochs``.
         epochs: passes over the training tokens (tokens seen / tokens in the file); used when
             ``max_iters`` is ``None``.
@@ -75,6 +78,8 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"bf16"`` (autocast with fp32 master weights; CUDA only) or ``"fp32"``.
         compile: ``torch.compile`` the model.
+        strategy: with several processes (``torchrun``), ``"ddp"`` (replicated model,
+            averaged gradients) or ``"fsdp"`` (FSDP2 sharding per block); ignored alone.
         log_interval: steps between metric lines (each one synchronises the device).
         eval_interval: steps between evaluations (and at the end); 0 disables.
         eval_batches: validation batches per evaluation.
@@ -100,6 +105,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "bf16"
     compile: bool = False
+    strategy: str = "ddp"
     log_interval: int = 10
     eval_interval: int = 250
     eval_batches: int = 20
@@ -143,6 +149,8 @@ class TrainConfig:
             raise ValueError(f"train.epochs must be a positive number, got {self.epochs!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"train.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.strategy not in _STRATEGIES:
+            raise ValueError(f"train.strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"train.device must be a string such as 'cuda', got {self.device!r}")
 

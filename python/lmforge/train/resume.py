@@ -4,10 +4,11 @@ A checkpoint restores the model, the optimizer's moments, every RNG and the samp
 The config given on resume is then checked against the one saved in the checkpoint:
 
 - **Refused**: any change to ``[model]`` (the weights would mean something else), to
-  ``optim.name`` (the optimizer state would not fit), and to
-  ``train.batch_size``, ``train.grad_accum``, ``train.seed``, ``train.mixture_alpha`` or
+  ``optim.name`` (the optimizer state would not fit), to the global batch
+  (``batch_size * grad_accum * world_size``), ``train.seed``, ``train.mixture_alpha`` or
   ``train.mixture_weights`` (the sampler's stream of windows would no longer continue the same
-  run).
+  run). How the global batch is split into processes and micro-batches may change, so a run
+  checkpointed by 2 processes resumes in 1 with twice the ``grad_accum``.
 - **Applied**: ``[optim]`` hyperparameters come from the config given now, not from the
   checkpoint (so a run that diverged can resume with a lower ``optim.lr``); length
   (``max_iters``/``epochs``), intervals, evaluation and the device may change too.
@@ -26,11 +27,23 @@ __all__ = ["apply_hyperparameters", "check_resumable", "hyperparameters"]
 
 log = logging.getLogger(__name__)
 
-_FIXED_TRAIN_KEYS = ("batch_size", "grad_accum", "seed", "mixture_alpha", "mixture_weights")
+_FIXED_TRAIN_KEYS = ("seed", "mixture_alpha", "mixture_weights")
 
 
-def check_resumable(saved: dict[str, Any] | None, now: RunConfig) -> list[str]:
+def check_resumable(
+    saved: dict[str, Any] | None,
+    now: RunConfig,
+    *,
+    saved_world_size: int = 1,
+    world_size: int = 1,
+) -> list[str]:
     """Check ``now`` against the config saved in a checkpoint.
+
+    Args:
+        saved: the checkpoint's config dict (``None``: nothing to check).
+        now: the config given now.
+        saved_world_size: the processes that wrote the checkpoint.
+        world_size: the processes resuming it.
 
     Returns:
         The ``[optim]`` fields that changed (applied, and worth a log line).
@@ -47,6 +60,13 @@ def check_resumable(saved: dict[str, Any] | None, now: RunConfig) -> list[str]:
         refused.append(
             f"optim.name (checkpoint {saved['optim']['name']!r}, now {current['optim']['name']!r})"
         )
+    saved_global = _global_batch(saved_train, current["train"], saved_world_size)
+    now_global = _global_batch(current["train"], current["train"], world_size)
+    if saved_global[0] != now_global[0]:
+        refused.append(
+            "the global batch train.batch_size x train.grad_accum x processes (checkpoint "
+            f"{saved_global[1]}, now {now_global[1]})"
+        )
     refused += [
         f"train.{key} (checkpoint {saved_train.get(key)!r}, now {current['train'][key]!r})"
         for key in _FIXED_TRAIN_KEYS
@@ -60,6 +80,15 @@ def check_resumable(saved: dict[str, Any] | None, now: RunConfig) -> list[str]:
             "or start a new run in another --out"
         )
     return _diff("optim", saved.get("optim", {}), current["optim"])
+
+
+def _global_batch(
+    train: dict[str, Any], default: dict[str, Any], world_size: int
+) -> tuple[int, str]:
+    """Sequences per optimizer step over all processes, and how they were made up."""
+    batch, accum = (int(train.get(k, default[k])) for k in ("batch_size", "grad_accum"))
+    total = batch * accum * world_size
+    return total, f"{batch} x {accum} x {world_size} = {total}"
 
 
 def _diff(table: str, saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -22,6 +22,10 @@ with gradient accumulation, clipping and the learning-rate schedule. Design choi
   ``losses`` and ``metrics``; after every optimizer step the trainer calls
   ``model.after_optimizer_step()`` (MoE bias balancing lives behind it). The trainer never
   reaches inside the model.
+- **Data parallel under torchrun.** ``torchrun --nproc-per-node=N -m lmforge train`` runs
+  this same loop in ``N`` processes (:mod:`lmforge.train.distributed`: DDP or FSDP2, each rank
+  its slice of every global batch); rank 0 alone logs and writes the run directory, and the
+  loss, non-finite flags and checkpoint decisions are reduced over ranks at log time.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from lmforge import accounting
 from lmforge.data import MixtureSampler, gather_mixture_batch
 from lmforge.model import Transformer
 from lmforge.optim import build_optimizer, clip_grad_norm_, lr_at, set_lr
+from lmforge.train import distributed as ddp
 from lmforge.train.artifacts import generate_text
-from lmforge.train.checkpoint import load_checkpoint
+from lmforge.train.checkpoint import load_checkpoint, read_checkpoint, set_rng_state
 from lmforge.train.config import RunConfig, to_toml
 from lmforge.train.data_files import (
     mixture_line,
@@ -55,7 +60,7 @@ from lmforge.train.meter import StepWindow
 from lmforge.train.metrics import MetricsLogger
 from lmforge.train.resume import apply_hyperparameters, check_resumable, hyperparameters
 from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir, write_text_atomic
-from lmforge.train.runtime import autocast_dtype, autocast_for, resolve_device, seed_everything
+from lmforge.train.runtime import autocast_dtype, autocast_for, seed_everything
 
 __all__ = ["TrainResult", "Trainer", "TrainingError"]
 
@@ -102,7 +107,8 @@ class Trainer:
 
     def __init__(self, config: RunConfig, *, resume: bool = False) -> None:
         tc, mc = config.train, config.model
-        self.device = resolve_device(tc.device)
+        self.dist = ctx = ddp.setup(tc.device)
+        self.device = ctx.device
         self.amp_dtype = autocast_dtype(tc.dtype, self.device)
         seed_everything(tc.seed)
         self.tokenizer = _load_tokenizer(tc.tokenizer)
@@ -111,10 +117,12 @@ class Trainer:
         self.config = config = with_data_eot_id(config, train_eot_id(self.train_files))
         self.model = Transformer(config.model).to(self.device)
         kinds = self.model.param_kinds()
-        self.optimizer = build_optimizer(
+        self.wrapped = ddp.wrap_model(self.model, ctx, tc.strategy, self.amp_dtype)
+        self.sharded = ctx.distributed and tc.strategy == "fsdp"
+        self.optimizer = build_optimizer(  # after sharding: FSDP's parameters are new DTensors
             [(p, kinds[name]) for name, p in self.model.named_parameters()], config.optim
         )
-        self.global_batch = tc.batch_size * tc.grad_accum
+        self.global_batch = tc.batch_size * tc.grad_accum * ctx.world_size
         self.tokens_per_step = self.global_batch * mc.context_length
         self.sampler = MixtureSampler(
             [len(f) for f in self.train_files],
@@ -124,6 +132,8 @@ class Trainer:
             alpha=tc.mixture_alpha,
             weights=tc.mixture_weights,
             grad_accum=tc.grad_accum,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
         )
         self.max_iters = tc.max_iters or max(
             1, math.ceil((tc.epochs or 1.0) * self.sampler.n_tokens / self.tokens_per_step)
@@ -132,17 +142,19 @@ class Trainer:
             lr_at(config.optim, 0, self.max_iters)  # schedule errors now, not at step one
         except ValueError as err:
             raise ValueError(f"{err}: lower optim.warmup_iters or train more steps") from None
-        if self.sampler.n_sources > 1:
+        if self.sampler.n_sources > 1 and ctx.is_main:
             log.info("data mixture: %s", mixture_line(tc.train_paths, self.sampler.weights))
-        self.run_dir = RunDir.create(tc.out_dir, resume=resume)
+        # rank 0 checks and creates the folder; the others wait, then open it as it is
+        ddp.on_main(ctx, lambda: RunDir.create(tc.out_dir, resume=resume))
+        self.run_dir = RunDir(tc.out_dir)
         self.iteration = 0
         latest = self.run_dir.latest() if resume else None
         if latest is not None:
             self._resume(latest)
         elif resume:
             log.warning("%s has no checkpoint yet: starting the run afresh", self.run_dir.path)
-        self._write_run_files()
-        self.step_model = torch.compile(self.model) if tc.compile else self.model
+        ddp.on_main(ctx, self._write_run_files)
+        self.step_model = torch.compile(self.wrapped) if tc.compile else self.wrapped
         self.token_bytes = (
             token_byte_lengths(self.tokenizer, mc.vocab_size) if self.tokenizer else None
         )
@@ -159,10 +171,21 @@ class Trainer:
         state: dict[str, Any] = {}
         # map to the CPU: load_state_dict moves moments onto the parameters' device and keeps
         # the step counters on the CPU (on the GPU each would cost a sync per step)
-        self.iteration = load_checkpoint(
-            latest / CHECKPOINT_FILE, self.model, self.optimizer, map_location="cpu", state=state
+        if self.sharded:  # the full state, sharded onto the ranks
+            data = read_checkpoint(latest / CHECKPOINT_FILE)
+            ddp.load_full_state(self.model, self.optimizer, data["model"], data["optimizer"])
+            set_rng_state(data["rng"])
+            self.iteration, state = int(data["iteration"]), dict(data["state"])
+        else:
+            self.iteration = load_checkpoint(
+                latest / CHECKPOINT_FILE, self.model, self.optimizer, state=state
+            )
+        changed = check_resumable(
+            state.get("config"),
+            self.config,
+            saved_world_size=int(state.get("world_size", 1)),
+            world_size=self.dist.world_size,
         )
-        changed = check_resumable(state.get("config"), self.config)
         apply_hyperparameters(self.optimizer, settings)
         if changed:
             log.info("resuming with changed optimizer settings: %s", "; ".join(changed))
@@ -176,17 +199,22 @@ class Trainer:
             TrainingError: a non-finite loss or gradient, or CUDA out of memory.
         """
         tc = self.config.train
-        log.info("%s", accounting.shape_report(self.config.model))
+        if self.dist.is_main:
+            log.info("%s", accounting.shape_report(self.config.model))
         t0 = time.perf_counter()
         window = StepWindow(self.device)
         val, train_loss = None, math.nan
-        logger = MetricsLogger(
-            self.run_dir.path / "metrics.jsonl",
-            tqdm_total=self.max_iters,
-            initial=self.iteration,
-            progress=tc.progress,
-            tensorboard=tc.tensorboard,
-            wandb=tc.wandb,
+        logger = (
+            MetricsLogger(
+                self.run_dir.path / "metrics.jsonl",
+                tqdm_total=self.max_iters,
+                initial=self.iteration,
+                progress=tc.progress,
+                tensorboard=tc.tensorboard,
+                wandb=tc.wandb,
+            )
+            if self.dist.is_main
+            else _NoLogger()
         )
         with logger:
             while self.iteration < self.max_iters:
@@ -224,11 +252,12 @@ class Trainer:
             seconds=time.perf_counter() - t0,
         )
 
-    def _log_train(self, logger: MetricsLogger, window: StepWindow, lr: float) -> float:
+    def _log_train(self, logger: MetricsLogger | _NoLogger, window: StepWindow, lr: float) -> float:
         """Write one metrics line for the steps since the last one; returns their mean loss."""
         ce, seconds = self._check_finite(window), window.seconds()
+        # tokens_per_step counts every rank's windows; the peak is one GPU's, times the ranks
         tok_s = window.steps * self.tokens_per_step / seconds
-        peak = _peak_flops(self.device, self.amp_dtype)
+        peak = _peak_flops(self.device, self.amp_dtype, self.dist.world_size)
         flops = accounting.flops_per_token(self.config.model, self.config.model.context_length)
         logger.log(
             self.iteration,
@@ -270,18 +299,20 @@ class Trainer:
         metrics: dict[str, torch.Tensor] = {}
         try:
             tokens = [f.tokens for f in self.train_files]
-            for sources, starts in self.sampler.next_step():
+            for i, (sources, starts) in enumerate(self.sampler.next_step()):
                 x, y = gather_mixture_batch(
                     tokens, sources, starts, self.config.model.context_length, self.device
                 )
-                with autocast_for(self.device, self.amp_dtype):
-                    out = self.step_model(x, y, return_logits=False)
-                (out.loss / accum).backward()
+                # gradients are reduced over ranks in the last micro-step's backward only
+                with ddp.gradient_sync(self.wrapped, i == accum - 1):
+                    with autocast_for(self.device, self.amp_dtype):
+                        out = self.step_model(x, y, return_logits=False)
+                    (out.loss / accum).backward()
                 total += out.loss.detach() / accum
                 ce += out.losses["ce"] / accum
                 metrics = {**out.metrics, **{f"loss/{k}": v for k, v in out.losses.items()}}
             clip = self.config.optim.grad_clip or math.inf  # the norm is logged either way
-            grad_norm = clip_grad_norm_(self.model.parameters(), clip)
+            grad_norm = ddp.clip_grad_norm(list(self.model.parameters()), clip, clip_grad_norm_)
             self._bad_grad |= ~torch.isfinite(grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -291,9 +322,12 @@ class Trainer:
         return total, ce, grad_norm, metrics
 
     def _check_finite(self, window: StepWindow) -> float:
-        """The window's mean cross-entropy; raises if a loss or gradient was not finite."""
-        total, ce = window.means()
-        bad_grad = bool(self._bad_grad.item())
+        """The window's mean cross-entropy over ranks; raises (on every rank alike) if a loss or
+        gradient was not finite."""
+        n = max(window.steps, 1)
+        sums = torch.stack([window.total / n, window.ce / n, self._bad_grad.float()])
+        total, ce, bad = ddp.all_reduce_mean(sums, self.dist).tolist()
+        bad_grad = bad > 0
         if math.isfinite(total) and not bad_grad:
             return ce
         latest = self.run_dir.latest()
@@ -320,17 +354,35 @@ class Trainer:
         )
 
     def _save(self) -> None:
-        self.run_dir.save(
-            self.iteration,
-            self.model,
-            self.optimizer,
-            self.config.model.to_dict(),
-            sampler=self.sampler.state_dict(),
-            config=self.config.to_dict(),
-        )
-        self.run_dir.prune(self.config.train.keep_checkpoints)
+        """Rank 0 writes the checkpoint (FSDP's shards gathered first, on every rank)."""
+        full = ddp.full_state(self.model, self.optimizer) if self.sharded else None
+        model: Any = self.model if full is None else ddp.StateView(full[0])
+        optimizer: Any = self.optimizer if full is None else ddp.StateView(full[1])
+
+        def write() -> None:
+            self.run_dir.save(
+                self.iteration,
+                model,
+                optimizer,
+                self.config.model.to_dict(),
+                sampler=self.sampler.state_dict(),
+                config=self.config.to_dict(),
+                world_size=self.dist.world_size,
+            )
+            self.run_dir.prune(self.config.train.keep_checkpoints)
+
+        ddp.on_main(self.dist, write)
 
     def _finish(self) -> None:
+        if self.config.train.sample_tokens and self.tokenizer is not None:
+            text = self.sample(self.config.train.sample_tokens)  # every rank: FSDP gathers
+            if self.dist.is_main:
+                write_text_atomic(self.run_dir.path / "sample.txt", text + "\n")
+        if self.dist.is_main:
+            self._plot()
+        ddp.barrier(self.dist)
+
+    def _plot(self) -> None:
         from lmforge.train.plot import plot_run
 
         try:
@@ -338,9 +390,6 @@ class Trainer:
             log.info("training curves: %s", png)
         except (ValueError, OSError, ImportError) as err:  # a plot never fails a finished run
             log.warning("could not plot the training curves: %s", err)
-        if self.config.train.sample_tokens and self.tokenizer is not None:
-            text = self.sample(self.config.train.sample_tokens)
-            write_text_atomic(self.run_dir.path / "sample.txt", text + "\n")
 
     def sample(self, max_new_tokens: int, prompt: str = "Once upon a time") -> str:
         """Sample a continuation of ``prompt`` from the current model (needs the tokenizer)."""
@@ -381,11 +430,25 @@ def _load_tokenizer(path: str | None) -> Any:
     return Tokenizer.load(path)
 
 
-def _peak_flops(device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
+def _peak_flops(device: torch.device, amp_dtype: torch.dtype | None, ranks: int) -> float | None:
     if device.type != "cuda":
         return None
     dtype = "bf16" if amp_dtype is not None else "fp32"
-    return accounting.peak_flops(torch.cuda.get_device_name(device), dtype)
+    peak = accounting.peak_flops(torch.cuda.get_device_name(device), dtype)
+    return None if peak is None else peak * ranks
+
+
+class _NoLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def __enter__(self) -> _NoLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def log(self, step: int, **values: Any) -> None:
+        return None
 
 
 def _max_memory_gb(device: torch.device) -> float | None:

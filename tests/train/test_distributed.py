@@ -1,0 +1,101 @@
+"""Data-parallel training in 2 CPU processes (gloo, launched by torchrun) against one process.
+
+``N`` ranks with ``grad_accum = G`` draw the windows of one process with ``grad_accum = G * N``,
+so the loss curves and the final weights agree. They agree to rounding, not bit for bit: DDP
+sums each rank's accumulated gradient and averages over ranks, one process sums all
+micro-batches in one order, and float32 addition is not associative (differences of ~1e-7
+relative per step, which Adam's normalisation keeps from growing over a few steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.train.checkpoint import read_checkpoint
+from lmforge.train.trainer import Trainer
+
+from test_trainer import TINY, tiny_config, train_losses
+
+STEPS = ["train.max_iters=6", "train.ckpt_interval=2", "train.keep_checkpoints=0"]
+STEPS += ["train.log_interval=1", "train.eval_interval=0", "train.batch_size=4"]
+RTOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def torchrun_train(data: dict[str, Path], out: Path, *extra: str) -> None:
+    """``torchrun --nproc-per-node=2 -m lmforge train ...`` on the CPU."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    cmd += ["--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "lmforge"]
+    cmd += ["train", "--config", "stories-17M", "--data", str(data["train"])]
+    cmd += ["--tokenizer", str(data["tokenizer"]), "--out", str(out)]
+    for item in [*TINY, *STEPS, *extra]:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[2] / "python"
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("trained 6 steps") == 1  # rank 0 alone reports
+
+
+def single(data: dict[str, Path], out: Path, *extra: str, resume: bool = False) -> Path:
+    cfg = tiny_config(data, out, *STEPS, "train.grad_accum=4", *extra)
+    return Trainer(cfg, resume=resume).fit().run_dir
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run / "ckpt-00000006" / "checkpoint.pt")["model"]
+
+
+def assert_same_run(run: Path, ref: Path) -> None:
+    losses, want = train_losses(run), train_losses(ref)
+    assert sorted(losses) == sorted(want) == list(range(1, 7))
+    for step, loss in want.items():
+        assert losses[step] == pytest.approx(loss, rel=RTOL), (step, losses, want)
+    got, exp = final_weights(run), final_weights(ref)
+    assert got.keys() == exp.keys()
+    for name, value in exp.items():
+        torch.testing.assert_close(got[name], value, rtol=RTOL, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(stories_data, tmp_path_factory) -> Path:
+    """One process, grad_accum 4: the run 2 ranks of grad_accum 2 must reproduce."""
+    return single(stories_data, tmp_path_factory.mktemp("single") / "run")
+
+
+def resume_alone(stories_data, run: Path, tmp_path: Path) -> Path:
+    """Keep only ``run``'s step-2 checkpoint and finish the run in one process."""
+    again = tmp_path / "again"
+    again.mkdir()
+    shutil.copy(run / "config.toml", again / "config.toml")
+    shutil.copytree(run / "ckpt-00000002", again / "ckpt-00000002")
+    return single(stories_data, again, resume=True)
+
+
+def test_ddp_matches_one_process_and_resumes_alone(stories_data, reference, tmp_path):
+    torchrun_train(stories_data, tmp_path / "ddp", "train.grad_accum=2")
+    assert_same_run(tmp_path / "ddp", reference)
+    saved = read_checkpoint(tmp_path / "ddp" / "ckpt-00000002" / "checkpoint.pt")
+    assert saved["state"]["world_size"] == 2
+    assert not any(k.startswith("module.") for k in saved["model"])
+    resumed = resume_alone(stories_data, tmp_path / "ddp", tmp_path)
+    got, exp = final_weights(resumed), final_weights(reference)
+    for name, value in exp.items():
+        torch.testing.assert_close(got[name], value, rtol=RTOL, atol=1e-6, msg=name)
+    lines = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [3, 4, 5, 6]
