@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import TINY, tiny_config, train_losses
 
 from lmforge.train.checkpoint import read_checkpoint
 from lmforge.train.trainer import Trainer
-
-from test_trainer import TINY, tiny_config, train_losses
 
 STEPS = ["train.max_iters=6", "train.ckpt_interval=2", "train.keep_checkpoints=0"]
 STEPS += ["train.log_interval=1", "train.eval_interval=0", "train.batch_size=4"]
@@ -36,12 +35,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def torchrun_train(data: dict[str, Path], out: Path, *extra: str) -> None:
+def torchrun_train(data: dict[str, Path], out: Path, *extra: str, resume: bool = False) -> None:
     """``torchrun --nproc-per-node=2 -m lmforge train ...`` on the CPU."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
     cmd += ["--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "lmforge"]
     cmd += ["train", "--config", "stories-17M", "--data", str(data["train"])]
     cmd += ["--tokenizer", str(data["tokenizer"]), "--out", str(out)]
+    cmd += ["--resume"] if resume else []
     for item in [*TINY, *STEPS, *extra]:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -78,13 +78,17 @@ def reference(stories_data, tmp_path_factory) -> Path:
     return single(stories_data, tmp_path_factory.mktemp("single") / "run")
 
 
-def resume_alone(stories_data, run: Path, tmp_path: Path) -> Path:
-    """Keep only ``run``'s step-2 checkpoint and finish the run in one process."""
-    again = tmp_path / "again"
+def step_two(run: Path, again: Path) -> Path:
+    """A copy of ``run`` as it was after its step-2 checkpoint."""
     again.mkdir()
     shutil.copy(run / "config.toml", again / "config.toml")
     shutil.copytree(run / "ckpt-00000002", again / "ckpt-00000002")
-    return single(stories_data, again, resume=True)
+    return again
+
+
+def resume_alone(stories_data, run: Path, tmp_path: Path) -> Path:
+    """Finish ``run`` from its step-2 checkpoint in one process."""
+    return single(stories_data, step_two(run, tmp_path / "again"), resume=True)
 
 
 def test_ddp_matches_one_process_and_resumes_alone(stories_data, reference, tmp_path):
@@ -99,3 +103,22 @@ def test_ddp_matches_one_process_and_resumes_alone(stories_data, reference, tmp_
         torch.testing.assert_close(got[name], value, rtol=RTOL, atol=1e-6, msg=name)
     lines = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [3, 4, 5, 6]
+
+
+def test_fsdp_matches_one_process_and_its_checkpoint_resumes_alone(
+    stories_data, reference, tmp_path
+):
+    torchrun_train(stories_data, tmp_path / "fsdp", "train.grad_accum=2", "train.strategy=fsdp")
+    assert_same_run(tmp_path / "fsdp", reference)
+    resumed = resume_alone(stories_data, tmp_path / "fsdp", tmp_path)
+    got, exp = final_weights(resumed), final_weights(reference)
+    for name, value in exp.items():
+        torch.testing.assert_close(got[name], value, rtol=RTOL, atol=1e-6, msg=name)
+    # and in 2 ranks again, the gathered checkpoint sharded back: exactly the same run
+    sharded = step_two(tmp_path / "fsdp", tmp_path / "sharded")
+    torchrun_train(stories_data, sharded, "train.grad_accum=2", "train.strategy=fsdp", resume=True)
+    assert train_losses(sharded) == {
+        s: v for s, v in train_losses(tmp_path / "fsdp").items() if s > 2
+    }
+    for name, value in final_weights(tmp_path / "fsdp").items():
+        assert torch.equal(final_weights(sharded)[name], value), name

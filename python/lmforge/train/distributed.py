@@ -36,7 +36,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -218,7 +218,7 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T | None:
     """
     if not ctx.distributed:
         return fn()
-    result, error = None, [None]
+    result, error = None, cast(list[str | None], [None])
     if ctx.is_main:
         try:
             result = fn()
@@ -241,7 +241,8 @@ def _is_dtensor(t: Any) -> bool:
 def full_state(
     model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """FSDP: the whole model and optimizer state as CPU tensors (collective; ``None`` for DDP).
+    """FSDP: the whole model and optimizer state as CPU tensors on rank 0 (collective; empty
+    dicts on the other ranks, ``None`` for an unsharded model).
 
     The optimizer state comes back in ``optimizer.state_dict()``'s own form (integer ids in
     ``param_groups`` order), so the checkpoint matches a single process's.
@@ -256,7 +257,9 @@ def full_state(
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd = get_model_state_dict(model, options=opts)
-    osd = get_optimizer_state_dict(model, optimizer, options=opts)
+    osd: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=opts))
+    if not osd:  # with cpu_offload, ranks other than 0 get empty dicts: only rank 0 writes
+        return msd, osd
     ids = {name: i for i, name in enumerate(n for g in osd["param_groups"] for n in g["params"])}
     groups = [{**g, "params": [ids[n] for n in g["params"]]} for g in osd["param_groups"]]
     return msd, {"state": {ids[n]: s for n, s in osd["state"].items()}, "param_groups": groups}
@@ -282,7 +285,7 @@ def load_full_state(
     named = {"state": {flat[i]: s for i, s in osd["state"].items()}, "param_groups": groups}
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, msd, options=opts)
-    set_optimizer_state_dict(model, optimizer, named, options=opts)
+    set_optimizer_state_dict(model, optimizer, cast(Any, named), options=opts)
 
 
 class StateView:
