@@ -14,7 +14,9 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["StepWindow"]
+from lmforge import accounting
+
+__all__ = ["StepWindow", "max_memory_gb", "peak_flops"]
 
 
 class StepWindow:
@@ -62,3 +64,20 @@ class StepWindow:
             yield
         finally:
             self.paused += time.perf_counter() - t
+
+
+def peak_flops(device: torch.device, amp_dtype: torch.dtype | None, ranks: int = 1) -> float | None:
+    """The peak FLOP/s of ``ranks`` devices like ``device`` (``None`` off CUDA or if unknown):
+    the denominator of MFU, whose numerator counts every rank's tokens."""
+    if device.type != "cuda":
+        return None
+    dtype = "bf16" if amp_dtype is not None else "fp32"
+    peak = accounting.peak_flops(torch.cuda.get_device_name(device), dtype)
+    return None if peak is None else peak * ranks
+
+
+def max_memory_gb(device: torch.device) -> float | None:
+    """This process's peak CUDA memory in GiB (``None`` off CUDA)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from lmforge._atomic import write_atomic
 
-__all__ = ["MetricsError", "MetricsLogger", "read_metrics"]
+__all__ = ["MetricsError", "MetricsLogger", "NullLogger", "read_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +299,16 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             ) from None
         records.append(record)
     return records
+
+
+class NullLogger:
+    """A logger that writes nothing: what ranks other than 0 log to in distributed runs."""
+
+    def __enter__(self) -> NullLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def log(self, step: int, **values: Any) -> None:
+        return None

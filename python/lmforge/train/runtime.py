@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from lmforge import accounting
 from lmforge.data import resolve_device as data_resolve_device
 
-__all__ = ["autocast_dtype", "autocast_for", "resolve_device", "seed_everything"]
+__all__ = ["autocast_dtype", "autocast_for", "oom_message", "resolve_device", "seed_everything"]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -53,3 +55,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def oom_message(config: Any) -> str:
+    """What to do when CUDA ran out of memory, with the memory model's estimate of the peak.
+
+    Args:
+        config: the run's :class:`~lmforge.train.config.RunConfig`.
+    """
+    tc, mc = config.train, config.model
+    est = accounting.estimate_training_memory(
+        mc,
+        tc.batch_size,
+        mc.context_length,
+        compiled=tc.compile,
+        grad_accum=tc.grad_accum,
+        optimizer=config.optim.name,
+    )
+    return (
+        f"CUDA out of memory at batch_size={tc.batch_size}, context {mc.context_length} "
+        f"(estimated peak {accounting.format_bytes(est.total)}). Lower train.batch_size "
+        f"and raise train.grad_accum to keep the same tokens per step, or set "
+        f"model.activation_checkpointing=true, or train.compile=true"
+    )

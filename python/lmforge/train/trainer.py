@@ -56,11 +56,11 @@ from lmforge.train.data_files import (
     with_data_eot_id,
 )
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
-from lmforge.train.meter import StepWindow
-from lmforge.train.metrics import MetricsLogger
+from lmforge.train.meter import StepWindow, max_memory_gb, peak_flops
+from lmforge.train.metrics import MetricsLogger, NullLogger
 from lmforge.train.resume import apply_hyperparameters, check_resumable, hyperparameters
 from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir, write_text_atomic
-from lmforge.train.runtime import autocast_dtype, autocast_for, seed_everything
+from lmforge.train.runtime import autocast_dtype, autocast_for, oom_message, seed_everything
 
 __all__ = ["TrainResult", "Trainer", "TrainingError"]
 
@@ -214,7 +214,7 @@ class Trainer:
                 wandb=tc.wandb,
             )
             if self.dist.is_main
-            else _NoLogger()
+            else NullLogger()
         )
         with logger:
             while self.iteration < self.max_iters:
@@ -252,12 +252,14 @@ class Trainer:
             seconds=time.perf_counter() - t0,
         )
 
-    def _log_train(self, logger: MetricsLogger | _NoLogger, window: StepWindow, lr: float) -> float:
+    def _log_train(
+        self, logger: MetricsLogger | NullLogger, window: StepWindow, lr: float
+    ) -> float:
         """Write one metrics line for the steps since the last one; returns their mean loss."""
         ce, seconds = self._check_finite(window), window.seconds()
         # tokens_per_step counts every rank's windows; the peak is one GPU's, times the ranks
         tok_s = window.steps * self.tokens_per_step / seconds
-        peak = _peak_flops(self.device, self.amp_dtype, self.dist.world_size)
+        peak = peak_flops(self.device, self.amp_dtype, self.dist.world_size)
         flops = accounting.flops_per_token(self.config.model, self.config.model.context_length)
         logger.log(
             self.iteration,
@@ -268,7 +270,7 @@ class Trainer:
             grad_norm=window.grad_norm,
             tokens_per_s=tok_s,
             mfu=None if peak is None else tok_s * flops / peak,
-            memory_gb=_max_memory_gb(self.device),
+            memory_gb=max_memory_gb(self.device),
             **self._mixture_metrics(),
             **window.metrics,
         )
@@ -318,7 +320,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.model.after_optimizer_step()
         except torch.cuda.OutOfMemoryError:
-            raise TrainingError(self._oom_message()) from None
+            raise TrainingError(oom_message(self.config)) from None
         return total, ce, grad_norm, metrics
 
     def _check_finite(self, window: StepWindow) -> float:
@@ -404,23 +406,6 @@ class Trainer:
             autocast_dtype=self.amp_dtype,
         )[0]
 
-    def _oom_message(self) -> str:
-        tc, mc = self.config.train, self.config.model
-        est = accounting.estimate_training_memory(
-            mc,
-            tc.batch_size,
-            mc.context_length,
-            compiled=tc.compile,
-            grad_accum=tc.grad_accum,
-            optimizer=self.config.optim.name,
-        )
-        return (
-            f"CUDA out of memory at batch_size={tc.batch_size}, context {mc.context_length} "
-            f"(estimated peak {accounting.format_bytes(est.total)}). Lower train.batch_size "
-            f"and raise train.grad_accum to keep the same tokens per step, or set "
-            f"model.activation_checkpointing=true, or train.compile=true"
-        )
-
 
 def _load_tokenizer(path: str | None) -> Any:
     if not path:
@@ -428,30 +413,3 @@ def _load_tokenizer(path: str | None) -> Any:
     from lmforge.tokenizer import Tokenizer
 
     return Tokenizer.load(path)
-
-
-def _peak_flops(device: torch.device, amp_dtype: torch.dtype | None, ranks: int) -> float | None:
-    if device.type != "cuda":
-        return None
-    dtype = "bf16" if amp_dtype is not None else "fp32"
-    peak = accounting.peak_flops(torch.cuda.get_device_name(device), dtype)
-    return None if peak is None else peak * ranks
-
-
-class _NoLogger:
-    """What ranks other than 0 log to: nothing."""
-
-    def __enter__(self) -> _NoLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def log(self, step: int, **values: Any) -> None:
-        return None
-
-
-def _max_memory_gb(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**30
