@@ -37,9 +37,7 @@ def _free_port() -> int:
 
 def torchrun_train(data: dict[str, Path], out: Path, *extra: str, resume: bool = False) -> None:
     """``torchrun --nproc-per-node=2 -m lmforge train ...`` on the CPU."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
-    cmd += ["--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "lmforge"]
-    cmd += ["train", "--config", "stories-17M", "--data", str(data["train"])]
+    cmd = ["-m", "lmforge", "train", "--config", "stories-17M", "--data", str(data["train"])]
     cmd += ["--tokenizer", str(data["tokenizer"]), "--out", str(out)]
     cmd += ["--resume"] if resume else []
     for item in [*TINY, *STEPS, *extra]:
@@ -47,8 +45,14 @@ def torchrun_train(data: dict[str, Path], out: Path, *extra: str, resume: bool =
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     root = Path(__file__).resolve().parents[2] / "python"
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for _ in range(2):  # a free port may be taken before torchrun binds it: try another
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+        launch += ["--master-addr=127.0.0.1", f"--master-port={_free_port()}"]
+        done = subprocess.run([*launch, *cmd], env=env, capture_output=True, text=True, timeout=180)
+        err = done.stderr.lower()
+        if done.returncode == 0 or not ("address already in use" in err or "eaddrinuse" in err):
+            break
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     assert done.stdout.count("trained 6 steps") == 1  # rank 0 alone reports
 
 
