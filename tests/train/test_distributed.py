@@ -3,8 +3,10 @@
 ``N`` ranks with ``grad_accum = G`` draw the windows of one process with ``grad_accum = G * N``,
 so the loss curves and the final weights agree. They agree to rounding, not bit for bit: DDP
 sums each rank's accumulated gradient and averages over ranks, one process sums all
-micro-batches in one order, and float32 addition is not associative (differences of ~1e-7
-relative per step, which Adam's normalisation keeps from growing over a few steps).
+micro-batches in one order, and float32 addition is not associative. Measured over 6 steps:
+losses within 1e-7 relative, weights within ~2e-6 of each tensor's largest entry (Adam divides
+by ``sqrt(v)``, so a rounding difference in a near-zero gradient moves its weight by up to a
+learning-rate step); hence ``rtol=1e-5, atol=1e-6``. Resuming FSDP in 2 ranks is exact.
 """
 
 from __future__ import annotations
