@@ -119,6 +119,8 @@ class Trainer:
         kinds = self.model.param_kinds()
         self.wrapped = ddp.wrap_model(self.model, ctx, tc.strategy, self.amp_dtype)
         self.sharded = ctx.distributed and tc.strategy == "fsdp"
+        if self.sharded and config.optim.name == "muon":  # Newton-Schulz needs whole matrices
+            raise ValueError("optim.name=muon does not work on FSDP shards: use train.strategy=ddp")
         self.optimizer = build_optimizer(  # after sharding: FSDP's parameters are new DTensors
             [(p, kinds[name]) for name, p in self.model.named_parameters()], config.optim
         )
