@@ -23,6 +23,7 @@ import pytest
 import torch
 from test_trainer import TINY, tiny_config, train_losses
 
+import lmforge
 from lmforge.train.checkpoint import read_checkpoint
 from lmforge.train.trainer import Trainer
 
@@ -45,7 +46,8 @@ def torchrun_train(data: dict[str, Path], out: Path, *extra: str, resume: bool =
     for item in [*TINY, *STEPS, *extra]:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    root = Path(__file__).resolve().parents[2] / "python"
+    # the children import the lmforge this process imported (the installed wheel in CI)
+    root = Path(lmforge.__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     for _ in range(2):  # a free port may be taken before torchrun binds it: try another
         launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
