@@ -132,15 +132,29 @@ def _print_train_result(result: Any) -> None:
         print("sample:\n" + sample.read_text(encoding="utf-8"))
 
 
+def _load_trained(checkpoint: str, device: str | None = None) -> tuple[Any, str]:
+    """The trained model at ``checkpoint`` on ``device`` (default: CUDA when available)."""
+    import torch
+
+    from lmforge.train.artifacts import load_trained
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_trained(checkpoint, device), device
+
+
+def _tokenizer_of(trained: Any) -> Any:
+    if trained.tokenizer is None:
+        raise ValueError(f"no tokenizer.json in the run directory of {trained.checkpoint}")
+    return trained.tokenizer
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from lmforge.train.artifacts import generate_text, load_trained
+    from lmforge.train.artifacts import generate_text
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    trained = load_trained(args.checkpoint, device)
-    if trained.tokenizer is None:
-        raise ValueError(f"no tokenizer.json in the run directory of {trained.checkpoint}")
+    trained, device = _load_trained(args.checkpoint)
+    _tokenizer_of(trained)
     texts = generate_text(
         trained.model,
         trained.tokenizer,
@@ -157,14 +171,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
 
     from lmforge.data import open_training_file
-    from lmforge.train.artifacts import load_trained
     from lmforge.train.evaluate import evaluate, token_byte_lengths
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    trained = load_trained(args.checkpoint, device)
+    trained, device = _load_trained(args.checkpoint)
     tok = trained.tokenizer
     data = open_training_file(
         args.data,
@@ -196,15 +207,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_lens(args: argparse.Namespace) -> int:
-    import torch
 
     from lmforge.analysis import format_table, logit_lens, save_heatmap
-    from lmforge.train.artifacts import load_trained
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    trained = load_trained(args.checkpoint, device)
-    if trained.tokenizer is None:
-        raise ValueError(f"no tokenizer.json in the run directory of {trained.checkpoint}")
+    trained, device = _load_trained(args.checkpoint)
+    _tokenizer_of(trained)
     result = logit_lens(trained.model, trained.tokenizer.encode(args.text), top_k=args.top_k)
     print(f"logit lens of step {trained.step} ({trained.checkpoint})")
     print(format_table(result, trained.tokenizer))
@@ -218,13 +225,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     import torch
 
     from lmforge.analysis import Standardizer, embed_texts, mean_pairwise_cosine
-    from lmforge.train.artifacts import load_trained
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    trained = load_trained(args.checkpoint, device)
-    tokenizer = trained.tokenizer
-    if tokenizer is None:
-        raise ValueError(f"no tokenizer.json in the run directory of {trained.checkpoint}")
+    trained, device = _load_trained(args.checkpoint)
+    tokenizer = _tokenizer_of(trained)
 
     def embed(path: str) -> torch.Tensor:
         texts = [t for t in Path(path).read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -242,15 +245,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    import torch
 
     from lmforge.data import open_training_file
     from lmforge.model.lora import LoRAConfig, apply_lora, save_lora, trainable_parameters
-    from lmforge.train.artifacts import load_trained
     from lmforge.train.finetune import finetune
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trained = load_trained(args.checkpoint, device)
+    trained, device = _load_trained(args.checkpoint, args.device)
     tok = trained.tokenizer
     data = open_training_file(
         args.data,
@@ -282,15 +282,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    import torch
 
     from lmforge.data import open_training_file
     from lmforge.quant import quantization_report, quantize, save_quantized, weight_bytes
-    from lmforge.train.artifacts import load_trained
     from lmforge.train.evaluate import evaluate
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    trained = load_trained(args.checkpoint, device)
+    trained, device = _load_trained(args.checkpoint)
     tok = trained.tokenizer
 
     def perplexity(model: Any) -> float:
