@@ -30,6 +30,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,7 +48,14 @@ PRESETS = {"17M": "stories-17M", "124M": "gpt2-124M", "1B": "1B"}
 DEFAULT_BATCH = {"17M": 128, "124M": 32, "1B": 16}
 
 
-def child(shape: str, batch: int, steps: int, grad_clip: bool) -> None:
+def child(
+    shape: str,
+    batch: int,
+    steps: int,
+    grad_clip: bool,
+    compile_mode: str | None,
+    profile: Path | None,
+) -> None:
     import torch
 
     from lmforge import accounting
@@ -63,7 +71,7 @@ def child(shape: str, batch: int, steps: int, grad_clip: bool) -> None:
         [(p, kinds[n]) for n, p in model.named_parameters()],
         OptimConfig(name="adamw", lr=3e-4, weight_decay=0.1),
     )
-    step_model = torch.compile(model)
+    step_model = torch.compile(model, mode=compile_mode)
     T = cfg.context_length
     x = torch.randint(0, cfg.vocab_size, (batch, T), device="cuda")
     y = torch.roll(x, -1, 1)
@@ -92,6 +100,8 @@ def child(shape: str, batch: int, steps: int, grad_clip: bool) -> None:
         loss = one()
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / steps
+    if profile is not None:
+        write_profile(profile, one)
     tokens = batch * T
     flops_tok = accounting.flops_per_token(cfg, seq_len=T)
     name = torch.cuda.get_device_name()
@@ -111,6 +121,22 @@ def child(shape: str, batch: int, steps: int, grad_clip: bool) -> None:
             torch=torch.__version__,
         )
     )
+
+
+def write_profile(path: Path, one: Callable[[], object]) -> None:
+    """Profile a few more steps; write the kernels that take the most GPU time to ``path``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            one()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=40, max_name_column_width=90
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table)
 
 
 def run_baseline(baseline: Path, shape: str, batch: int, steps: int) -> dict | None:
@@ -135,6 +161,14 @@ def main() -> None:
     p.add_argument(
         "--no-grad-clip", action="store_true", help="skip gradient clipping (the trainer clips)"
     )
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode for lmforge (e.g. max-autotune-no-cudagraphs, reduce-overhead)",
+    )
+    p.add_argument(
+        "--profile", type=Path, default=None, help="folder for per-shape GPU kernel tables"
+    )
     p.add_argument("--baseline", type=Path, default=Path(".device/gpt_baseline.py"))
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--out", type=Path, default=None)
@@ -145,13 +179,16 @@ def main() -> None:
         k, v = item.split("=")
         batches[k] = int(v)
     if a.child:
-        child(a.child, batches[a.child], a.steps, not a.no_grad_clip)
+        prof = a.profile / f"profile-{a.child}.txt" if a.profile else None
+        child(a.child, batches[a.child], a.steps, not a.no_grad_clip, a.compile_mode, prof)
         return
     results, rows = [], []
     for shape in a.shapes.split(","):
         base = None if a.skip_baseline else run_baseline(a.baseline, shape, batches[shape], a.steps)
         cmd = [sys.executable, __file__, "--child", shape, "--batch", a.batch, "--steps"]
         cmd += [str(a.steps)] + (["--no-grad-clip"] if a.no_grad_clip else [])
+        cmd += ["--compile-mode", a.compile_mode] if a.compile_mode else []
+        cmd += ["--profile", str(a.profile)] if a.profile else []
         code, stdout, _ = run_child(cmd)
         ours = parse_result(stdout) if code == 0 else None
         results.append(dict(shape=shape, batch=batches[shape], baseline=base, lmforge=ours))
@@ -176,7 +213,8 @@ def main() -> None:
             rows.append([shape, "ratio", f"{ours['tok_s'] / base['tok_s']:.2f}x", "", "", "", ""])
     print_table(["shape", "who", "tokens/s", "MFU", "step ms", "mem GB", "model GB"], rows)
     out = a.out or default_out_path("model")
-    write_json(out, dict(machine=machine_info(), steps=a.steps, results=results))
+    meta = dict(machine=machine_info(), steps=a.steps, compile_mode=a.compile_mode)
+    write_json(out, dict(**meta, results=results))
     print(f"wrote {out}")
 
 
