@@ -69,15 +69,15 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(run / "ckpt-00000006" / "checkpoint.pt")["model"]
 
 
-def assert_same_run(run: Path, ref: Path) -> None:
+def assert_same_run(run: Path, ref: Path, rtol: float = RTOL, atol: float = 1e-6) -> None:
     losses, want = train_losses(run), train_losses(ref)
     assert sorted(losses) == sorted(want) == list(range(1, 7))
     for step, loss in want.items():
-        assert losses[step] == pytest.approx(loss, rel=RTOL), (step, losses, want)
+        assert losses[step] == pytest.approx(loss, rel=rtol), (step, losses, want)
     got, exp = final_weights(run), final_weights(ref)
     assert got.keys() == exp.keys()
     for name, value in exp.items():
-        torch.testing.assert_close(got[name], value, rtol=RTOL, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[name], value, rtol=rtol, atol=atol, msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,17 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_alone(
     }
     for name, value in final_weights(tmp_path / "fsdp").items():
         assert torch.equal(final_weights(sharded)[name], value), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_nccl_on_two_gpus_matches_one_gpu(stories_data, tmp_path, strategy):
+    """The same run on 2 GPUs (NCCL) and on one; GPU kernels reduce in their own order, and
+    cuBLAS picks algorithms per shape, hence a looser tolerance than the gloo runs."""
+    ref = single(stories_data, tmp_path / "one", "train.device=cuda")
+    run = tmp_path / strategy
+    torchrun_train(
+        stories_data, run, "train.grad_accum=2", f"train.strategy={strategy}", "train.device=cuda"
+    )
+    assert_same_run(run, ref, rtol=1e-4, atol=1e-5)

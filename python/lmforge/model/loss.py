@@ -15,7 +15,9 @@ Design choices:
   chunk, from ``softmax - onehot`` (the "fused linear cross-entropy" of Liger-Kernel,
   Hsu et al. 2024). Backward then only scales them, so no logits are kept and none are
   recomputed: the same FLOPs as the plain path, with one chunk of logits alive at a time. When
-  no gradient is needed (evaluation) the chunks are only reduced.
+  no gradient is needed (evaluation) the chunks are only reduced. On a GPU the softmax,
+  statistics and gradient of a chunk are one Triton kernel (:mod:`lmforge.kernels.cross_entropy`)
+  that reads the low-precision logits twice instead of materialising them in float32.
 * **Ignored targets** (``-100``, as in ``F.cross_entropy``) are left out of both means; a batch
   with no target at all has loss 0 rather than NaN.
 * The named parts (``ce``, the weighted ``z_loss`` term) and the metrics are detached:
@@ -31,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lmforge.kernels import use_triton
+from lmforge.kernels.cross_entropy import chunk_cross_entropy
 from lmforge.model.functional import at_least_float32
 from lmforge.model.functional import softcap as apply_softcap
 
@@ -151,22 +155,35 @@ class _FusedHeadLoss(torch.autograd.Function):
         acc_dtype = torch.promote_types(weight.dtype, torch.float32)
         grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_weight_grad else None
         weight_lp: Tensor | None = None  # the head in the gradients' dtype, cast once
+        triton = use_triton(hidden) and hidden.shape[0] > 0
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]
             t, m = targets[start : start + chunk_size], valid[start : start + chunk_size]
             raw_lp = F.linear(h, weight)  # the autocast dtype
-            raw = at_least_float32(raw_lp)
-            logits = raw if cap is None else apply_softcap(raw, cap)
-            lse, ce_c, z_c, lse_c = _sums(logits, t, m)
-            ce_sum, z_sum, lse_sum = ce_sum + ce_c, z_sum + z_c, lse_sum + lse_c
-            max_abs = torch.maximum(max_abs, logits.abs().amax())
-            max_raw = torch.maximum(max_raw, raw.abs().amax())
-            if not (need_hidden_grad or need_weight_grad):
+            need_grad = need_hidden_grad or need_weight_grad
+            if triton:  # the same arithmetic in one kernel: lmforge.kernels.cross_entropy
+                stats, grad = chunk_cross_entropy(
+                    raw_lp, t, 1.0 / n, z_loss, cap or 0.0, ignore_index, need_grad
+                )
+                lse_v = torch.where(m, stats[:, 0], 0.0)
+                ce_sum = ce_sum + stats[:, 1].sum()
+                z_sum, lse_sum = z_sum + lse_v.square().sum(), lse_sum + lse_v.sum()
+                max_abs = torch.maximum(max_abs, stats[:, 2].amax())
+                max_raw = torch.maximum(max_raw, stats[:, 3].amax())
+            else:
+                raw = at_least_float32(raw_lp)
+                logits = raw if cap is None else apply_softcap(raw, cap)
+                lse, ce_c, z_c, lse_c = _sums(logits, t, m)
+                ce_sum, z_sum, lse_sum = ce_sum + ce_c, z_sum + z_c, lse_sum + lse_c
+                max_abs = torch.maximum(max_abs, logits.abs().amax())
+                max_raw = torch.maximum(max_raw, raw.abs().amax())
+                if need_grad:
+                    grad = _chunk_grad(logits, lse, t, m, n, z_loss)
+                    if cap is not None:
+                        grad = grad * (1.0 - (logits / cap).square())  # d(c·tanh(x/c))/dx
+                    grad = grad.to(raw_lp.dtype)
+            if not need_grad:
                 continue
-            grad = _chunk_grad(logits, lse, t, m, n, z_loss)
-            if cap is not None:
-                grad = grad * (1.0 - (logits / cap).square())  # d(c·tanh(x/c))/dx
-            grad = grad.to(raw_lp.dtype)
             if need_hidden_grad:
                 if weight_lp is None:
                     weight_lp = weight.to(grad.dtype)

@@ -26,6 +26,9 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from lmforge.kernels import use_triton
+from lmforge.kernels.adamw import adam_multi_tensor_
+from lmforge.kernels.adamw import fits as fused_fits
 from lmforge.optim._common import (
     GroupOptimizer,
     check_beta,
@@ -50,6 +53,9 @@ class Adam(GroupOptimizer):
         eps: added to the denominator for numerical stability (> 0).
         weight_decay: L2 penalty coefficient added to the gradient (>= 0).
         foreach: multi-tensor path; ``None`` uses it when a group is on one device type.
+        fused: one Triton kernel for the whole update (:mod:`lmforge.kernels.adamw`);
+            ``None`` uses it for float32 tensors on a GPU with Triton (``LMFORGE_TRITON=0``
+            turns it off), ``False`` never. Same arithmetic as the other paths.
 
     Raises:
         ValueError: on an out-of-range hyperparameter (in the defaults or in any group).
@@ -66,8 +72,16 @@ class Adam(GroupOptimizer):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            fused=fused,
+        )
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -88,6 +102,7 @@ class AdamW(Adam):
         eps: added to the denominator for numerical stability (> 0).
         weight_decay: decoupled decay coefficient (>= 0); the per-step shrink is ``lr · wd``.
         foreach: multi-tensor path; ``None`` uses it when a group is on one device type.
+        fused: one Triton kernel for the whole update on a GPU; ``None`` when possible.
 
     Raises:
         ValueError: on an out-of-range hyperparameter (in the defaults or in any group).
@@ -104,8 +119,9 @@ class AdamW(Adam):
         weight_decay: float = 0.1,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach)
+        super().__init__(params, lr, betas, eps, weight_decay, foreach=foreach, fused=fused)
 
 
 def check_adam_group(group: dict[str, Any]) -> None:
@@ -123,6 +139,8 @@ def check_adam_group(group: dict[str, Any]) -> None:
     check_positive("eps", group["eps"])
     check_non_negative("weight_decay", group["weight_decay"])
     check_foreach(group["foreach"])
+    if group.get("fused") not in (None, True, False):
+        raise ValueError(f"fused must be None, True or False, got {group['fused']!r}")
 
 
 def adam_group_step(
@@ -161,7 +179,11 @@ def adam_group_step(
     for bucket, (b_grads, b_avgs, b_sqs, b_steps) in group_by_device_dtype(
         params, grads, exp_avgs, exp_avg_sqs, steps
     ):
-        _adam_foreach(bucket, b_grads, b_avgs, b_sqs, b_steps, **hyper)
+        lists = (bucket, b_grads, b_avgs, b_sqs)
+        if group.get("fused") is not False and use_triton(bucket[0]) and fused_fits(*lists):
+            _adam_fused(*lists, b_steps, **hyper)
+        else:
+            _adam_foreach(bucket, b_grads, b_avgs, b_sqs, b_steps, **hyper)
 
 
 def _init_state(state: dict[str, Any], p: Tensor) -> dict[str, Any]:
@@ -234,3 +256,29 @@ def _adam_foreach(
     torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in step_values])
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, [-lr / (1 - beta1**t) for t in step_values])
+
+
+def _adam_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    **hyper: Any,
+) -> None:
+    """The same update with one Triton launch per distinct step count (usually one)."""
+    torch._foreach_add_(steps, 1.0)
+    by_step: dict[float, list[int]] = {}
+    for i, s in enumerate(steps):
+        by_step.setdefault(s.item(), []).append(i)
+    beta1, beta2 = hyper["beta1"], hyper["beta2"]
+    for step, idx in by_step.items():
+        adam_multi_tensor_(
+            [params[i] for i in idx],
+            [grads[i] for i in idx],
+            [exp_avgs[i] for i in idx],
+            [exp_avg_sqs[i] for i in idx],
+            **hyper,
+            bias_correction1=1 - beta1**step,
+            bias_correction2_sqrt=math.sqrt(1 - beta2**step),
+        )

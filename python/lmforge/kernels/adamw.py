@@ -1,0 +1,163 @@
+"""The Adam(W) update of a whole list of float32 tensors in one Triton launch.
+
+The multi-tensor (``torch._foreach_*``) path of :mod:`lmforge.optim.adamw` launches one kernel
+per operation and reads or writes every parameter-sized tensor about twenty times per step
+(the denominator is a temporary); the update needs only to read ``p, g, m, v`` and write
+``p, m, v``. This kernel does exactly that. Every tensor of the list is cut into blocks of
+``BLOCK`` elements; a small table maps each program to its (tensor, offset), and tables of raw
+addresses give each tensor's ``p, g, m, v`` (the multi-tensor-apply layout of apex and
+``torch.optim``'s fused kernels, written here in Triton).
+
+The arithmetic is that of the reference, operation for operation, in float32: decay
+``p ← p·(1 − lr·wd)`` (AdamW) or ``g ← g + wd·p`` (Adam), ``m ← m + (1 − β₁)(g − m)``,
+``v ← β₂ v + (1 − β₂) g²``, ``p ← p − lr/bc₁ · m / (√v / √bc₂ + ε)``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+__all__ = ["adam_multi_tensor_"]
+
+_BLOCK = 2048
+
+
+@functools.cache
+def _kernel():  # built on first use
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def adam_blocks(
+        P,
+        G,
+        M,
+        V,
+        SIZES,
+        BLOCK_TENSOR,
+        BLOCK_START,
+        decay,
+        wd,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        neg_step_size,
+        bc2_sqrt,
+        eps,
+        DECOUPLED: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        t = tl.load(BLOCK_TENSOR + pid)
+        start = tl.load(BLOCK_START + pid)
+        n = tl.load(SIZES + t)
+        p_ptr = tl.load(P + t).to(tl.pointer_type(tl.float32))
+        g_ptr = tl.load(G + t).to(tl.pointer_type(tl.float32))
+        m_ptr = tl.load(M + t).to(tl.pointer_type(tl.float32))
+        v_ptr = tl.load(V + t).to(tl.pointer_type(tl.float32))
+        offs = start + tl.arange(0, BLOCK)
+        inside = offs < n
+        p = tl.load(p_ptr + offs, mask=inside)
+        g = tl.load(g_ptr + offs, mask=inside)
+        m = tl.load(m_ptr + offs, mask=inside)
+        v = tl.load(v_ptr + offs, mask=inside)
+        if DECOUPLED:
+            p = p * decay
+        else:
+            g = g + wd * p
+        m = m + one_minus_beta1 * (g - m)
+        v = v * beta2 + one_minus_beta2 * (g * g)
+        denom = tl.sqrt(v) / bc2_sqrt + eps
+        p = p + neg_step_size * (m / denom)
+        tl.store(p_ptr + offs, p, mask=inside)
+        tl.store(m_ptr + offs, m, mask=inside)
+        tl.store(v_ptr + offs, v, mask=inside)
+
+    return adam_blocks
+
+
+@functools.lru_cache(maxsize=64)
+def _block_tables(sizes: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-tensor sizes and the per-program (tensor index, start offset) tables."""
+    tensor_idx: list[int] = []
+    starts: list[int] = []
+    for i, n in enumerate(sizes):
+        count = -(-n // _BLOCK)
+        tensor_idx += [i] * count
+        starts += range(0, count * _BLOCK, _BLOCK)
+    return (
+        torch.tensor(sizes, dtype=torch.int64).to(device),
+        torch.tensor(tensor_idx, dtype=torch.int32).to(device),
+        torch.tensor(starts, dtype=torch.int64).to(device),
+    )
+
+
+def _addresses(tensors: list[Tensor], device: torch.device) -> Tensor:
+    """A device table of the tensors' addresses, copied without stalling the host (pinned)."""
+    pinned = device.type == "cuda"
+    table = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, pin_memory=pinned)
+    return table.to(device, non_blocking=pinned)
+
+
+@functools.lru_cache(maxsize=64)
+def _stable_addresses(ptrs: tuple[int, ...], device: torch.device) -> Tensor:
+    return torch.tensor(ptrs, dtype=torch.int64).to(device)
+
+
+def _cached_addresses(tensors: list[Tensor], device: torch.device) -> Tensor:
+    """Parameters and optimizer states keep their storage from step to step: one table each."""
+    return _stable_addresses(tuple(t.data_ptr() for t in tensors), device)
+
+
+def adam_multi_tensor_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    bias_correction1: float,
+    bias_correction2_sqrt: float,
+) -> None:
+    """One Adam(W) step, in place, for tensors that share a device and a step count.
+
+    Every tensor must be contiguous float32 on one device (the caller checks; see
+    :func:`fits`). The step counters are the caller's.
+    """
+    if not params:
+        return
+    device = params[0].device
+    sizes, block_tensor, block_start = _block_tables(tuple(p.numel() for p in params), device)
+    _kernel()[(block_tensor.numel(),)](
+        _cached_addresses(params, device),
+        _addresses(grads, device),  # new tensors every step with zero_grad(set_to_none=True)
+        _cached_addresses(exp_avgs, device),
+        _cached_addresses(exp_avg_sqs, device),
+        sizes,
+        block_tensor,
+        block_start,
+        1.0 - lr * weight_decay,
+        weight_decay,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        -lr / bias_correction1,
+        bias_correction2_sqrt,
+        eps,
+        DECOUPLED=decoupled,
+        BLOCK=_BLOCK,
+        num_warps=4,
+    )
+
+
+def fits(*lists: list[Tensor]) -> bool:
+    """Whether the kernel can update these tensors: contiguous float32, non-empty lists."""
+    return all(t.dtype == torch.float32 and t.is_contiguous() for tensors in lists for t in tensors)

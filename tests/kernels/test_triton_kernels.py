@@ -1,0 +1,151 @@
+"""The Triton kernels against the PyTorch paths they replace.
+
+On a GPU the kernels run compiled; without one they run in Triton's interpreter on the CPU
+(``TRITON_INTERPRET=1``), so CI checks the same arithmetic. The interpreter must be switched on
+before Triton is imported, so without a GPU this module runs itself again in a child process
+with the variable set. The reference is the package's own PyTorch path for the same call,
+chosen with ``LMFORGE_TRITON=0``, and ``torch.optim.AdamW``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+ON_GPU = torch.cuda.is_available()
+
+pytest.importorskip("triton")
+
+from lmforge.kernels import use_triton  # noqa: E402
+from lmforge.model.loss import lm_head_loss, loss_from_logits  # noqa: E402
+from lmforge.optim import Adam, AdamW  # noqa: E402
+
+
+@pytest.fixture
+def device() -> str:
+    if ON_GPU:
+        return "cuda"
+    if not INTERPRETED:
+        pytest.skip("runs in test_kernels_in_the_interpreter's child process")
+    return "cpu"
+
+
+@pytest.mark.skipif(ON_GPU or INTERPRETED, reason="the kernels run natively on this machine")
+def test_kernels_in_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider"]
+    cmd += ["-k", "not test_kernels_in_the_interpreter"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
+
+
+def _head_loss(monkeypatch, triton: bool, h, w, t, **kw):
+    monkeypatch.setenv("LMFORGE_TRITON", "1" if triton else "0")
+    assert use_triton(h) == triton
+    h = h.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    r = lm_head_loss(h, w, t, **kw)
+    r.loss.backward()
+    return r, h.grad, w.grad
+
+
+@pytest.mark.parametrize(
+    ("vocab", "cap", "z_loss", "dtype"),
+    [
+        (100, None, 0.0, torch.float32),
+        (100, 30.0, 1e-4, torch.float32),
+        (5000, None, 1e-3, torch.float32),  # two vocabulary blocks
+        (300, 15.0, 0.0, torch.bfloat16),
+    ],
+)
+def test_cross_entropy_kernel_matches_torch(monkeypatch, device, vocab, cap, z_loss, dtype):
+    gen = torch.Generator().manual_seed(vocab)
+    h = torch.randn(21, 16, generator=gen).to(device, dtype)
+    w = (3 * torch.randn(vocab, 16, generator=gen)).to(device, dtype)
+    t = torch.randint(0, vocab, (21,), generator=gen).to(device)
+    t[[2, 7]] = -100
+    kw = dict(z_loss=z_loss, softcap=cap, chunk_size=8)
+    ref, ref_gh, ref_gw = _head_loss(monkeypatch, False, h, w, t, **kw)
+    out, gh, gw = _head_loss(monkeypatch, True, h, w, t, **kw)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.ce, ref.ce, rtol=1e-5, atol=1e-5)
+    assert out.metrics.keys() == ref.metrics.keys()
+    for k in ref.metrics:
+        torch.testing.assert_close(out.metrics[k], ref.metrics[k], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gh, ref_gh, **tol)
+    torch.testing.assert_close(gw, ref_gw, **tol)
+    # the fp32 logits loss of autograd is the independent reference for the value
+    logits = h.float() @ w.float().t()
+    if cap is not None:
+        logits = cap * torch.tanh(logits / cap)
+    plain = loss_from_logits(logits, t, z_loss=z_loss)
+    torch.testing.assert_close(out.loss.float(), plain.loss, rtol=2e-3, atol=2e-3)
+
+
+def test_cross_entropy_kernel_without_grad(monkeypatch, device):
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(10, 8, generator=gen).to(device)
+    w = torch.randn(50, 8, generator=gen).to(device)
+    t = torch.randint(0, 50, (10,), generator=gen).to(device)
+    monkeypatch.setenv("LMFORGE_TRITON", "0")
+    with torch.no_grad():
+        ref = lm_head_loss(h, w, t, chunk_size=4)
+    monkeypatch.setenv("LMFORGE_TRITON", "1")
+    with torch.no_grad():
+        out = lm_head_loss(h, w, t, chunk_size=4)
+    torch.testing.assert_close(out.loss, ref.loss)
+
+
+def _run_adam(monkeypatch, device, cls, triton: bool, steps: int = 12):
+    monkeypatch.setenv("LMFORGE_TRITON", "1" if triton else "0")
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(4100,), (33, 70), (3,), (2048,)]
+    params = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
+    opt = cls(params, lr=1e-2, weight_decay=0.1)
+    for it in range(steps):
+        for i, p in enumerate(params):
+            # the third tensor skips every other step: two step counts in one group
+            g = torch.randn(p.shape, generator=gen).to(device)
+            p.grad = None if (i == 2 and it % 2) else g
+        opt.step()
+    return [p.detach().cpu() for p in params], opt
+
+
+@pytest.mark.parametrize("cls", [AdamW, Adam])
+def test_fused_adam_matches_foreach(monkeypatch, device, cls):
+    ref, _ = _run_adam(monkeypatch, device, cls, triton=False)
+    out, opt = _run_adam(monkeypatch, device, cls, triton=True)
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    steps = sorted(s["step"].item() for s in opt.state.values())
+    assert steps == [6.0, 12.0, 12.0, 12.0]
+
+
+def test_fused_adamw_matches_torch(monkeypatch, device):
+    monkeypatch.setenv("LMFORGE_TRITON", "1")
+    gen = torch.Generator().manual_seed(5)
+    a = [torch.randn(300, 7, generator=gen).to(device).requires_grad_() for _ in range(3)]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    ours = AdamW(a, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    theirs = torch.optim.AdamW(b, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
+    for _ in range(50):
+        for p, q in zip(a, b, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen).to(device)
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_flag_is_validated():
+    with pytest.raises(ValueError, match="fused"):
+        AdamW([torch.zeros(2, requires_grad=True)], lr=1e-3, fused="yes")  # type: ignore[arg-type]
