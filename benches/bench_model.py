@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -116,7 +117,7 @@ def child(
             mem_gb=torch.cuda.max_memory_allocated() / 2**30,
             mem_model_gb=est.total / 2**30,
             warmup_s=warm_s,
-            loss=float(loss),
+            loss=float(loss.detach()),
             device=name,
             torch=torch.__version__,
         )
@@ -153,6 +154,33 @@ def run_baseline(baseline: Path, shape: str, batch: int, steps: int) -> dict | N
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+HEADERS = ["shape", "who", "tokens/s", "MFU", "step ms", "mem GB", "model GB"]
+
+
+def table_rows(shape: str, base: dict | None, ours: dict | None) -> list[list[str]]:
+    rows = []
+    for who, r in (("baseline", base), ("lmforge", ours)):
+        if r is None:
+            rows.append([shape, who, "failed", "", "", "", ""])
+            continue
+        mem_model = f"{r['mem_model_gb']:.1f}" if "mem_model_gb" in r else ""
+        mfu = r.get("mfu")
+        rows.append(
+            [
+                shape,
+                who,
+                f"{r['tok_s']:,.0f}",
+                f"{mfu:.1%}" if mfu else "n/a",
+                f"{r['step_ms']:.1f}",
+                f"{r['mem_gb']:.1f}",
+                mem_model,
+            ]
+        )
+    if base and ours:
+        rows.append([shape, "ratio", f"{ours['tok_s'] / base['tok_s']:.2f}x", "", "", "", ""])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="124M,1B")
@@ -183,6 +211,9 @@ def main() -> None:
         child(a.child, batches[a.child], a.steps, not a.no_grad_clip, a.compile_mode, prof)
         return
     results, rows = [], []
+    out = a.out or default_out_path("model")
+    meta = dict(machine=machine_info(), steps=a.steps, compile_mode=a.compile_mode)
+    meta["lmforge_triton"] = os.environ.get("LMFORGE_TRITON", "1") != "0"
     for shape in a.shapes.split(","):
         base = None if a.skip_baseline else run_baseline(a.baseline, shape, batches[shape], a.steps)
         cmd = [sys.executable, __file__, "--child", shape, "--batch", a.batch, "--steps"]
@@ -192,29 +223,11 @@ def main() -> None:
         code, stdout, _ = run_child(cmd)
         ours = parse_result(stdout) if code == 0 else None
         results.append(dict(shape=shape, batch=batches[shape], baseline=base, lmforge=ours))
-        for who, r in (("baseline", base), ("lmforge", ours)):
-            if r is None:
-                rows.append([shape, who, "failed", "", "", "", ""])
-                continue
-            mem_model = f"{r['mem_model_gb']:.1f}" if "mem_model_gb" in r else ""
-            mfu = r.get("mfu")
-            rows.append(
-                [
-                    shape,
-                    who,
-                    f"{r['tok_s']:,.0f}",
-                    f"{mfu:.1%}" if mfu else "n/a",
-                    f"{r['step_ms']:.1f}",
-                    f"{r['mem_gb']:.1f}",
-                    mem_model,
-                ]
-            )
-        if base and ours:
-            rows.append([shape, "ratio", f"{ours['tok_s'] / base['tok_s']:.2f}x", "", "", "", ""])
-    print_table(["shape", "who", "tokens/s", "MFU", "step ms", "mem GB", "model GB"], rows)
-    out = a.out or default_out_path("model")
-    meta = dict(machine=machine_info(), steps=a.steps, compile_mode=a.compile_mode)
-    write_json(out, dict(**meta, results=results))
+        shape_rows = table_rows(shape, base, ours)
+        rows += shape_rows
+        print_table(HEADERS, shape_rows)  # this shape now, the whole table at the end
+        write_json(out, dict(**meta, results=results))  # a killed run keeps what it measured
+    print_table(HEADERS, rows)
     print(f"wrote {out}")
 
 

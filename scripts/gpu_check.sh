@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Everything lmforge checks on a GPU, in one device call (the device tool, with dist/ holding the
 # abi3 wheel built on the dev machine and .device/ holding the stories corpus and the baseline):
-#   bash scripts/gpu_check.sh [tests] [bench] [e2e]     (default: all three)
+#   bash scripts/gpu_check.sh [tests] [bench] [e2e] [profile] [ddp]   (default: the first three)
 # tests: pytest -m gpu; bench: benches/bench_model.py (SHAPES, default 124M,1B); e2e: the
-# stories-17M run of scripts/e2e_stories.sh. Logs, JSON and PNGs go to $OUT (never checkpoints).
+# stories-17M run of scripts/e2e_stories.sh; profile: scripts/profile_train.py on the e2e's token
+# file (after e2e); ddp: benches/bench_ddp.py (GPUS, default 2). Logs, JSON and PNGs go to $OUT
+# (never checkpoints). Parts may run side by side on different GPUs (CUDA_VISIBLE_DEVICES).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/lmforge-out}"
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site dist/*.whl
 export PYTHONPATH=/tmp/site
+python3 -c "import lmforge" 2>/dev/null ||
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site dist/*.whl
 python3 -c "import lmforge, torch; print('lmforge', lmforge.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
 parts="${*:-tests bench e2e}"
 for part in $parts; do
@@ -24,8 +27,17 @@ for part in $parts; do
     e2e)
         bash scripts/e2e_stories.sh
         ;;
+    profile)
+        python3 scripts/profile_train.py --config stories-17M --data /tmp/e2e/train.bin \
+            --out "$OUT/profile-train-17M.txt" 2>&1 | tail -5
+        ;;
+    ddp)
+        [ -f /tmp/e2e/train.txt ] || { mkdir -p /tmp/e2e && xz -T0 -dc .device/train.txt.xz >/tmp/e2e/train.txt; }
+        python3 benches/bench_ddp.py --text /tmp/e2e/train.txt --gpt2 .device/gpt2 \
+            --gpus "${GPUS:-2}" --out "$OUT/bench-ddp.json" 2>&1 | tee "$OUT/bench-ddp.log" | tail -8
+        ;;
     *)
-        echo "unknown part $part (tests, bench, e2e)" >&2
+        echo "unknown part $part (tests, bench, e2e, profile, ddp)" >&2
         exit 2
         ;;
     esac
