@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lmforge.accounting.memory import estimate_training_memory
+from lmforge.kernels import triton_enabled
 from lmforge.model.config import ModelConfig
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -198,7 +199,12 @@ def main() -> None:
             cfg, args.batch, compiled=args.compiled, optimizer=args.optimizer, chunked=chunked
         )
         est = estimate_training_memory(
-            cfg, args.batch, compiled=args.compiled, optimizer=args.optimizer, chunked_loss=chunked
+            cfg,
+            args.batch,
+            compiled=args.compiled,
+            optimizer=args.optimizer,
+            chunked_loss=chunked,
+            loss_kernel=triton_enabled(),
         )
         print("\n".join(log))
         log.clear()

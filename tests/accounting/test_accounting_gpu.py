@@ -6,6 +6,7 @@ import pytest
 from memory_probe import SHAPES, measure
 
 from lmforge.accounting.memory import estimate_training_memory
+from lmforge.kernels import triton_enabled
 from lmforge.model.config import ModelConfig
 
 pytestmark = pytest.mark.gpu
@@ -27,7 +28,9 @@ def test_peak_memory_within_10_percent(
     pytest.importorskip("lmforge.model.transformer")
     cfg = ModelConfig(**SHAPES[shape])
     got = measure(cfg, batch, compiled=compiled, chunked=chunked)
-    est = estimate_training_memory(cfg, batch, compiled=compiled, chunked_loss=chunked)
+    est = estimate_training_memory(
+        cfg, batch, compiled=compiled, chunked_loss=chunked, loss_kernel=triton_enabled()
+    )
     assert est.total == pytest.approx(got["peak"], rel=0.10), est.table()
     # What is alive between steps needs no activation count: exact up to rounding.
     states = est.parameters + est.optimizer_state + est.bytes("workspace")

@@ -51,13 +51,25 @@ def test_compiled_saves_less() -> None:
 
 def test_eager_chunked_loss_by_hand() -> None:
     v, d = 64, 16
-    est = estimate_training_memory(TINY, B, T, loss_chunk_size=8)  # 2 chunks of 8 rows
+    torch_path = dict(loss_kernel=False)
+    est = estimate_training_memory(TINY, B, T, loss_chunk_size=8, **torch_path)  # 2 chunks of 8
     assert est.bytes("loss_saved") == 4 * (N * d + N) + 4 * (N * d + v * d)
     c = 8
     per_chunk = 2 * c * v + 4 * c * v + 3 * 4 * c * v + 2 * c * v  # incl. the previous chunk's
     assert est.bytes("loss_forward") == 4 * N * d + 2 * v * d + per_chunk
-    one_chunk = estimate_training_memory(TINY, B, T, loss_chunk_size=4096)
+    one_chunk = estimate_training_memory(TINY, B, T, loss_chunk_size=4096, **torch_path)
     assert one_chunk.bytes("loss_forward") == 4 * N * d + 2 * v * d + 18 * N * v
+
+
+def test_eager_chunked_loss_with_the_kernel_by_hand() -> None:
+    v, d, c = 64, 16, 8
+    est = estimate_training_memory(TINY, B, T, loss_chunk_size=c)
+    assert est.bytes("loss_saved") == 4 * (N * d + N) + 4 * (N * d + v * d)
+    # logits and gradient chunks in bf16, the row statistics, the previous chunk's gradient
+    per_chunk = 2 * c * v + 2 * c * v + 4 * 4 * c + 2 * c * v
+    assert est.bytes("loss_forward") == 4 * N * d + 2 * v * d + per_chunk
+    compiled = estimate_training_memory(TINY, B, T, loss_chunk_size=c, compiled=True)
+    assert compiled.bytes("loss_forward") == 2 * c * v + 2 * c * v + 4 * 4 * c
 
 
 def test_full_logits_by_hand() -> None:

@@ -27,6 +27,10 @@ Compiled, Inductor fuses each chunk's softmax, gradient and casts: one bf16 and 
 ``d loss / d hidden`` chunks, and the per-chunk head-weight gradients while ``k = ⌈N/C⌉``
 of them are no larger than their float32 sum) and sums them in the backward.
 
+With the Triton kernel (:mod:`lmforge.kernels.cross_entropy`, on a GPU) no float32 ``C·V``
+buffer exists: a chunk's logits and its gradient, both in the matmul dtype, and per-row
+statistics (``4·C`` fp32); eager, the previous chunk's gradient is still bound as well.
+
 **Full logits** (``return_logits=True``), eager: float32 logits saved by ``logsumexp`` (and
 returned), the head matmul's bf16 input and weight copy saved; in the forward one more ``N·V``
 float32 buffer (``logsumexp``'s ``exp``, or ``abs`` for the metric); in the backward four:
@@ -73,6 +77,7 @@ def loss_tensors(
     chunked: bool,
     chunk_size: int,
     compiled: bool,
+    kernel: bool = False,
 ) -> LossTensors:
     """The rows of the module docstring for ``n`` tokens.
 
@@ -84,6 +89,7 @@ def loss_tensors(
         chunked: the chunked, fused head loss (``return_logits=False``).
         chunk_size: rows per chunk (``Transformer.loss_chunk_size``).
         compiled: ``torch.compile``'s fused kernels instead of eager ops.
+        kernel: the chunked loss runs the Triton cross-entropy kernel.
 
     Returns:
         The :class:`LossTensors`.
@@ -96,7 +102,7 @@ def loss_tensors(
     copy = [] if compute == residual else [TensorGroup("head weight copy", v * d, compute)]
     if chunked:
         return _chunked(cfg, n, residual=residual, compute=compute, chunk_size=chunk_size,
-                        compiled=compiled, norm=norm, copy=copy)  # fmt: skip
+                        compiled=compiled, kernel=kernel, norm=norm, copy=copy)  # fmt: skip
     logits = [TensorGroup("float32 logits", n * v, "fp32")]
     head_in = [] if compute == residual else [TensorGroup("head input copy", n * d, compute)]
     if compiled:  # fused: the bf16 matmul output, then two float32 gradients and a bf16 one
@@ -121,6 +127,7 @@ def _chunked(
     compute: str,
     chunk_size: int,
     compiled: bool,
+    kernel: bool,
     norm: list[TensorGroup],
     copy: list[TensorGroup],
 ) -> LossTensors:
@@ -128,8 +135,17 @@ def _chunked(
     d, v = cfg.d_model, cfg.vocab_size
     c = min(chunk_size, n)
     chunks = -(-n // c)
-    logits = [TensorGroup("logits chunk", c * v, compute)] if compute != "fp32" else []
-    logits.append(TensorGroup("logits chunk, float32 (fused softmax and gradient)", c * v, "fp32"))
+    if kernel:
+        logits = [
+            TensorGroup("logits chunk", c * v, compute),
+            TensorGroup("d loss / d logits chunk", c * v, compute),
+            TensorGroup("per-row loss statistics", 4 * c, "fp32"),
+        ]
+    else:
+        logits = [TensorGroup("logits chunk", c * v, compute)] if compute != "fp32" else []
+        logits.append(
+            TensorGroup("logits chunk, float32 (fused softmax and gradient)", c * v, "fp32")
+        )
     if compiled:
         per_chunk_w = chunks * DTYPE_BYTES[compute] <= DTYPE_BYTES[residual]
         saved = [
@@ -144,7 +160,11 @@ def _chunked(
         TensorGroup("d loss / d hidden", n * d, residual),
         TensorGroup("d loss / d head weight", v * d, residual),
     ]
-    work = [TensorGroup("softmax, scaled, scatter-added (d loss / d logits)", 3 * c * v, "fp32")]
+    work = (
+        []
+        if kernel
+        else [TensorGroup("softmax, scaled, scatter-added (d loss / d logits)", 3 * c * v, "fp32")]
+    )
     if chunks > 1:  # still bound to a Python name while the next chunk is computed
         work.append(TensorGroup("previous chunk's d loss / d logits", c * v, compute))
     hidden = [TensorGroup("final hidden states", n * d, residual)]

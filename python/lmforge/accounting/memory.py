@@ -224,6 +224,7 @@ def estimate_training_memory(
     chunked_loss: bool = True,
     loss_chunk_size: int = 4096,
     compiled: bool = False,
+    loss_kernel: bool = True,
     grad_accum: int = 1,
     workspace_bytes: int = CUBLAS_WORKSPACES,
 ) -> MemoryEstimate:
@@ -244,6 +245,8 @@ def estimate_training_memory(
             runs) rather than full float32 logits.
         loss_chunk_size: rows per loss chunk (``Transformer.loss_chunk_size``).
         compiled: the model runs under ``torch.compile`` (fewer saved tensors, fused loss).
+        loss_kernel: the chunked loss runs the Triton cross-entropy kernel (what a GPU with
+            Triton runs); ``False`` for the PyTorch path (``LMFORGE_TRITON=0``, no Triton).
         grad_accum: micro-batches per optimizer step; above 1, gradients stay allocated
             through the forward and backward passes.
         workspace_bytes: memory the matmul libraries hold (default: two 32 MiB cuBLAS
@@ -277,12 +280,13 @@ def estimate_training_memory(
             compiled=compiled,
             chunked=chunked_loss,
             chunk_size=loss_chunk_size,
+            kernel=loss_kernel,
         )  # fmt: skip
     )
     phases = _phases(parts, pc, grads_live=grad_accum > 1, ckpt=ckpt)
     inputs = dict(sizes, param_dtype=param_dtype, compute_dtype=compute_dtype,
                   optimizer=optimizer, activation_checkpointing=ckpt, chunked_loss=chunked_loss,
-                  compiled=compiled)  # fmt: skip
+                  compiled=compiled, loss_kernel=loss_kernel)  # fmt: skip
     return MemoryEstimate(parts, phases, max(phases, key=phases.__getitem__), inputs)
 
 
@@ -297,12 +301,15 @@ def _activation_parts(
     compiled: bool,
     chunked: bool,
     chunk_size: int,
+    kernel: bool,
 ) -> dict[str, list[TensorGroup]]:
     """Saved activations, weight copies and the transients, for ``n`` tokens."""
     dt = {"residual": param, "compute": compute}
     block = block_saved(cfg, n, compiled=compiled, **dt)
     copies = block_weight_copies(cfg, param=param, compute=compute)
-    loss = loss_tensors(cfg, n, chunked=chunked, chunk_size=chunk_size, compiled=compiled, **dt)
+    loss = loss_tensors(
+        cfg, n, chunked=chunked, chunk_size=chunk_size, compiled=compiled, kernel=kernel, **dt
+    )
     block_params = (pc.blocks_matmul + pc.norms - cfg.d_model) // cfg.n_layers
     top_block = _block_backward(cfg, n, block_params=block_params, **dt)
     if ckpt:  # each block keeps its input; one is recomputed at a time in backward

@@ -17,6 +17,7 @@ import torch
 
 from lmforge import accounting
 from lmforge.data import resolve_device as data_resolve_device
+from lmforge.kernels import triton_enabled
 
 __all__ = ["autocast_dtype", "autocast_for", "oom_message", "resolve_device", "seed_everything"]
 
@@ -71,6 +72,7 @@ def oom_message(config: Any) -> str:
         compiled=tc.compile,
         grad_accum=tc.grad_accum,
         optimizer=config.optim.name,
+        loss_kernel=triton_enabled(),
     )
     return (
         f"CUDA out of memory at batch_size={tc.batch_size}, context {mc.context_length} "
