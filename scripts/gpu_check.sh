@@ -18,7 +18,7 @@ parts="${*:-tests bench e2e}"
 for part in $parts; do
     case "$part" in
     tests)
-        python3 -m pytest tests -m gpu -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+        python3 -m pytest tests -m gpu -q -p no:cacheprovider --maxfail=5 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
         ;;
     bench)
         python3 benches/bench_model.py --shapes "${SHAPES:-124M,1B}" ${BENCH_ARGS:-} \
@@ -29,7 +29,7 @@ for part in $parts; do
         ;;
     profile)
         python3 scripts/profile_train.py --config stories-17M --data /tmp/e2e/train.bin \
-            --out "$OUT/profile-train-17M.txt" 2>&1 | tail -5
+            --out "$OUT/profile-train-17M.txt" ${PROFILE_ARGS:-} 2>&1 | tail -5
         ;;
     ddp)
         [ -f /tmp/e2e/train.txt ] || { mkdir -p /tmp/e2e && xz -T0 -dc .device/train.txt.xz >/tmp/e2e/train.txt; }

@@ -41,7 +41,8 @@ def main() -> None:
             trainer._step()
         torch.cuda.synchronize()
         step_ms = (time.perf_counter() - t0) / 20 * 1e3
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+        with profile(activities=acts, with_stack=True, record_shapes=True) as prof:
             for _ in range(5):
                 trainer._step()
             torch.cuda.synchronize()
@@ -49,6 +50,9 @@ def main() -> None:
     text = f"step {step_ms:.2f} ms (host wall, 20 steps, no profiler)\n\n"
     text += avg.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=80)
     text += "\n\n" + avg.table(sort_by="self_cpu_time_total", row_limit=30)
+    # where the host time goes, by Python call site (the first frames of each op's stack)
+    by_stack = prof.key_averages(group_by_stack_n=6)
+    text += "\n\n" + by_stack.table(sort_by="self_cpu_time_total", row_limit=25)
     a.out.write_text(text)
     print(text[:200])
 

@@ -58,6 +58,8 @@ def test_overrides_are_toml_values():
         (["train.batch_size=0"], "batch_size"),
         (["train.dtype=fp8"], "dtype"),
         (["bogus.x=1"], "unknown config table"),
+        (['train.compile_mode="fast"'], "compile_mode must be one of"),
+        (['train.compile_mode="reduce-overhead"', "train.grad_accum=2"], "grad_accum=1"),
     ],
 )
 def test_bad_overrides_raise(overrides, message):

@@ -48,6 +48,7 @@ _PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 _DTYPES = ("bf16", "fp32")
 _STRATEGIES = ("ddp", "fsdp")
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +79,10 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"bf16"`` (autocast with fp32 master weights; CUDA only) or ``"fp32"``.
         compile: ``torch.compile`` the model.
+        compile_mode: ``torch.compile``'s mode: ``"default"``, ``"reduce-overhead"`` (the
+            forward and backward replayed as CUDA graphs: no per-kernel launch cost, which bounds
+            small models; one process, ``grad_accum = 1``), ``"max-autotune"`` (CUDA graphs and
+            tuned matmuls; same limits) or ``"max-autotune-no-cudagraphs"``.
         strategy: with several processes (``torchrun``), ``"ddp"`` (replicated model,
             averaged gradients) or ``"fsdp"`` (FSDP2 sharding per block); ignored alone.
         log_interval: steps between metric lines (each one synchronises the device).
@@ -105,6 +110,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "bf16"
     compile: bool = False
+    compile_mode: str = "default"
     strategy: str = "ddp"
     log_interval: int = 10
     eval_interval: int = 250
@@ -115,6 +121,11 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled model is replayed as CUDA graphs."""
+        return self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
 
     def __post_init__(self) -> None:
         paths = self.train_paths
@@ -151,6 +162,16 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.strategy not in _STRATEGIES:
             raise ValueError(f"train.strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
+        if self.compile_mode not in _COMPILE_MODES:
+            raise ValueError(
+                f"train.compile_mode must be one of {_COMPILE_MODES}, got {self.compile_mode!r}"
+            )
+        if self.cuda_graphs and self.grad_accum != 1:
+            raise ValueError(
+                f"train.compile_mode={self.compile_mode} replays CUDA graphs, whose gradients "
+                "cannot accumulate over micro-batches: set train.grad_accum=1 (and a larger "
+                "train.batch_size), or train.compile_mode=default"
+            )
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"train.device must be a string such as 'cuda', got {self.device!r}")
 

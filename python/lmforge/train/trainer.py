@@ -156,7 +156,13 @@ class Trainer:
         elif resume:
             log.warning("%s has no checkpoint yet: starting the run afresh", self.run_dir.path)
         ddp.on_main(ctx, self._write_run_files)
-        self.step_model = torch.compile(self.wrapped) if tc.compile else self.wrapped
+        if tc.cuda_graphs and ctx.world_size > 1:
+            raise ValueError(
+                f"train.compile_mode={tc.compile_mode} captures CUDA graphs, which the gradient "
+                "hooks of DDP/FSDP cannot run in: use train.compile_mode=default under torchrun"
+            )
+        mode = None if tc.compile_mode == "default" else tc.compile_mode
+        self.step_model = torch.compile(self.wrapped, mode=mode) if tc.compile else self.wrapped
         self.token_bytes = (
             token_byte_lengths(self.tokenizer, mc.vocab_size) if self.tokenizer else None
         )
@@ -298,6 +304,7 @@ class Trainer:
             and the last micro-batch's metrics and named losses, all device tensors.
         """
         accum = self.config.train.grad_accum
+        graphs = self.config.train.cuda_graphs and self.device.type == "cuda"
         total = torch.zeros((), device=self.device)
         ce = torch.zeros((), device=self.device)
         metrics: dict[str, torch.Tensor] = {}
@@ -308,6 +315,8 @@ class Trainer:
                     tokens, sources, starts, self.config.model.context_length, self.device
                 )
                 # gradients are reduced over ranks in the last micro-step's backward only
+                if graphs:  # the last replay's outputs may be overwritten from here on
+                    torch.compiler.cudagraph_mark_step_begin()
                 with ddp.gradient_sync(self.wrapped, i == accum - 1):
                     with autocast_for(self.device, self.amp_dtype):
                         out = self.step_model(x, y, return_logits=False)
@@ -315,6 +324,8 @@ class Trainer:
                 total += out.loss.detach() / accum
                 ce += out.losses["ce"] / accum
                 metrics = {**out.metrics, **{f"loss/{k}": v for k, v in out.losses.items()}}
+                if graphs:  # kept until the next log line: copy out of the graph's memory
+                    metrics = {k: v.clone() for k, v in metrics.items()}
             clip = self.config.optim.grad_clip or math.inf  # the norm is logged either way
             grad_norm = ddp.clip_grad_norm(list(self.model.parameters()), clip, clip_grad_norm_)
             self._bad_grad |= ~torch.isfinite(grad_norm)
