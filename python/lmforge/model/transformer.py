@@ -67,9 +67,11 @@ class ModelOutput:
 
     Attributes:
         logits: float32 ``(batch, seq, vocab_size)``, or ``None`` when ``return_logits=False``.
-        loss: the scalar to back-propagate (cross-entropy + z-loss), ``None`` without targets.
+        loss: the scalar to back-propagate (cross-entropy + z-loss + ``mtp_weight`` × the mean
+            MTP cross-entropy), ``None`` without targets.
         losses: detached named parts of ``loss``: ``"ce"`` and, when enabled, ``"z_loss"``
-            (the weighted term).
+            (the weighted term) and ``"mtp_1"`` … ``"mtp_D"`` (each depth's unweighted
+            cross-entropy).
         metrics: detached scalar tensors for logging (never synchronised inside forward).
         hidden_states: with ``return_hidden_states``, the residual stream after the embedding
             and after each block (``n_layers + 1`` tensors ``(batch, seq, d_model)``, before the
