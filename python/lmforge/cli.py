@@ -161,10 +161,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         args.prompt,
         args.max_new_tokens,
         num_samples=args.num_samples,
-        temperature=args.temperature,
+        temperature=0.0 if args.speculative else args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         generator=torch.Generator(device=device).manual_seed(args.seed),
+        speculative=args.speculative,
     )
     print(("\n" + "-" * 40 + "\n").join(texts))
     return 0
@@ -446,6 +447,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     sa.add_argument("--top-p", type=float, default=None)
     sa.add_argument("--num-samples", type=int, default=1)
     sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument(
+        "--speculative",
+        action="store_true",
+        help="greedy decoding drafted by the model's MTP modules (needs mtp_depth >= 1; "
+        "implies --temperature 0)",
+    )
     sa.set_defaults(func=_cmd_sample)
 
     ev = sub.add_parser("eval", help="loss, perplexity and bits per byte on a token file")

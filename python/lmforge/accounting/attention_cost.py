@@ -48,6 +48,9 @@ FLOPs. Without the cache MLA runs its training form on the prefix: FLOPs ``2·b�
 h·d_n + 2·h·d_v)``.
 
 Left out: softmax, RoPE, norms (elementwise), and the MLP and head (the same for every kind).
+
+A ``ModelConfig`` with ``attention = "mla"`` is costed with its own MLA widths (its
+``kv_bytes_per_token`` is what :class:`~lmforge.model.mla.cache.LatentKVCache` allocates, tested).
 """
 
 from __future__ import annotations
@@ -277,6 +280,20 @@ def _mla_layer(a: AttentionShape, m: MLAShape, b: int, n: int) -> _LayerCounts:
     )
 
 
+def _config_mla(cfg: ModelConfig | AttentionShape) -> MLAShape | None:
+    """The MLA widths of an MLA ``ModelConfig``; ``None`` otherwise."""
+    m = cfg.mla if isinstance(cfg, ModelConfig) else None
+    if m is None:
+        return None
+    return MLAShape(
+        kv_lora_rank=m.kv_lora_rank,
+        q_lora_rank=m.q_lora_rank,
+        qk_nope_head_dim=m.qk_nope_head_dim,
+        qk_rope_head_dim=m.qk_rope_head_dim,
+        v_head_dim=m.v_head_dim,
+    )
+
+
 def _shape(cfg: ModelConfig | AttentionShape) -> AttentionShape:
     if isinstance(cfg, ModelConfig):
         return AttentionShape.from_config(cfg)
@@ -315,8 +332,10 @@ def attention_cost(
             ``context_length`` for what-if questions.
         dtype: of weights, cache and activations: ``"bf16"``, ``"fp16"``, ``"fp32"``, ``"fp8"``.
         kind: ``"mha"`` (n_kv = n_heads), ``"gqa"`` (the config's ``n_kv_heads``), ``"mqa"``
-            (n_kv = 1), ``"mla"``; ``None`` infers it from ``mla`` and ``n_kv_heads``.
-        mla: MLA's dimensions; ``None`` with ``kind="mla"`` means :func:`default_mla_shape`.
+            (n_kv = 1), ``"mla"``; ``None`` infers it from ``mla``, an MLA config and
+            ``n_kv_heads``.
+        mla: MLA's dimensions; ``None`` with ``kind="mla"`` (or ``None``) means those of an
+            MLA config, else :func:`default_mla_shape`.
 
     Returns:
         The :class:`AttentionCost`.
@@ -326,6 +345,8 @@ def attention_cost(
             ``mla`` given with another kind.
     """
     a = _shape(cfg)
+    if mla is None and kind in (None, "mla"):
+        mla = _config_mla(cfg)
     _check_int("batch", batch)
     _check_int("seq", seq)
     if dtype not in _DTYPE_BYTES:
@@ -372,7 +393,7 @@ def attention_cost_table(
 
     GQA rows use the config's ``n_kv_heads`` when it is strictly between 1 and ``n_heads``,
     else ``n_heads/2``, ``/4`` and ``/8`` where they divide ``n_heads``. The MLA row uses
-    ``mla`` or :func:`default_mla_shape`.
+    ``mla``, else an MLA config's own widths, else :func:`default_mla_shape`.
 
     Args:
         cfg: the model's shape.
@@ -389,7 +410,7 @@ def attention_cost_table(
     """
     a = _shape(cfg)
     assert a.n_kv_heads is not None
-    m = mla or default_mla_shape(a)
+    m = mla or _config_mla(cfg) or default_mla_shape(a)
     costs = [attention_cost(a, batch=batch, seq=seq, dtype=dtype, kind="mha")]
     for g in _gqa_heads(a.n_heads, a.n_kv_heads):
         gqa = dataclasses.replace(a, n_kv_heads=g)

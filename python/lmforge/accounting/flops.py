@@ -17,6 +17,16 @@ Forward-only FLOPs per token are a third of that, ``2·N + 4·L·T·d``; in gene
 cache ``T`` is the number of positions attended. Activation checkpointing re-runs the forward
 (hardware FLOPs ≈ ``8·N``) but MFU counts model FLOPs only (PaLM, App. B), so it lowers MFU.
 Norms, SwiGLU's gating, RoPE, softmax and the loss are elementwise and left out, as everywhere.
+
+The attention term is written for ``2·h·k = 2·d`` (a head's query/key width plus its value
+width, summed over heads). Multi-head latent attention (DeepSeek-V2) has query/key heads of
+``qk_nope_head_dim + qk_rope_head_dim`` and value heads of ``v_head_dim``, so its term is
+``6·L·T·h·(d_qk + d_v)`` in training (MLA's matrices are in N like any other). Multi-token
+prediction (DeepSeek-V3 §2.2) adds, in training only, its modules and one more pass of the shared
+LM head per depth to N (:attr:`~lmforge.accounting.params.ParamCount.mtp_flops_params`) and
+its ``mtp_depth`` blocks to L in the attention term; each depth is counted over the whole
+window (it runs on T − k positions). Inference does not run them, so the forward count leaves
+them out.
 """
 
 from __future__ import annotations
@@ -37,8 +47,18 @@ def _seq_len(cfg: ModelConfig, seq_len: int | None) -> int:
     return seq_len
 
 
+def _attention_width(cfg: ModelConfig) -> int:
+    """Summed over heads, a head's query/key width plus its value width (``2·d`` for MHA)."""
+    if cfg.mla is None:
+        return 2 * cfg.d_model
+    return cfg.n_heads * (cfg.mla.qk_head_dim + cfg.mla.v_head_dim)
+
+
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
     """Training (forward + backward) FLOPs per token: ``6·N + 12·L·T·d``.
+
+    With MLA the attention term is ``6·L·T·h·(d_qk + d_v)``; with MTP, N and L include the MTP
+    modules (see the module docstring).
 
     Args:
         cfg: the model's shape.
@@ -51,11 +71,15 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
         ValueError: ``seq_len`` is not a positive integer.
     """
     t = _seq_len(cfg, seq_len)
-    return 6 * count_params(cfg).flops_params + 12 * cfg.n_layers * t * cfg.d_model
+    pc = count_params(cfg)
+    n_params = pc.flops_params + pc.mtp_flops_params
+    return 6 * n_params + 6 * (cfg.n_layers + cfg.mtp_depth) * t * _attention_width(cfg)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
     """Forward-only FLOPs per token (evaluation, inference): ``2·N + 4·L·T·d``.
+
+    MLA as in :func:`flops_per_token`; MTP modules are not run, so not counted.
 
     Args:
         cfg: the model's shape.
@@ -68,7 +92,7 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int
         ValueError: ``seq_len`` is not a positive integer.
     """
     t = _seq_len(cfg, seq_len)
-    return 2 * count_params(cfg).flops_params + 4 * cfg.n_layers * t * cfg.d_model
+    return 2 * count_params(cfg).flops_params + 2 * cfg.n_layers * t * _attention_width(cfg)
 
 
 @overload

@@ -19,6 +19,13 @@ for attention plus 8·d² for a GELU MLP of width 4·d. A SwiGLU MLP has three m
 width 8/3·d (Shazeer 2020) keeps the same 8·d²: with ``d_ff = 8·d/3`` exactly (d = 768,
 d_ff = 2048) the blocks' matmul weights are exactly ``12·L·d²``; rounding ``d_ff`` up to a
 multiple of 64, or grouped-query attention, moves the exact count off the estimate.
+
+Multi-head latent attention (``attention = "mla"``; DeepSeek-V2 §2.1) replaces ``wq, wk, wv, wo``
+by ``wq`` (or ``wq_a``, ``wq_b`` with a query latent), ``wkv_a``, ``wkv_b``, ``wo``, plus the
+latents' RMSNorm gains (counted with the norms). Multi-token prediction (``mtp_depth``;
+DeepSeek-V3 §2.2) adds per depth a ``2·d × d`` projection, three RMSNorms and one block, kept
+apart as ``mtp``: inference does not run them, training multiplies them and the shared head
+once more per depth (:attr:`ParamCount.mtp_flops_params`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ class ParamCount:
             one, and ``q_norm``/``k_norm`` (``head_dim`` each) per block when ``qk_norm``.
         head: the LM head, ``vocab_size · d_model``; 0 when tied to the embedding.
         tied_head: the LM head shares the embedding's matrix.
+        mtp: every parameter of the ``mtp_depth`` MTP modules (they share the embedding and
+            the head, counted above).
+        mtp_depth: the number of MTP modules.
     """
 
     embedding: int
@@ -50,6 +60,8 @@ class ParamCount:
     norms: int
     head: int
     tied_head: bool
+    mtp: int = 0
+    mtp_depth: int = 0
 
     @property
     def total(self) -> int:
@@ -58,8 +70,9 @@ class ParamCount:
 
     @property
     def non_embedding(self) -> int:
-        """All but the token embedding: blocks, norms and an untied head (Kaplan et al. 2020)."""
-        return self.attention + self.mlp + self.norms + self.head
+        """All but the token embedding: blocks, norms, an untied head (Kaplan et al. 2020) and
+        the MTP modules."""
+        return self.attention + self.mlp + self.norms + self.head + self.mtp
 
     @property
     def blocks_matmul(self) -> int:
@@ -80,6 +93,27 @@ class ParamCount:
         """
         return self.blocks_matmul + self.norms + self.head_matmul
 
+    @property
+    def mtp_flops_params(self) -> int:
+        """What training adds to N for MTP: the modules, and the shared head once per depth."""
+        return self.mtp + self.mtp_depth * self.head_matmul
+
+
+def _attention_params(cfg: ModelConfig) -> tuple[int, int]:
+    """One block's attention: ``(matrix weights, norm gains)``."""
+    d = cfg.d_model
+    assert cfg.n_kv_heads is not None
+    if cfg.mla is None:
+        kv_dim = cfg.n_kv_heads * cfg.head_dim
+        return 2 * d * d + 2 * kv_dim * d, 2 * cfg.head_dim if cfg.qk_norm else 0
+    m, h = cfg.mla, cfg.n_heads
+    if m.q_lora_rank:
+        q, q_norm = m.q_lora_rank * (d + h * m.qk_head_dim), m.q_lora_rank
+    else:
+        q, q_norm = d * h * m.qk_head_dim, 0
+    kv = d * m.cache_width + m.kv_lora_rank * h * (m.qk_nope_head_dim + m.v_head_dim)
+    return q + kv + h * m.v_head_dim * d, q_norm + m.kv_lora_rank
+
 
 def count_params(cfg: ModelConfig) -> ParamCount:
     """Count the model's parameters, part by part, from its config.
@@ -92,22 +126,23 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     """
     d, n_layers = cfg.d_model, cfg.n_layers
     assert cfg.n_kv_heads is not None and cfg.d_ff is not None  # set by __post_init__
-    kv_dim = cfg.n_kv_heads * cfg.head_dim
-    attention = n_layers * (2 * d * d + 2 * kv_dim * d)
-    mlp = n_layers * 3 * d * cfg.d_ff
+    block_attention, attention_norms = _attention_params(cfg)
+    block_mlp = 3 * d * cfg.d_ff
     # A parallel block's attention and MLP share one norm (GPT-J, PaLM).
-    per_block_norms = (1 if cfg.parallel_block else 2) * d + (
-        2 * cfg.head_dim if cfg.qk_norm else 0
-    )
+    per_block_norms = (1 if cfg.parallel_block else 2) * d + attention_norms
     norms = n_layers * per_block_norms + d
     embedding = cfg.vocab_size * d
+    # An MTP module: hidden and embedding norms, the 2d -> d projection, a block, a final norm.
+    mtp_module = 3 * d + 2 * d * d + block_attention + block_mlp + per_block_norms
     return ParamCount(
         embedding=embedding,
-        attention=attention,
-        mlp=mlp,
+        attention=n_layers * block_attention,
+        mlp=n_layers * block_mlp,
         norms=norms,
         head=0 if cfg.tie_embeddings else embedding,
         tied_head=cfg.tie_embeddings,
+        mtp=cfg.mtp_depth * mtp_module,
+        mtp_depth=cfg.mtp_depth,
     )
 
 

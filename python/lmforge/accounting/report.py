@@ -64,6 +64,10 @@ def shape_summary(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, Any
         "seq_len": t,
         "flops_per_token": flops_per_token(cfg, seq_len),
         "forward_flops_per_token": forward_flops_per_token(cfg, seq_len),
+        "attention": cfg.attention,
+        "mla": None if cfg.mla is None else cfg.mla.to_dict(),
+        "mtp_depth": cfg.mtp_depth,
+        "mtp_params": pc.mtp,
     }
 
 
@@ -91,6 +95,19 @@ def shape_report(cfg: ModelConfig, seq_len: int | None = None) -> str:
     s = shape_summary(cfg, seq_len)
     f = format_count
     head = "tied to the embedding" if s["tie_embeddings"] else f"LM head {f(s['head_params'])}"
+    extra = []
+    if cfg.mla is not None:
+        m = cfg.mla
+        extra.append(
+            f"  MLA: q_lora_rank {m.q_lora_rank}, kv_lora_rank {m.kv_lora_rank}, head qk "
+            f"{m.qk_nope_head_dim}+{m.qk_rope_head_dim} (RoPE), v {m.v_head_dim}; "
+            f"cache {m.cache_width} per token per layer"
+        )
+    if cfg.mtp_depth:
+        extra.append(
+            f"  MTP: {cfg.mtp_depth} module(s), {f(s['mtp_params'])} params, loss weight "
+            f"{cfg.mtp_weight} (training only; counted in the train FLOPs)"
+        )
     return "\n".join(
         [
             f"params {f(s['params'])} total, {f(s['non_embedding_params'])} non-embedding "
@@ -102,6 +119,7 @@ def shape_report(cfg: ModelConfig, seq_len: int | None = None) -> str:
             f"{s['aspect_ratio']:.1f}), d_ff {s['d_ff']} ({s['d_ff_ratio']:.2f}·d_model),",
             f"  heads {s['n_heads']} (kv {s['n_kv_heads']}) × head_dim {s['head_dim']}, "
             f"vocab {s['vocab_size']}",
+            *extra,
             f"FLOPs/token {format_flops(s['flops_per_token'])} train (6N + 12·L·T·d, "
             f"T={s['seq_len']}), {format_flops(s['forward_flops_per_token'])} forward",
         ]

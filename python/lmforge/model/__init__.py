@@ -13,7 +13,10 @@ from lmforge.model.kv_cache import KVCache
 from lmforge.model.layers import Embedding, Linear, RMSNorm, SwiGLU
 from lmforge.model.loss import HeadLoss, lm_head_loss, loss_from_logits
 from lmforge.model.masks import document_causal_mask, document_ids
+from lmforge.model.mla import LatentKVCache, MLAConfig, MultiHeadLatentAttention
+from lmforge.model.mtp import MTPModule, MultiTokenPrediction
 from lmforge.model.rope import RotaryEmbedding, apply_rotary
+from lmforge.model.speculative import SpeculativeStats, speculative_generate
 from lmforge.model.transformer import Block, ModelOutput, Transformer
 
 __all__ = [
@@ -22,11 +25,17 @@ __all__ = [
     "Embedding",
     "HeadLoss",
     "KVCache",
+    "LatentKVCache",
     "Linear",
+    "MLAConfig",
+    "MTPModule",
     "ModelConfig",
     "ModelOutput",
+    "MultiHeadLatentAttention",
+    "MultiTokenPrediction",
     "RMSNorm",
     "RotaryEmbedding",
+    "SpeculativeStats",
     "SwiGLU",
     "Transformer",
     "apply_rotary",
@@ -47,4 +56,5 @@ __all__ = [
     "scaled_dot_product_attention",
     "softcap",
     "softmax",
+    "speculative_generate",
 ]

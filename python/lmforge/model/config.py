@@ -18,7 +18,10 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmforge.model.mla.config import MLAConfig
 
 __all__ = ["ModelConfig", "default_d_ff", "pad_vocab_size"]
 
@@ -66,6 +69,16 @@ class ModelConfig:
         eot_id: the end-of-text token id (document separator; generation stops on it).
         activation_checkpointing: recompute each block's activations in the backward pass
             (less memory, about a third more compute).
+        attention: ``"mha"`` (multi-head, grouped-query or multi-query attention, by
+            ``n_kv_heads``) or ``"mla"`` (multi-head latent attention, DeepSeek-V2;
+            :mod:`lmforge.model.mla`).
+        mla: MLA's widths (an :class:`~lmforge.model.mla.MLAConfig` or its dict, the
+            ``[model.mla]`` table); ``None`` with ``attention = "mla"`` means
+            :meth:`MLAConfig.scaled_to` this model.
+        mtp_depth: multi-token prediction modules after the main model (DeepSeek-V3 §2.2;
+            :mod:`lmforge.model.mtp`); 0 disables MTP.
+        mtp_weight: λ, the weight of the MTP loss (the mean over depths of their
+            cross-entropies) added to the main loss; DeepSeek-V3 uses 0.3, then 0.1.
     """
 
     vocab_size: int
@@ -86,6 +99,10 @@ class ModelConfig:
     document_mask: bool = False
     eot_id: int | None = None
     activation_checkpointing: bool = False
+    attention: str = "mha"
+    mla: MLAConfig | None = None
+    mtp_depth: int = 0
+    mtp_weight: float = 0.3
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -121,11 +138,53 @@ class ModelConfig:
             raise ValueError(
                 f"eot_id must be an id in [0, vocab_size={self.vocab_size}), got {self.eot_id!r}"
             )
+        self._check_mla()
+        self._check_mtp()
+
+    def _check_mla(self) -> None:
+        from lmforge.model.mla.config import MLAConfig  # lazily: lmforge.model.mla imports us
+
+        if self.attention not in ("mha", "mla"):
+            raise ValueError(f"attention must be 'mha' or 'mla', got {self.attention!r}")
+        if isinstance(self.mla, dict):
+            object.__setattr__(self, "mla", MLAConfig.from_dict(self.mla))
+        if self.mla is not None and not isinstance(self.mla, MLAConfig):
+            raise ValueError(f"mla must be an MLAConfig or a [model.mla] table, got {self.mla!r}")
+        if self.attention == "mha":
+            if self.mla is not None:
+                raise ValueError("an [model.mla] table was given: set attention = 'mla' to use it")
+            return
+        if self.mla is None:
+            object.__setattr__(self, "mla", MLAConfig.scaled_to(self.d_model, self.head_dim))
+        if self.qk_norm:
+            raise ValueError("qk_norm does not apply to MLA (its latents are normalised already)")
+        if self.n_kv_heads != self.n_heads:
+            raise ValueError(
+                f"n_kv_heads ({self.n_kv_heads}) does not apply to MLA: every head reads the "
+                "shared latent; leave n_kv_heads unset"
+            )
+
+    def _check_mtp(self) -> None:
+        if isinstance(self.mtp_depth, bool) or not isinstance(self.mtp_depth, int):
+            raise ValueError(f"mtp_depth must be an integer >= 0, got {self.mtp_depth!r}")
+        if not 0 <= self.mtp_depth < self.context_length:
+            raise ValueError(
+                f"mtp_depth must be in [0, context_length={self.context_length}), "
+                f"got {self.mtp_depth}"
+            )
+        w = self.mtp_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < math.inf):
+            raise ValueError(f"mtp_weight must be a finite number >= 0, got {w!r}")
 
     @property
     def head_dim(self) -> int:
         """Width of one attention head, ``d_model // n_heads``."""
         return self.d_model // self.n_heads
+
+    @property
+    def rope_dim(self) -> int:
+        """The width RoPE rotates: ``head_dim``, or MLA's ``qk_rope_head_dim``."""
+        return self.head_dim if self.mla is None else self.mla.qk_rope_head_dim
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-serialisable."""

@@ -237,10 +237,13 @@ def check_hf_llama_compatible(config: ModelConfig) -> None:
     """Raises ``ValueError`` when ``config`` uses an option HF's ``LlamaForCausalLM`` lacks.
 
     Raises:
-        ValueError: ``qk_norm``, ``logit_softcap`` or ``parallel_block`` is set (named in the
-            message). Training-only options (``z_loss``, ``document_mask``, ...) are fine.
+        ValueError: ``qk_norm``, ``logit_softcap`` or ``parallel_block`` is set, or the model
+            uses MLA or MTP (named in the message). Training-only options (``z_loss``,
+            ``document_mask``, ...) are fine.
     """
     used = [name for name in _HF_UNSUPPORTED if getattr(config, name) not in (None, False)]
+    used += ["attention"] if config.attention != "mha" else []
+    used += ["mtp_depth"] if config.mtp_depth else []
     if used:
         raise ValueError(
             f"cannot export to Hugging Face Llama: it has no equivalent of "

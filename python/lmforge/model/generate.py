@@ -15,6 +15,9 @@ Design choices:
   acceptable outside training).
 * **Limits are checked up front**: the prompt plus ``max_new_tokens`` must fit in
   ``context_length`` (RoPE tables and training both end there).
+* **Self-speculative decoding** (``speculative=True``, greedy only): a model trained with
+  multi-token prediction drafts tokens with its MTP modules and verifies them with one main
+  forward (:mod:`lmforge.model.speculative`); the output equals plain greedy decoding.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ def generate(
     top_p: float | None = None,
     eot_id: int | None = None,
     generator: torch.Generator | None = None,
+    speculative: bool = False,
 ) -> Tensor:
     """Continue each prompt by up to ``max_new_tokens`` sampled tokens.
 
@@ -130,16 +134,27 @@ def generate(
         top_p: see :func:`sample_next`.
         eot_id: a row that emits this id stops; its remaining columns are ``eot_id``.
         generator: random generator for reproducible sampling.
+        speculative: draft with the model's MTP modules and verify with the main model
+            (:func:`~lmforge.model.speculative.speculative_generate`); needs
+            ``temperature=0`` and a model with ``mtp_depth >= 1``.
 
     Returns:
         int64 ``(batch, seq + max_new_tokens)``: the prompts followed by the new tokens.
 
     Raises:
         ValueError: on a malformed prompt, prompt + ``max_new_tokens`` > ``context_length``,
-            or bad sampling arguments.
+            bad sampling arguments, or ``speculative`` without greedy decoding or MTP modules.
     """
     _check_generate(model, idx, max_new_tokens, eot_id)
     _check_sampling(temperature, top_k, top_p)
+    if speculative:
+        if temperature != 0:
+            raise ValueError(
+                f"speculative decoding is greedy: pass temperature=0 (got {temperature})"
+            )
+        from lmforge.model.speculative import speculative_generate  # it imports this module
+
+        return speculative_generate(model, idx, max_new_tokens, eot_id=eot_id)[0]
     batch, prompt_len = idx.shape
     out = idx.new_full((batch, prompt_len + max_new_tokens), 0 if eot_id is None else eot_id)
     out[:, :prompt_len] = idx

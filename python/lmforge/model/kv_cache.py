@@ -15,7 +15,12 @@ Design choices:
   cache follows the model (float32, bf16, or autocast) without being told.
 * **Document ids** are tracked when the model masks documents, so that generation sees exactly
   the mask training saw (a prompt that contains an end-of-text token starts a new document).
+* **Rollback** (:meth:`KVCache.truncate`): speculative decoding writes draft tokens and keeps
+  only those the model accepts.
 * The cache holds no autograd graph: build and use it under ``torch.no_grad()``.
+* A model with multi-head latent attention gets a
+  :class:`~lmforge.model.mla.cache.LatentKVCache` from :meth:`KVCache.for_model` (latents
+  instead of keys and values); slots cover the multi-token-prediction blocks too.
 """
 
 from __future__ import annotations
@@ -82,11 +87,18 @@ class KVCache:
             max_len: capacity; default ``config.context_length``.
 
         Returns:
-            An empty cache (document ids tracked iff ``config.document_mask``).
+            An empty cache (document ids tracked iff ``config.document_mask``): a
+            :class:`~lmforge.model.mla.cache.LatentKVCache` for an MLA model. It has a slot
+            for each of the ``n_layers + mtp_depth`` blocks (a slot costs memory only once
+            written).
 
         Raises:
             ValueError: if ``max_len`` exceeds ``config.context_length`` or is not positive.
         """
+        if config.mla is not None:
+            from lmforge.model.mla.cache import LatentKVCache  # it subclasses this one
+
+            return LatentKVCache.for_model(config, batch_size, max_len)
         max_len = config.context_length if max_len is None else max_len
         if max_len > config.context_length:
             raise ValueError(
@@ -94,7 +106,7 @@ class KVCache:
             )
         assert config.n_kv_heads is not None
         return cls(
-            n_layers=config.n_layers,
+            n_layers=config.n_layers + config.mtp_depth,
             batch_size=batch_size,
             n_kv_heads=config.n_kv_heads,
             head_dim=config.head_dim,
@@ -180,6 +192,32 @@ class KVCache:
         """
         self._check_room(seq)
         self.pos += seq
+
+    def truncate(self, pos: int) -> None:
+        """Forget the tokens from position ``pos`` on (rejected draft tokens).
+
+        Raises:
+            ValueError: if ``pos`` is not in ``[0, self.pos]``.
+        """
+        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos <= self.pos:
+            raise ValueError(f"truncate position must be in [0, {self.pos}], got {pos!r}")
+        if self._doc_ids is not None and pos < self.pos:
+            # A position's document id depends only on the tokens before it: the id written
+            # at ``pos`` is the one the next token gets.
+            self._next_doc = self._doc_ids[:, pos].clone()
+        self.pos = pos
+
+    def _buffers(self) -> list[Tensor]:
+        return [t for t in (*self.keys, *self.values) if t is not None]
+
+    def bytes_per_token(self) -> int:
+        """Bytes the allocated buffers hold per token of one sequence, all layers.
+
+        Returns:
+            ``sum(buffer bytes) / (batch_size · max_len)``; 0 before the first write.
+        """
+        total = sum(t.numel() * t.element_size() for t in self._buffers())
+        return total // (self.batch_size * self.max_len)
 
     def reset(self) -> None:
         """Forget every cached token (the buffers are kept for reuse)."""

@@ -23,6 +23,11 @@ Design choices:
   metrics are detached tensors, so ``torch.compile(model, fullgraph=True)`` traces one graph.
 * **Activation checkpointing** (optional) recomputes each block in backward
   (``torch.utils.checkpoint``, non-reentrant, Chen et al. 2016).
+* **Attention kind**: ``attention = "mla"`` swaps every block's attention for multi-head latent
+  attention (:mod:`lmforge.model.mla`; RoPE then rotates ``qk_rope_head_dim`` wide parts).
+* **Multi-token prediction** (optional, ``mtp_depth``; :mod:`lmforge.model.mtp`): given
+  targets, the MTP modules run after the main model and their weighted mean cross-entropy is
+  added to the loss (``losses["mtp_k"]`` per depth); without targets they do not run.
 
 Parameter names follow Meta's LLaMA checkpoints (``tok_embeddings``, ``layers.{i}.attention.wq``,
 ``layers.{i}.mlp.w1``, ``norm``, ``output``), which the Hugging Face export maps one to one.
@@ -47,6 +52,8 @@ from lmforge.model.kv_cache import KVCache
 from lmforge.model.layers import Embedding, Linear, RMSNorm, SwiGLU
 from lmforge.model.loss import HeadLoss, lm_head_loss, loss_from_logits
 from lmforge.model.masks import document_block_mask, document_causal_mask, document_ids
+from lmforge.model.mla.attention import MultiHeadLatentAttention
+from lmforge.model.mtp import MultiTokenPrediction
 from lmforge.model.rope import RotaryEmbedding
 
 __all__ = ["Block", "ModelOutput", "Transformer"]
@@ -60,9 +67,11 @@ class ModelOutput:
 
     Attributes:
         logits: float32 ``(batch, seq, vocab_size)``, or ``None`` when ``return_logits=False``.
-        loss: the scalar to back-propagate (cross-entropy + z-loss), ``None`` without targets.
+        loss: the scalar to back-propagate (cross-entropy + z-loss + ``mtp_weight`` × the mean
+            MTP cross-entropy), ``None`` without targets.
         losses: detached named parts of ``loss``: ``"ce"`` and, when enabled, ``"z_loss"``
-            (the weighted term).
+            (the weighted term) and ``"mtp_1"`` … ``"mtp_D"`` (each depth's unweighted
+            cross-entropy).
         metrics: detached scalar tensors for logging (never synchronised inside forward).
         hidden_states: with ``return_hidden_states``, the residual stream after the embedding
             and after each block (``n_layers + 1`` tensors ``(batch, seq, d_model)``, before the
@@ -99,7 +108,8 @@ class Block(nn.Module):
         out_scale = 1.0 / math.sqrt(2 * config.n_layers)
         d, eps = config.d_model, config.norm_eps
         self.attention_norm = RMSNorm(d, eps, device=device, dtype=dtype)
-        self.attention = CausalSelfAttention(
+        attention_cls = MultiHeadLatentAttention if config.mla is not None else CausalSelfAttention
+        self.attention: CausalSelfAttention | MultiHeadLatentAttention = attention_cls(
             config, layer_idx=layer_idx, out_init_scale=out_scale, device=device, dtype=dtype
         )
         self.mlp_norm: RMSNorm | None = None
@@ -170,8 +180,16 @@ class Transformer(nn.Module):
             self.output = Linear(d, config.vocab_size, device=device, dtype=dtype)
             self.output.param_kind = "head"
         self.rope = RotaryEmbedding(
-            config.head_dim, config.context_length, config.rope_theta, device=device
+            config.rope_dim, config.context_length, config.rope_theta, device=device
         )
+        self.mtp: MultiTokenPrediction | None = None
+        if config.mtp_depth:
+            self.mtp = MultiTokenPrediction(
+                config,
+                lambda i: Block(config, i, device=device, dtype=dtype),
+                device=device,
+                dtype=dtype,
+            )
 
     @property
     def head_weight(self) -> Tensor:
@@ -314,9 +332,12 @@ class Transformer(nn.Module):
                 ``context_length``, or ``return_logits=False`` without targets.
         """
         self._check_inputs(idx, targets, return_logits, kv_cache is not None)
+        run_mtp = self.mtp is not None and targets is not None and kv_cache is None
         hidden, states = self.forward_hidden(
-            idx, kv_cache=kv_cache, return_hidden_states=return_hidden_states
+            idx, kv_cache=kv_cache, return_hidden_states=return_hidden_states or run_mtp
         )
+        residual = states[-1] if run_mtp and states is not None else None
+        states = states if return_hidden_states else None
         metrics = self._layer_metrics()
         if targets is None:
             all_logits = self.logits(hidden)
@@ -327,9 +348,42 @@ class Transformer(nn.Module):
         if self.config.z_loss > 0:
             losses["z_loss"] = head.z_loss
         metrics.update(head.metrics)
+        loss = head.loss
+        if residual is not None:
+            mtp_loss, mtp_ces = self._mtp_loss(residual, idx, targets)
+            loss = loss + self.config.mtp_weight * mtp_loss
+            losses.update({f"mtp_{k}": ce for k, ce in enumerate(mtp_ces, start=1)})
         return ModelOutput(
-            logits=logits, loss=head.loss, losses=losses, metrics=metrics, hidden_states=states
+            logits=logits, loss=loss, losses=losses, metrics=metrics, hidden_states=states
         )
+
+    def _mtp_loss(
+        self, residual: Tensor, idx: Tensor, targets: Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The mean over depths of the MTP cross-entropies, and each one (detached)."""
+        assert self.mtp is not None
+        recompute = self.config.activation_checkpointing and torch.is_grad_enabled()
+        outs = self.mtp(
+            residual,
+            idx,
+            self.tok_embeddings,
+            self.rope,
+            lambda window: self._attention_mask(window, None),
+            recompute=recompute,
+        )
+        if not outs:  # a window of one token has nothing to predict further ahead
+            return residual.new_zeros((), dtype=torch.float32), []
+        heads = [
+            lm_head_loss(
+                h,
+                self.head_weight,
+                targets[:, k:],
+                softcap=self.config.logit_softcap,
+                chunk_size=self.loss_chunk_size,
+            )
+            for k, h in enumerate(outs, start=1)
+        ]
+        return torch.stack([h.loss for h in heads]).mean(), [h.ce for h in heads]
 
     def after_optimizer_step(self) -> None:
         """The hook the trainer calls after every optimizer step.

@@ -93,11 +93,13 @@ def generate_text(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    speculative: bool = False,
 ) -> list[str]:
     """Continue ``prompt`` ``num_samples`` times; each text includes the prompt.
 
     Generation stops at the model's ``eot_id`` or after ``max_new_tokens`` (fewer when the
-    context would overflow).
+    context would overflow). ``speculative`` drafts with the model's MTP modules (greedy only;
+    see :func:`lmforge.model.generate.generate`).
 
     Raises:
         ValueError: an empty prompt, a prompt as long as the context, or ``num_samples < 1``.
@@ -131,6 +133,7 @@ def generate_text(
             top_p=top_p,
             eot_id=model.config.eot_id,
             generator=generator,
+            speculative=speculative,
         )
     texts = []
     for row in out.tolist():

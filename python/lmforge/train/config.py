@@ -9,7 +9,8 @@ only its own config)::
 
 ``load_run_config(path, overrides)`` reads it and applies ``--set table.key=value`` overrides
 (values are parsed as TOML, so ``--set train.compile=true``, ``--set optim.lr=1e-3`` and
-``--set train.train_data="a.bin"`` all work; a bare word falls back to a string). The trainer
+``--set train.train_data="a.bin"`` all work; a bare word falls back to a string; a dotted key
+such as ``--set model.mla.kv_lora_rank=64`` sets a key of a nested table). The trainer
 writes the resolved config back as ``config.toml`` in the run directory, so a run can be
 reproduced from its folder alone.
 """
@@ -234,6 +235,9 @@ def _train_from_dict(data: dict[str, Any]) -> TrainConfig:
 def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     """Parse ``table.key=value`` strings into nested tables.
 
+    A dotted key goes into a nested table: ``model.mla.kv_lora_rank=64`` →
+    ``{"model": {"mla": {"kv_lora_rank": 64}}}``.
+
     Raises:
         ValueError: an override without ``=`` or without a ``table.`` prefix.
     """
@@ -241,10 +245,25 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         table, dot, name = key.strip().partition(".")
-        if not sep or not dot or not table or not name:
+        if not sep or not dot or not table or not name or "" in name.split("."):
             raise ValueError(f"--set {item!r}: expected table.key=value, e.g. --set optim.lr=1e-3")
-        out.setdefault(table, {})[name] = _parse_value(raw.strip())
+        *parents, leaf = name.split(".")
+        node = out.setdefault(table, {})
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {parent!r} is set as a value and a table")
+        node[leaf] = _parse_value(raw.strip())
     return out
+
+
+def _merge(base: dict[str, Any], updates: dict[str, Any]) -> None:
+    """Update ``base`` in place; nested tables are merged key by key, not replaced."""
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def _parse_value(raw: str) -> Any:
@@ -298,8 +317,7 @@ def load_run_config(
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{p}: invalid TOML ({err})") from None
-    for table, values in parse_overrides(overrides or []).items():
-        data.setdefault(table, {}).update(values)
+    _merge(data, parse_overrides(overrides or []))
     return RunConfig.from_dict(data)
 
 
@@ -325,7 +343,7 @@ def load_model_config(
     for name, values in parse_overrides(items).items():
         if name != "model":
             raise ValueError(f"only model.* values can be set here, got [{name}]")
-        table.update(values)
+        _merge(table, values)
     return ModelConfig.from_dict(table)
 
 
@@ -342,7 +360,8 @@ def to_toml(config: RunConfig) -> str:
 
 
 def toml_value(value: Any) -> str:
-    """One value written as TOML (a string quoted and escaped, a list in brackets)."""
+    """One value written as TOML (a string quoted and escaped, a list in brackets, a dict as an
+    inline table without its ``None`` values)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -351,6 +370,9 @@ def toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(items) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
