@@ -41,6 +41,10 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from lmforge.tokenizer import Tokenizer
 
     specials = [] if args.no_special_tokens else (args.special_token or ["<|endoftext|>"])
+    if args.encoder_specials:  # [CLS] [SEP] [MASK] [PAD], for objective = "mlm"
+        from lmforge.tokenizer import ENCODER_SPECIAL_TOKENS
+
+        specials += [t for t in ENCODER_SPECIAL_TOKENS if t not in specials]
     tok = Tokenizer.train(
         args.inputs,
         args.vocab_size,
@@ -381,6 +385,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a special token (repeatable; default <|endoftext|>)",
     )
     t.add_argument("--no-special-tokens", action="store_true", help="train without specials")
+    t.add_argument(
+        "--encoder-specials",
+        action="store_true",
+        help="also add [CLS] [SEP] [MASK] [PAD] (for an encoder trained with objective=mlm)",
+    )
     t.add_argument("--pattern", default="gpt2", help="gpt2, cl100k, o200k or a regex")
     t.add_argument("--out", default="tokenizer.json", help="where to save the tokenizer")
     t.add_argument("--threads", type=int, default=None, help="worker threads (default: all)")
