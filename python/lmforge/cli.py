@@ -126,9 +126,11 @@ def _print_train_result(result: Any) -> None:
     )
     if result.val is not None:
         bpb = result.val.bits_per_byte
+        acc = result.val.accuracy
         print(
             f"val loss {result.val.loss:.4f}, perplexity {result.val.perplexity:.2f}"
             + (f", {bpb:.4f} bits/byte" if bpb is not None else "")
+            + (f", masked-token accuracy {acc:.3f}" if acc is not None else "")
         )
     print(f"run directory: {result.run_dir} (metrics.jsonl, plots, checkpoints)")
     sample = result.run_dir / "sample.txt"
@@ -186,6 +188,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         vocab_size=trained.config.vocab_size,
         fingerprint=tok.fingerprint if tok is not None else None,
     )
+    if not trained.config.causal:  # an encoder: masked-token loss and accuracy
+        from lmforge.train.mlm import MLMObjective
+
+        objective = MLMObjective.from_tokenizer(_tokenizer_of(trained), 0.15, seed=0)
+        result = objective.evaluate(
+            trained.model,
+            data.tokens,
+            batch_size=args.batch_size,
+            context_length=trained.config.context_length,
+            device=device,
+            max_batches=args.batches,
+        )
+        print(
+            f"step {trained.step}: masked-token loss {result.loss:.4f}, accuracy "
+            f"{result.accuracy:.4f} over {result.tokens:,} masked tokens"
+        )
+        return 0
     result = evaluate(
         trained.model,
         data.tokens,
