@@ -511,7 +511,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     em.add_argument("--texts", required=True, help="a UTF-8 file, one text per line")
     em.add_argument("--out", required=True, help="the .npy file to write (n_texts, d_model)")
     em.add_argument("--layer", type=int, default=-1, help="0 = embedding, -1 = last block")
-    em.add_argument("--pooling", choices=["mean", "last"], default="mean")
+    em.add_argument("--pooling", choices=["mean", "last", "cls"], default="mean")
     em.add_argument(
         "--reference",
         default=None,
