@@ -231,3 +231,26 @@ def test_mlm_learns_to_fill_in_from_both_sides(one_thread: None) -> None:
     # chance is 1/15. The copy tells the answer unless it was masked (12%) or replaced by a
     # random id (1.5%) itself: the best possible accuracy is about 0.865 + 0.135 / 15 = 0.874
     assert out.metrics["accuracy"] > 0.8, out.metrics["accuracy"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+def test_compiled_encoder_matches_eager_bf16_on_cuda(padded: bool) -> None:
+    """The MLM training step compiles as one graph; with padding, the masked SDPA kernel."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Encoder(tiny_config(causal=False, context_length=256, n_kv_heads=2)).cuda().train()
+    compiled = torch.compile(model, fullgraph=True)
+    idx = tokens((4, 256)).cuda()
+    tgt = torch.where(torch.rand(4, 256, device="cuda") < 0.15, idx, -100)
+    real = (
+        (torch.arange(256, device="cuda") < torch.tensor([[256], [200], [17], [1]], device="cuda"))
+        if padded
+        else None
+    )
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = model(idx, tgt, attention_mask=real, return_logits=False)
+        out = compiled(idx, tgt, attention_mask=real, return_logits=False)
+    torch.testing.assert_close(out.loss, eager.loss, rtol=2e-2, atol=2e-2)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

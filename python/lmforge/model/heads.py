@@ -8,7 +8,7 @@ cross-entropy (``-100`` ignored, padded positions ignored) and ``metrics["accura
 Design choices:
 
 * **Sequence classification reads the first position**, which must hold ``[CLS]``
-  (:meth:`lmforge.tokenizer.EncoderSpecials.encode` puts it there): the final hidden state →
+  (:meth:`lmforge.tokenizer.EncoderSpecials.wrap` puts it there): the final hidden state →
   ``tanh(dense(h))`` → ``Linear(num_labels)``, BERT's pooler followed by a classifier (Devlin
   et al. 2019, §3; RoBERTa's classification head has the same shape). A sentence pair is one
   input, ``[CLS] a [SEP] b [SEP]``, read by the same head.
