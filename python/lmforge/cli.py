@@ -41,6 +41,10 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from lmforge.tokenizer import Tokenizer
 
     specials = [] if args.no_special_tokens else (args.special_token or ["<|endoftext|>"])
+    if args.encoder_specials:  # [CLS] [SEP] [MASK] [PAD], for objective = "mlm"
+        from lmforge.tokenizer import ENCODER_SPECIAL_TOKENS
+
+        specials += [t for t in ENCODER_SPECIAL_TOKENS if t not in specials]
     tok = Tokenizer.train(
         args.inputs,
         args.vocab_size,
@@ -122,9 +126,11 @@ def _print_train_result(result: Any) -> None:
     )
     if result.val is not None:
         bpb = result.val.bits_per_byte
+        acc = result.val.accuracy
         print(
             f"val loss {result.val.loss:.4f}, perplexity {result.val.perplexity:.2f}"
             + (f", {bpb:.4f} bits/byte" if bpb is not None else "")
+            + (f", masked-token accuracy {acc:.3f}" if acc is not None else "")
         )
     print(f"run directory: {result.run_dir} (metrics.jsonl, plots, checkpoints)")
     sample = result.run_dir / "sample.txt"
@@ -183,6 +189,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         vocab_size=trained.config.vocab_size,
         fingerprint=tok.fingerprint if tok is not None else None,
     )
+    if not trained.config.causal:  # an encoder: masked-token loss and accuracy
+        from lmforge.train.mlm import MLMObjective
+
+        objective = MLMObjective.from_tokenizer(_tokenizer_of(trained), 0.15, seed=0)
+        result = objective.evaluate(
+            trained.model,
+            data.tokens,
+            batch_size=args.batch_size,
+            context_length=trained.config.context_length,
+            device=device,
+            max_batches=args.batches,
+        )
+        print(
+            f"step {trained.step}: masked-token loss {result.loss:.4f}, accuracy "
+            f"{result.accuracy:.4f} over {result.tokens:,} masked tokens"
+        )
+        return 0
     result = evaluate(
         trained.model,
         data.tokens,
@@ -382,6 +405,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a special token (repeatable; default <|endoftext|>)",
     )
     t.add_argument("--no-special-tokens", action="store_true", help="train without specials")
+    t.add_argument(
+        "--encoder-specials",
+        action="store_true",
+        help="also add [CLS] [SEP] [MASK] [PAD] (for an encoder trained with objective=mlm)",
+    )
     t.add_argument("--pattern", default="gpt2", help="gpt2, cl100k, o200k or a regex")
     t.add_argument("--out", default="tokenizer.json", help="where to save the tokenizer")
     t.add_argument("--threads", type=int, default=None, help="worker threads (default: all)")
@@ -490,7 +518,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     em.add_argument("--texts", required=True, help="a UTF-8 file, one text per line")
     em.add_argument("--out", required=True, help="the .npy file to write (n_texts, d_model)")
     em.add_argument("--layer", type=int, default=-1, help="0 = embedding, -1 = last block")
-    em.add_argument("--pooling", choices=["mean", "last"], default="mean")
+    em.add_argument("--pooling", choices=["mean", "last", "cls"], default="mean")
     em.add_argument(
         "--reference",
         default=None,

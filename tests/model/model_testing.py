@@ -63,8 +63,11 @@ def rms_norm64(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return x / torch.sqrt(x.square().mean(-1, keepdim=True) + eps) * weight.double()
 
 
-def attention64(attn: Any, x: Tensor, mask: Tensor | None = None, theta: float = 1e4) -> Tensor:
-    """A straightforward float64 causal self-attention with ``attn``'s weights.
+def attention64(
+    attn: Any, x: Tensor, mask: Tensor | None = None, theta: float = 1e4, causal: bool = True
+) -> Tensor:
+    """A straightforward float64 self-attention with ``attn``'s weights (causal by default;
+    ``mask`` broadcastable to ``(batch, seq, seq)``, True = may attend).
 
     Loops over heads, repeats key/value heads by grouping, rotates with :func:`complex_rope`.
     """
@@ -78,7 +81,9 @@ def attention64(attn: Any, x: Tensor, mask: Tensor | None = None, theta: float =
         q = rms_norm64(q, attn.q_norm.weight, attn.q_norm.eps)
         k = rms_norm64(k, attn.k_norm.weight, attn.k_norm.eps)
     pos = torch.arange(t)
-    allowed = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    allowed = torch.ones(t, t, dtype=torch.bool)
+    if causal:
+        allowed = torch.tril(allowed)
     if mask is not None:
         allowed = allowed & mask
     heads = []

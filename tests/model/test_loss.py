@@ -128,3 +128,19 @@ def test_errors() -> None:
         lm_head_loss(hidden, weight, targets[:-1])
     with pytest.raises(ValueError, match="integer"):
         loss_from_logits(hidden @ weight.T, targets.double())
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 4])
+def test_accuracy_counts_argmax_hits_over_targets(chunk_size: int | None) -> None:
+    hidden, weight, targets = _inputs(rows=40, vocab=5, scale=3.0)
+    logits = hidden @ weight.T
+    targets[::3] = logits.argmax(-1)[::3]  # about a third right for sure, some others by chance
+    keep = targets != -100
+    expected = (logits.argmax(-1)[keep] == targets[keep]).double().mean()
+    fused = lm_head_loss(hidden, weight, targets, chunk_size=chunk_size, accuracy=True)
+    torch.testing.assert_close(fused.metrics["accuracy"], expected)
+    dense = loss_from_logits(logits, targets, accuracy=True)
+    torch.testing.assert_close(dense.metrics["accuracy"], expected)
+    assert "accuracy" not in lm_head_loss(hidden, weight, targets).metrics
+    fused.loss.backward()  # the extra output does not disturb the gradients
+    assert hidden.grad is not None and weight.grad is not None

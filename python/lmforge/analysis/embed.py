@@ -9,17 +9,21 @@ z-scores the dimensions with statistics fitted on a reference set, and
 
 Design choices:
 
-* **Right padding, no attention mask.** Texts are padded at the end with token 0. The model is
-  causal, so a real token never attends to the pads after it and its hidden state equals the
+* **Right padding, no attention mask** for a causal model. Texts are padded at the end with
+  token 0; a real token never attends to the pads after it and its hidden state equals the
   one of the unpadded text; the pads' own states are dropped by the pooling. Texts longer than
   the context are truncated to their first ``context_length`` tokens (logged).
+* **An encoder reads** ``[CLS] text [SEP]``, padded with ``[PAD]`` under an attention mask
+  (:class:`~lmforge.model.Encoder`; the tokenizer needs the encoder specials), texts truncated
+  to ``context_length - 2`` tokens; mean pooling covers ``[CLS]`` and ``[SEP]`` too (every
+  position the mask marks real, as Sentence-BERT's mean pooling does).
 * **The residual stream, before the final norm.** ``layer=-1`` is the stream after the last
   block, as :attr:`~lmforge.model.ModelOutput.hidden_states` holds it, not the normalised input
   of the LM head: every layer is then read the same way.
-* **Pooling: ``"mean"`` or ``"last"``.** Mean pooling averages the real tokens (Reimers &
-  Gurevych 2019 found it the best of the simple poolings); ``"last"`` takes the last real token,
-  the only one that has seen the whole text in a causal model. There is no ``"cls"``: a
-  decoder has no [CLS] token; it comes with the bidirectional encoder of a later issue.
+* **Pooling: ``"mean"``, ``"last"`` or ``"cls"``.** Mean pooling averages the real tokens
+  (Reimers & Gurevych 2019 found it the best of the simple poolings); ``"last"`` takes the last
+  real token, the only one that has seen the whole text in a causal model; ``"cls"`` takes the
+  ``[CLS]`` state of an encoder (BERT's sentence representation; a decoder has none).
 * **Standardise before comparing.** Contextual embeddings are anisotropic: they share a large
   common direction, so any two texts have a high cosine similarity (Ethayarajh 2019, "How
   contextual are contextualized word representations?"), and a few "rogue" dimensions with a
@@ -43,8 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lmforge.model.encoder import Encoder
 from lmforge.model.transformer import Transformer
-from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer import EncoderSpecials, Tokenizer
 
 __all__ = [
     "Pooling",
@@ -59,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Pooling = Literal["mean", "last"]
+Pooling = Literal["mean", "last", "cls"]
 
 _PAD_ID = 0  # any id works: right pads are never attended by real tokens of a causal model
 
@@ -74,12 +79,15 @@ class TokenStates:
         mask: bool ``(n_texts, seq)``, True at real tokens.
         token_ids: int64 ``(n_texts, seq)``, the (padded, truncated) input ids.
         layer: the non-negative layer index the states were read from.
+        has_cls: the rows start with ``[CLS]`` (an encoder's ``[CLS] text [SEP]``), so
+            ``"cls"`` pooling applies.
     """
 
     states: Tensor
     mask: Tensor
     token_ids: Tensor
     layer: int
+    has_cls: bool = False
 
 
 def resolve_layer(layer: int, n_layers: int) -> int:
@@ -109,8 +117,10 @@ def _check_texts(texts: Sequence[str]) -> None:
         raise ValueError("texts is empty: give at least one text")
 
 
-def _encode(tokenizer: Tokenizer, texts: Sequence[str], context: int) -> list[list[int]]:
+def _encode(model: Transformer, tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     _check_texts(texts)
+    specials = EncoderSpecials.of(tokenizer) if isinstance(model, Encoder) else None
+    context = model.config.context_length - (0 if specials is None else 2)
     ids = tokenizer.encode_batch(list(texts))
     for i, row in enumerate(ids):
         if not row:
@@ -118,12 +128,18 @@ def _encode(tokenizer: Tokenizer, texts: Sequence[str], context: int) -> list[li
     long = sum(len(row) > context for row in ids)
     if long:
         log.info("%d of %d texts truncated to the context of %d tokens", long, len(ids), context)
+    if specials is not None:
+        return [specials.wrap(row[:context]) for row in ids]
     return [row[:context] for row in ids]
 
 
-def _pad(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
+def _pad_id(model: Transformer, tokenizer: Tokenizer) -> int:
+    return EncoderSpecials.of(tokenizer).pad_id if isinstance(model, Encoder) else _PAD_ID
+
+
+def _pad(rows: list[list[int]], pad_id: int = _PAD_ID) -> tuple[Tensor, Tensor]:
     width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), _PAD_ID, dtype=torch.int64)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
@@ -132,10 +148,16 @@ def _pad(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _batch_states(model: Transformer, rows: list[list[int]], layer: int) -> Tensor:
+def _batch_states(model: Transformer, rows: list[list[int]], layer: int, pad_id: int) -> Tensor:
     """``(len(rows), longest row, d_model)`` float32 CPU states of one right-padded batch."""
-    ids, _ = _pad(rows)
-    _, states = model.forward_hidden(ids.to(model.head_weight.device), return_hidden_states=True)
+    ids, mask = _pad(rows, pad_id)
+    device = model.head_weight.device
+    if isinstance(model, Encoder):  # bidirectional: pads must be masked out
+        _, states = model.forward_hidden(
+            ids.to(device), attention_mask=mask.to(device), return_hidden_states=True
+        )
+    else:
+        _, states = model.forward_hidden(ids.to(device), return_hidden_states=True)
     assert states is not None
     return states[layer].float().cpu()
 
@@ -168,28 +190,29 @@ def token_states(
     """
     _check_batch_size(batch_size)
     index = resolve_layer(layer, model.config.n_layers)
-    rows = _encode(tokenizer, texts, model.config.context_length)
-    return _states_of_rows(model, rows, index, batch_size)
+    rows = _encode(model, tokenizer, texts)
+    return _states_of_rows(model, rows, index, batch_size, _pad_id(model, tokenizer))
 
 
 def _states_of_rows(
-    model: Transformer, rows: list[list[int]], layer: int, batch_size: int
+    model: Transformer, rows: list[list[int]], layer: int, batch_size: int, pad_id: int
 ) -> TokenStates:
-    ids, mask = _pad(rows)
+    ids, mask = _pad(rows, pad_id)
     states = torch.zeros((*ids.shape, model.config.d_model), dtype=torch.float32)
     for start in range(0, len(rows), batch_size):
-        chunk = _batch_states(model, rows[start : start + batch_size], layer)
+        chunk = _batch_states(model, rows[start : start + batch_size], layer, pad_id)
         states[start : start + len(chunk), : chunk.shape[1]] = chunk
-    return TokenStates(states=states, mask=mask, token_ids=ids, layer=layer)
+    encoder = isinstance(model, Encoder)
+    return TokenStates(states=states, mask=mask, token_ids=ids, layer=layer, has_cls=encoder)
 
 
-def _check_pooling(pooling: str) -> None:
-    if pooling in ("mean", "last"):
+def _check_pooling(pooling: str, has_cls: bool) -> None:
+    if pooling in ("mean", "last") or (pooling == "cls" and has_cls):
         return
     hint = (
-        "a causal model has no [CLS] token (it comes with the encoder model); use 'last'"
+        "a causal model has no [CLS] token (use an lmforge.model.Encoder, or 'last')"
         if pooling == "cls"
-        else "use 'mean' or 'last'"
+        else "use 'mean' or 'last' (or 'cls' for an encoder)"
     )
     raise ValueError(f"unknown pooling {pooling!r}: {hint}")
 
@@ -199,15 +222,18 @@ def pool_states(states: TokenStates, pooling: Pooling = "mean") -> Tensor:
 
     Args:
         states: what :func:`token_states` returned.
-        pooling: ``"mean"`` over the real tokens, or ``"last"``: the last real token's state.
+        pooling: ``"mean"`` over the real tokens, ``"last"``: the last real token's state, or
+            ``"cls"``: the first (``[CLS]``) state of an encoder's rows.
 
     Returns:
         float32 ``(n_texts, d_model)``.
 
     Raises:
-        ValueError: an unknown pooling (``"cls"`` included: a causal model has no [CLS]).
+        ValueError: an unknown pooling, or ``"cls"`` for states of a causal model (no [CLS]).
     """
-    _check_pooling(pooling)
+    _check_pooling(pooling, states.has_cls)
+    if pooling == "cls":
+        return states.states[:, 0]
     if pooling == "last":
         last = states.mask.sum(1) - 1
         return states.states[torch.arange(len(last)), last]
@@ -231,7 +257,8 @@ def embed_texts(
         tokenizer: the tokenizer the model was trained with.
         texts: the texts (see :func:`token_states` for truncation and padding).
         layer: which residual stream (``0`` = embedding, ``-1`` = after the last block).
-        pooling: ``"mean"`` over the real tokens, or ``"last"`` real token.
+        pooling: ``"mean"`` over the real tokens, the ``"last"`` real token, or ``"cls"``
+            (an :class:`~lmforge.model.Encoder`'s ``[CLS]`` state).
         batch_size: texts per forward pass.
 
     Returns:
@@ -240,12 +267,15 @@ def embed_texts(
     Raises:
         ValueError: as :func:`token_states` and :func:`pool_states`.
     """
-    _check_pooling(pooling)  # before the forward passes, not after
+    _check_pooling(pooling, isinstance(model, Encoder))  # before the forward passes
     _check_batch_size(batch_size)
     index = resolve_layer(layer, model.config.n_layers)
-    rows = _encode(tokenizer, texts, model.config.context_length)
+    rows = _encode(model, tokenizer, texts)
+    pad_id = _pad_id(model, tokenizer)
     parts = [  # pooled batch by batch: only one batch's token states exist at a time
-        pool_states(_states_of_rows(model, rows[i : i + batch_size], index, batch_size), pooling)
+        pool_states(
+            _states_of_rows(model, rows[i : i + batch_size], index, batch_size, pad_id), pooling
+        )
         for i in range(0, len(rows), batch_size)
     ]
     return torch.cat(parts)

@@ -102,13 +102,17 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> np.n
     return np.asarray(tokens[index], dtype=np.int64)
 
 
-def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    w = torch.from_numpy(windows)
+def copy_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a tensor on ``device``; on CUDA through pinned memory, asynchronously."""
+    w = torch.from_numpy(array)
     if device.type == "cuda":
         # pinned memory lets the copy run asynchronously, overlapping the previous step
-        w = w.pin_memory().to(device, non_blocking=True)
-    else:
-        w = w.to(device)
+        return w.pin_memory().to(device, non_blocking=True)
+    return w.to(device)
+
+
+def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    w = copy_to_device(windows, device)
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 

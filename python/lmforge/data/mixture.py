@@ -266,6 +266,18 @@ class MixtureSampler:
         """
         return self._split(self.global_starts(step))
 
+    def first_row(self, micro_step: int) -> int:
+        """The index in the global batch of micro-batch ``micro_step``'s first window on this
+        rank (rows are ``first_row(i) + arange(micro_batch)``): what per-window randomness,
+        such as MLM masks, is keyed on so it does not depend on the split into ranks.
+
+        Raises:
+            ValueError: ``micro_step`` outside ``[0, grad_accum)``.
+        """
+        if not 0 <= micro_step < self.grad_accum:
+            raise ValueError(f"micro_step must be in [0, {self.grad_accum}), got {micro_step}")
+        return self.rank * (self.global_batch // self.world_size) + micro_step * self.micro_batch
+
     def next_step(self) -> list[MixtureStarts]:
         """This rank's micro-batches for the next optimizer step; advance and count the step.
 
@@ -387,6 +399,20 @@ def gather_mixture_batch(
             too short for ``context_length``, or a start out of its source's range.
     """
     dev = resolve_device(device)
+    return _to_device(gather_mixture_windows(token_arrays, sources, starts, context_length), dev)
+
+
+def gather_mixture_windows(
+    token_arrays: Sequence[TokenArray],
+    sources: np.ndarray,
+    starts: np.ndarray,
+    context_length: int,
+) -> np.ndarray:
+    """The windows of :func:`gather_mixture_batch` on the host: int64 ``(len(starts), T + 1)``.
+
+    Raises:
+        ValueError: as :func:`gather_mixture_batch` (for the arguments it shares).
+    """
     sources, starts = _check_index_arrays(sources, starts, len(token_arrays))
     windows = np.empty((len(starts), context_length + 1), dtype=np.int64)
     for s in np.unique(sources).tolist():
@@ -400,7 +426,7 @@ def gather_mixture_batch(
                 f"tokens: with context_length {context_length:,}, starts are 0 to {n_starts - 1:,}"
             )
         windows[rows] = _gather(arr, starts[rows], context_length)
-    return _to_device(windows, dev)
+    return windows
 
 
 def _check_index_arrays(sources: Any, starts: Any, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""``ModelConfig``: the shape and options of a Transformer language model.
+"""``ModelConfig``: the shape and options of a Transformer language model (or encoder).
 
 One frozen dataclass, validated on construction and saved as JSON beside every checkpoint, so a
 checkpoint always says how to rebuild its model. Field names are the field's own
@@ -79,6 +79,10 @@ class ModelConfig:
             :mod:`lmforge.model.mtp`); 0 disables MTP.
         mtp_weight: λ, the weight of the MTP loss (the mean over depths of their
             cross-entropies) added to the main loss; DeepSeek-V3 uses 0.3, then 0.1.
+        causal: ``True`` (default) for the decoder-only LM (:class:`~lmforge.model.Transformer`);
+            ``False`` for the bidirectional encoder of masked language modelling
+            (:class:`~lmforge.model.encoder.Encoder`, the same blocks without the causal mask;
+            ``train.objective = "mlm"`` sets it).
     """
 
     vocab_size: int
@@ -103,6 +107,7 @@ class ModelConfig:
     mla: MLAConfig | None = None
     mtp_depth: int = 0
     mtp_weight: float = 0.3
+    causal: bool = True
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -132,6 +137,8 @@ class ModelConfig:
             raise ValueError(f"z_loss must be a number >= 0, got {self.z_loss!r}")
         if self.logit_softcap is not None:
             _positive_float("logit_softcap", self.logit_softcap)
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be true or false, got {self.causal!r}")
         if self.eot_id is not None and not (
             isinstance(self.eot_id, int) and 0 <= self.eot_id < self.vocab_size
         ):

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from lmforge._atomic import write_atomic_path
 from lmforge.model.config import ModelConfig
+from lmforge.model.encoder import build_model
 from lmforge.model.transformer import Transformer
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def load_safetensors(out_dir: PathLike, *, device: str | torch.device = "cpu") -
         state = {key: f.get_tensor(key) for key in f.keys()}
     for alias, source in json.loads(metadata.get(_ALIASES_KEY, "{}")).items():
         state[alias] = state[source]
-    model = Transformer(config)
+    model = build_model(config)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())
@@ -237,10 +238,16 @@ def check_hf_llama_compatible(config: ModelConfig) -> None:
     """Raises ``ValueError`` when ``config`` uses an option HF's ``LlamaForCausalLM`` lacks.
 
     Raises:
-        ValueError: ``qk_norm``, ``logit_softcap`` or ``parallel_block`` is set, or the model
-            uses MLA or MTP (named in the message). Training-only options (``z_loss``,
-            ``document_mask``, ...) are fine.
+        ValueError: ``qk_norm``, ``logit_softcap`` or ``parallel_block`` is set, the model
+            uses MLA or MTP (named in the message), or it is a bidirectional encoder
+            (``causal=False``). Training-only options (``z_loss``, ``document_mask``, ...) are
+            fine.
     """
+    if not config.causal:
+        raise ValueError(
+            "cannot export a bidirectional encoder (model.causal=false) as a Hugging Face Llama, "
+            "a causal LM; use export_safetensors for this model"
+        )
     used = [name for name in _HF_UNSUPPORTED if getattr(config, name) not in (None, False)]
     used += ["attention"] if config.attention != "mha" else []
     used += ["mtp_depth"] if config.mtp_depth else []

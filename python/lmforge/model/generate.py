@@ -90,6 +90,11 @@ def sample_next(
 
 def _check_generate(model: Transformer, idx: Tensor, max_new_tokens: int, eot_id: int | None):
     cfg = model.config
+    if not cfg.causal:
+        raise ValueError(
+            "a bidirectional encoder (model.causal=false, trained with objective=mlm) cannot "
+            "generate text: it predicts masked tokens, not the next one"
+        )
     if idx.ndim != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
         raise ValueError(
             f"idx must be an integer (batch, seq) tensor (use idx[None] for one prompt), "

@@ -20,6 +20,8 @@ Design choices:
   that reads the low-precision logits twice instead of materialising them in float32.
 * **Ignored targets** (``-100``, as in ``F.cross_entropy``) are left out of both means; a batch
   with no target at all has loss 0 rather than NaN.
+* **Accuracy on request** (``accuracy=True``, the masked-LM metric): the share of targets that
+  are their row's argmax, counted chunk by chunk from the logits the loss already computes.
 * The named parts (``ce``, the weighted ``z_loss`` term) and the metrics are detached:
   back-propagate ``loss``. Metrics are tensors (no ``.item()``: no GPU sync, no graph break).
 """
@@ -49,8 +51,9 @@ class HeadLoss:
         loss: scalar to back-propagate, ``ce + z_loss``.
         ce: detached mean cross-entropy over the targets not ignored.
         z_loss: detached weighted z-loss term (0 when disabled).
-        metrics: detached scalars: ``logits/max_abs``, ``z/mean_logsumexp`` and, with soft-capping,
-            ``logits/max_abs_raw`` (before the cap).
+        metrics: detached scalars: ``logits/max_abs``, ``z/mean_logsumexp``, with soft-capping
+            ``logits/max_abs_raw`` (before the cap) and, when asked for, ``accuracy`` (the share
+            of targets not ignored that are their row's argmax).
     """
 
     loss: Tensor
@@ -85,12 +88,18 @@ def _finish(
     return ce + z, ce, z
 
 
+def _correct(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """How many valid rows have their target as the argmax (ties: the first maximum)."""
+    return ((logits.argmax(dim=-1) == targets) & valid).sum()
+
+
 def loss_from_logits(
     logits: Tensor,
     targets: Tensor,
     *,
     z_loss: float = 0.0,
     ignore_index: int = -100,
+    accuracy: bool = False,
 ) -> HeadLoss:
     """Cross-entropy (+ z-loss) of float logits, differentiable by autograd.
 
@@ -99,6 +108,7 @@ def loss_from_logits(
         targets: integer ``(...)``; ``ignore_index`` marks positions without a loss.
         z_loss: weight of ``mean(logsumexp(logits)²)``.
         ignore_index: the ignored target value.
+        accuracy: also report ``metrics["accuracy"]``.
 
     Returns:
         A :class:`HeadLoss` (without ``logits/max_abs_raw``).
@@ -117,6 +127,8 @@ def loss_from_logits(
         "logits/max_abs": logits.detach().abs().amax(),
         "z/mean_logsumexp": (lse_sum / n).detach(),
     }
+    if accuracy:
+        metrics["accuracy"] = (_correct(logits.detach(), targets, valid) / n).detach()
     return HeadLoss(loss=loss, ce=ce.detach(), z_loss=z.detach(), metrics=metrics)
 
 
@@ -146,16 +158,18 @@ class _FusedHeadLoss(torch.autograd.Function):
         ignore_index: int,
         need_hidden_grad: bool,
         need_weight_grad: bool,
+        accuracy: bool,
     ) -> tuple[Tensor, ...]:
         valid = targets != ignore_index
         zero = at_least_float32(hidden.new_zeros(()))
         n = valid.sum().clamp(min=1).to(zero.dtype)
-        ce_sum, z_sum, lse_sum, max_abs, max_raw = zero, zero, zero, zero, zero
+        ce_sum, z_sum, lse_sum, max_abs, max_raw, correct = zero, zero, zero, zero, zero, zero
         grad_hidden: list[Tensor] = []
         acc_dtype = torch.promote_types(weight.dtype, torch.float32)
         grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_weight_grad else None
         weight_lp: Tensor | None = None  # the head in the gradients' dtype, cast once
-        triton = use_triton(hidden) and hidden.shape[0] > 0
+        # the kernel reports no argmax: the masked-LM accuracy takes the PyTorch path
+        triton = use_triton(hidden) and hidden.shape[0] > 0 and not accuracy
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]
             t, m = targets[start : start + chunk_size], valid[start : start + chunk_size]
@@ -177,6 +191,8 @@ class _FusedHeadLoss(torch.autograd.Function):
                 ce_sum, z_sum, lse_sum = ce_sum + ce_c, z_sum + z_c, lse_sum + lse_c
                 max_abs = torch.maximum(max_abs, logits.abs().amax())
                 max_raw = torch.maximum(max_raw, raw.abs().amax())
+                if accuracy:
+                    correct = correct + _correct(logits, t, m)
                 if need_grad:
                     grad = _chunk_grad(logits, lse, t, m, n, z_loss)
                     if cap is not None:
@@ -195,16 +211,16 @@ class _FusedHeadLoss(torch.autograd.Function):
             torch.cat(grad_hidden) if grad_hidden else None,
             None if grad_weight is None else grad_weight.to(weight.dtype),
         )
-        mean_lse = lse_sum / n
-        ctx.mark_non_differentiable(ce, z, max_abs, max_raw, mean_lse)
-        return loss, ce, z, max_abs, max_raw, mean_lse
+        mean_lse, acc = lse_sum / n, correct / n
+        ctx.mark_non_differentiable(ce, z, max_abs, max_raw, mean_lse, acc)
+        return loss, ce, z, max_abs, max_raw, mean_lse, acc
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors
         gh = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
         gw = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
-        return gh, gw, None, None, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None, None, None
 
 
 def lm_head_loss(
@@ -216,6 +232,7 @@ def lm_head_loss(
     softcap: float | None = None,
     chunk_size: int | None = None,
     ignore_index: int = -100,
+    accuracy: bool = False,
 ) -> HeadLoss:
     """The LM loss from the final hidden states, without materialising all logits.
 
@@ -230,6 +247,7 @@ def lm_head_loss(
         softcap: if set, logits are ``softcap · tanh(raw / softcap)``.
         chunk_size: rows per chunk; ``None`` means one chunk.
         ignore_index: the ignored target value.
+        accuracy: also report ``metrics["accuracy"]``.
 
     Returns:
         A :class:`HeadLoss`.
@@ -243,7 +261,7 @@ def lm_head_loss(
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
     rows = hidden2d.shape[0]
     grad_on = torch.is_grad_enabled()
-    loss, ce, z, max_abs, max_raw, mean_lse = _FusedHeadLoss.apply(
+    loss, ce, z, max_abs, max_raw, mean_lse, acc = _FusedHeadLoss.apply(
         hidden2d,
         head_weight,
         targets.reshape(-1),
@@ -253,8 +271,11 @@ def lm_head_loss(
         ignore_index,
         grad_on and hidden.requires_grad,
         grad_on and head_weight.requires_grad,
+        accuracy,
     )
     metrics = {"logits/max_abs": max_abs, "z/mean_logsumexp": mean_lse}
     if softcap is not None:
         metrics["logits/max_abs_raw"] = max_raw
+    if accuracy:
+        metrics["accuracy"] = acc
     return HeadLoss(loss=loss, ce=ce, z_loss=z, metrics=metrics)

@@ -1,4 +1,4 @@
-"""Attention masks: causal, document (no attention across end-of-text), and KV-cache masks.
+"""Attention masks: causal, document (no attention across end-of-text), padding, KV-cache masks.
 
 Training windows are cut from a stream of documents joined by an end-of-text (EOT) token, so one
 window usually holds the end of one document and the start of the next. With
@@ -17,6 +17,10 @@ Design choices:
   cost falls with the number of documents. Elsewhere it is an explicit boolean
   ``(batch, 1, seq, seq)`` mask for ``F.scaled_dot_product_attention``.
 * **True = may attend**, the convention of ``F.scaled_dot_product_attention``.
+* **Bidirectional masks** for the encoder (:mod:`lmforge.model.encoder`): a key-padding mask
+  ``(batch, 1, 1, seq)`` that hides padded keys from every query, and the document mask without
+  its causal half. Padded *queries* still see the real keys, so their rows stay finite (a row
+  with no key at all would be a softmax over nothing: NaN).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ __all__ = [
     "document_block_mask",
     "document_causal_mask",
     "document_ids",
+    "document_mask",
+    "key_padding_mask",
 ]
 
 
@@ -90,6 +96,38 @@ def document_causal_mask(doc_q: Tensor, doc_k: Tensor | None = None, *, start: i
     causal = causal_mask(doc_q.shape[-1], doc_k.shape[-1], start=start, device=doc_q.device)
     same_doc = doc_q.unsqueeze(-1) == doc_k.unsqueeze(-2)
     return (same_doc & causal).unsqueeze(1)
+
+
+def document_mask(doc_ids: Tensor) -> Tensor:
+    """Bidirectional attention within documents: every token sees its whole document.
+
+    Args:
+        doc_ids: ``(batch, seq)`` document ids (:func:`document_ids`).
+
+    Returns:
+        Boolean ``(batch, 1, seq, seq)``, True = may attend.
+    """
+    return (doc_ids.unsqueeze(-1) == doc_ids.unsqueeze(-2)).unsqueeze(1)
+
+
+def key_padding_mask(attention_mask: Tensor) -> Tensor:
+    """The attention mask of a padded batch: no query attends to a padded key.
+
+    Args:
+        attention_mask: boolean ``(batch, seq)``, True at real tokens (each row needs one).
+
+    Returns:
+        Boolean ``(batch, 1, 1, seq)``, broadcastable over heads and queries; True = may attend.
+
+    Raises:
+        ValueError: ``attention_mask`` is not a boolean 2-D tensor.
+    """
+    if attention_mask.dtype != torch.bool or attention_mask.ndim != 2:
+        raise ValueError(
+            "attention_mask must be a boolean (batch, seq) tensor, True at real tokens; got "
+            f"{attention_mask.dtype} {tuple(attention_mask.shape)}"
+        )
+    return attention_mask[:, None, None, :]
 
 
 @functools.cache

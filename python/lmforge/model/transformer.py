@@ -56,9 +56,34 @@ from lmforge.model.mla.attention import MultiHeadLatentAttention
 from lmforge.model.mtp import MultiTokenPrediction
 from lmforge.model.rope import RotaryEmbedding
 
-__all__ = ["Block", "ModelOutput", "Transformer"]
+__all__ = ["Block", "ModelOutput", "Transformer", "param_kinds"]
 
 AttentionMask = Tensor | BlockMask | None
+
+
+def param_kinds(model: nn.Module) -> dict[str, str]:
+    """The ``param_kind`` of the module owning each parameter of ``model``, for the optimiser.
+
+    Args:
+        model: any module whose parameter-holding submodules declare a ``param_kind``.
+
+    Returns:
+        ``{name: kind}`` in ``named_parameters()`` order.
+
+    Raises:
+        TypeError: if a module holding parameters declares no ``param_kind``.
+    """
+    kinds: dict[str, str] = {}
+    for mod_name, module in model.named_modules():
+        for p_name, _ in module.named_parameters(recurse=False):
+            kind = getattr(module, "param_kind", None)
+            if not isinstance(kind, str):
+                raise TypeError(
+                    f"module {mod_name!r} ({type(module).__name__}) has parameters but no "
+                    "param_kind attribute"
+                )
+            kinds[f"{mod_name}.{p_name}" if mod_name else p_name] = kind
+    return {name: kinds[name] for name, _ in model.named_parameters()}
 
 
 @dataclass
@@ -160,6 +185,11 @@ class Transformer(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if not config.causal and type(self) is Transformer:
+            raise ValueError(
+                "model.causal=false is a bidirectional encoder: build lmforge.model.Encoder "
+                "(lmforge.model.build_model picks the class from the config)"
+            )
         if config.document_mask and config.eot_id is None:
             raise ValueError(
                 "document_mask needs eot_id (the end-of-text token id): set model.eot_id, or "
@@ -234,8 +264,22 @@ class Transformer(nn.Module):
             ``(hidden, hidden_states)``: ``hidden`` is ``(batch, seq, d_model)`` after the final
             norm; ``hidden_states`` is a list of ``n_layers + 1`` tensors or ``None``.
         """
-        x = self.tok_embeddings(idx)
         mask, is_causal = self._attention_mask(idx, kv_cache)
+        out = self._run_layers(idx, mask, is_causal, kv_cache, return_hidden_states)
+        if kv_cache is not None:
+            kv_cache.advance(idx.shape[1])
+        return out
+
+    def _run_layers(
+        self,
+        idx: Tensor,
+        mask: AttentionMask,
+        is_causal: bool,
+        kv_cache: KVCache | None,
+        return_hidden_states: bool,
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """Embedding → blocks (one mask for all) → final norm; see :meth:`forward_hidden`."""
+        x = self.tok_embeddings(idx)
         states = [x] if return_hidden_states else None
         recompute = (
             self.config.activation_checkpointing and torch.is_grad_enabled() and kv_cache is None
@@ -247,8 +291,6 @@ class Transformer(nn.Module):
                 x = layer(x, self.rope, mask, is_causal, kv_cache)
             if states is not None:
                 states.append(x)
-        if kv_cache is not None:
-            kv_cache.advance(idx.shape[1])
         return self.norm(x), states
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -285,7 +327,7 @@ class Transformer(nn.Module):
         return {"attn/qk_logit_bound": torch.stack([b for b in bounds if b is not None]).amax()}
 
     def _head_loss(
-        self, hidden: Tensor, targets: Tensor, return_logits: bool
+        self, hidden: Tensor, targets: Tensor, return_logits: bool, accuracy: bool = False
     ) -> tuple[Tensor | None, HeadLoss]:
         cfg = self.config
         if not return_logits:
@@ -296,11 +338,12 @@ class Transformer(nn.Module):
                 z_loss=cfg.z_loss,
                 softcap=cfg.logit_softcap,
                 chunk_size=self.loss_chunk_size,
+                accuracy=accuracy,
             )
             return None, head
         raw = at_least_float32(F.linear(hidden, self.head_weight))
         logits = raw if cfg.logit_softcap is None else softcap(raw, cfg.logit_softcap)
-        head = loss_from_logits(logits, targets, z_loss=cfg.z_loss)
+        head = loss_from_logits(logits, targets, z_loss=cfg.z_loss, accuracy=accuracy)
         if cfg.logit_softcap is not None:
             head.metrics["logits/max_abs_raw"] = raw.detach().abs().amax()
         return logits, head
@@ -338,19 +381,33 @@ class Transformer(nn.Module):
         )
         residual = states[-1] if run_mtp and states is not None else None
         states = states if return_hidden_states else None
+        mtp_inputs = None if residual is None else (residual, idx)
+        return self._output(hidden, states, targets, return_logits, mtp_inputs=mtp_inputs)
+
+    def _output(
+        self,
+        hidden: Tensor,
+        states: list[Tensor] | None,
+        targets: Tensor | None,
+        return_logits: bool,
+        accuracy: bool = False,
+        mtp_inputs: tuple[Tensor, Tensor] | None = None,
+    ) -> ModelOutput:
+        """The head's logits and loss of the final hidden states, as a :class:`ModelOutput`
+        (``mtp_inputs``: the last residual and the token ids, for the MTP loss)."""
         metrics = self._layer_metrics()
         if targets is None:
             all_logits = self.logits(hidden)
             metrics["logits/max_abs"] = all_logits.detach().abs().amax()
             return ModelOutput(logits=all_logits, loss=None, metrics=metrics, hidden_states=states)
-        logits, head = self._head_loss(hidden, targets, return_logits)
+        logits, head = self._head_loss(hidden, targets, return_logits, accuracy)
         losses = {"ce": head.ce}
         if self.config.z_loss > 0:
             losses["z_loss"] = head.z_loss
         metrics.update(head.metrics)
         loss = head.loss
-        if residual is not None:
-            mtp_loss, mtp_ces = self._mtp_loss(residual, idx, targets)
+        if mtp_inputs is not None:
+            mtp_loss, mtp_ces = self._mtp_loss(*mtp_inputs, targets)
             loss = loss + self.config.mtp_weight * mtp_loss
             losses.update({f"mtp_{k}": ce for k, ce in enumerate(mtp_ces, start=1)})
         return ModelOutput(
@@ -409,17 +466,7 @@ class Transformer(nn.Module):
         Raises:
             TypeError: if a module holding parameters declares no ``param_kind``.
         """
-        kinds: dict[str, str] = {}
-        for mod_name, module in self.named_modules():
-            for p_name, _ in module.named_parameters(recurse=False):
-                kind = getattr(module, "param_kind", None)
-                if not isinstance(kind, str):
-                    raise TypeError(
-                        f"module {mod_name!r} ({type(module).__name__}) has parameters but no "
-                        "param_kind attribute"
-                    )
-                kinds[f"{mod_name}.{p_name}" if mod_name else p_name] = kind
-        return {name: kinds[name] for name, _ in self.named_parameters()}
+        return param_kinds(self)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters.

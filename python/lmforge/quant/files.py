@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lmforge._atomic import write_atomic, write_text_atomic
-from lmforge.model import ModelConfig, Transformer
+from lmforge.model import ModelConfig, Transformer, build_model
 from lmforge.quant.base import QuantError, quantized_modules, swap_linears
 from lmforge.quant.quantize import layer_class
 
@@ -120,7 +120,7 @@ def load_quantized(path: str | os.PathLike[str], device: str | torch.device = "c
     dtype = getattr(torch, str(payload.get("dtype")), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise QuantError(f"{path}: unknown weight dtype {payload.get('dtype')!r}")
-    model = Transformer(config, dtype=dtype)
+    model = build_model(config, dtype=dtype)
     swap_linears(model, cls.empty_like, include_head=bool(payload["include_head"]))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

@@ -179,6 +179,38 @@ class Tokenizer:
         allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
         return self._core.encode(text, allowed, disallowed)
 
+    def encode_with_offsets(
+        self,
+        text: str,
+        *,
+        allowed_special: AbstractSet[str] | str = "all",
+        disallowed_special: AbstractSet[str] | Collection[str] | str = (),
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Encodes ``text`` and gives each token the character span of ``text`` it stands for.
+
+        ``text[start:end]`` is the token's text; a token that holds only part of a multi-byte
+        character gets the span of that whole character, so the spans of the tokens sharing
+        it overlap (:mod:`lmforge.tokenizer.offsets`).
+
+        Args:
+            text: the text.
+            allowed_special: as :meth:`encode`.
+            disallowed_special: as :meth:`encode`.
+
+        Returns:
+            ``(ids, spans)``: the ids of :meth:`encode` and one ``(char_start, char_end)`` per id.
+
+        Raises:
+            ValueError: as :meth:`encode`.
+        """
+        from lmforge.tokenizer.offsets import char_spans
+
+        ids = self.encode(
+            text, allowed_special=allowed_special, disallowed_special=disallowed_special
+        )
+        vocab = self.vocab
+        return ids, char_spans(text, [len(vocab[i]) for i in ids])
+
     def encode_ordinary(self, text: str) -> list[int]:
         """Encodes ``text`` treating special-token strings as plain text."""
         return self._core.encode_ordinary(text)

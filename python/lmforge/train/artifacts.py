@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lmforge.model import ModelConfig, Transformer
+from lmforge.model import ModelConfig, Transformer, build_model
 from lmforge.train.checkpoint import load_checkpoint
 from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir
 
@@ -68,7 +68,7 @@ def load_trained(path: str | os.PathLike[str], device: str | torch.device = "cpu
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} (the model config) is missing beside {ckpt}")
     config = ModelConfig.load(config_path)
-    model = Transformer(config)
+    model = build_model(config)
     step = load_checkpoint(ckpt, model, None, map_location="cpu", restore_rng=False)
     model.to(device).eval()
     tokenizer = None

@@ -50,6 +50,7 @@ _PRESETS = Path(__file__).resolve().parent.parent / "configs"
 _DTYPES = ("bf16", "fp32")
 _STRATEGIES = ("ddp", "fsdp")
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_OBJECTIVES = ("clm", "mlm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +92,15 @@ class TrainConfig:
         eval_batches: validation batches per evaluation.
         ckpt_interval: steps between checkpoints (and at the end); 0 keeps only the final one.
         keep_checkpoints: how many ``ckpt-STEP/`` folders to keep (newest first); 0 keeps all.
-        sample_tokens: at the end of training, sample this many tokens (0 skips).
+        sample_tokens: at the end of training, sample this many tokens (0 skips; ignored with
+            ``objective = "mlm"``: an encoder does not generate).
+        objective: ``"clm"`` (default): next-token prediction with the causal
+            :class:`~lmforge.model.Transformer`; ``"mlm"``: masked language modelling with the
+            bidirectional :class:`~lmforge.model.Encoder` (BERT), which sets ``model.causal``
+            to false and needs ``tokenizer`` with ``[CLS]`` and ``[MASK]``
+            (:mod:`lmforge.data.mlm`: each window is ``[CLS]`` + its first ``T - 1`` tokens).
+        mlm_probability: with ``objective = "mlm"``, the share of (non-special) tokens
+            selected as targets: 80% become ``[MASK]``, 10% a random token, 10% stay.
         progress: show a progress bar.
         tensorboard: also log to TensorBoard (if installed).
         wandb: also log to Weights & Biases (if installed).
@@ -119,6 +128,8 @@ class TrainConfig:
     ckpt_interval: int = 1000
     keep_checkpoints: int = 2
     sample_tokens: int = 0
+    objective: str = "clm"
+    mlm_probability: float = 0.15
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
@@ -173,6 +184,19 @@ class TrainConfig:
                 "cannot accumulate over micro-batches: set train.grad_accum=1 (and a larger "
                 "train.batch_size), or train.compile_mode=default"
             )
+        if self.objective not in _OBJECTIVES:
+            raise ValueError(
+                f"train.objective must be one of {_OBJECTIVES}, got {self.objective!r}"
+            )
+        if not (isinstance(self.mlm_probability, (int, float)) and 0 < self.mlm_probability < 1):
+            raise ValueError(
+                f"train.mlm_probability must be a number in (0, 1), got {self.mlm_probability!r}"
+            )
+        if self.objective == "mlm" and not self.tokenizer:
+            raise ValueError(
+                'train.objective = "mlm" needs train.tokenizer (its [CLS] and [MASK] ids): pass '
+                "--tokenizer tokenizer.json"
+            )
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"train.device must be a string such as 'cuda', got {self.device!r}")
 
@@ -190,11 +214,25 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """A whole run: the model, the optimizer and the training configs."""
+    """A whole run: the model, the optimizer and the training configs.
+
+    ``train.objective = "mlm"`` makes ``model.causal`` false (the model is then an
+    :class:`~lmforge.model.Encoder`); a non-causal model with ``objective = "clm"`` is refused.
+    """
 
     model: ModelConfig
     optim: OptimConfig
     train: TrainConfig
+
+    def __post_init__(self) -> None:
+        # the objective decides the attention: "mlm" trains the bidirectional encoder
+        if self.train.objective == "mlm" and self.model.causal:
+            object.__setattr__(self, "model", dataclasses.replace(self.model, causal=False))
+        elif self.train.objective == "clm" and not self.model.causal:
+            raise ValueError(
+                "model.causal = false is a bidirectional encoder: train it with "
+                'train.objective = "mlm"'
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """``{"model": ..., "optim": ..., "train": ...}``."""

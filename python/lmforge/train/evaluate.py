@@ -42,12 +42,15 @@ class EvalResult:
         bits_per_byte: summed loss in bits over the bytes of the (non-special) targets;
             ``None`` without token byte lengths.
         tokens: target positions evaluated.
+        accuracy: the share of targets predicted exactly (argmax), for the masked-LM objective;
+            ``None`` for next-token evaluation.
     """
 
     loss: float
     perplexity: float
     bits_per_byte: float | None
     tokens: int
+    accuracy: float | None = None
 
 
 def token_byte_lengths(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:

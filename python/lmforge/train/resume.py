@@ -7,8 +7,9 @@ The config given on resume is then checked against the one saved in the checkpoi
   ``optim.name`` (the optimizer state would not fit), to the global batch
   (``batch_size * grad_accum * world_size``), ``train.seed``, ``train.mixture_alpha`` or
   ``train.mixture_weights`` (the sampler's stream of windows would no longer continue the same
-  run). How the global batch is split into processes and micro-batches may change, so a run
-  checkpointed by 2 processes resumes in 1 with twice the ``grad_accum``.
+  run), ``train.objective`` or ``train.mlm_probability`` (nor would the masks). How the
+  global batch is split into processes and micro-batches may change, so a run checkpointed by
+  2 processes resumes in 1 with twice the ``grad_accum``.
 - **Applied**: ``[optim]`` hyperparameters come from the config given now, not from the
   checkpoint (so a run that diverged can resume with a lower ``optim.lr``); length
   (``max_iters``/``epochs``), intervals, evaluation and the device may change too.
@@ -27,7 +28,13 @@ __all__ = ["apply_hyperparameters", "check_resumable", "hyperparameters"]
 
 log = logging.getLogger(__name__)
 
-_FIXED_TRAIN_KEYS = ("seed", "mixture_alpha", "mixture_weights")
+_FIXED_TRAIN_KEYS = (
+    "seed",
+    "mixture_alpha",
+    "mixture_weights",
+    "objective",
+    "mlm_probability",
+)
 
 
 def check_resumable(

@@ -22,6 +22,12 @@ with gradient accumulation, clipping and the learning-rate schedule. Design choi
   ``losses`` and ``metrics``; after every optimizer step the trainer calls
   ``model.after_optimizer_step()`` (MoE bias balancing lives behind it). The trainer never
   reaches inside the model.
+- **Two objectives, one loop.** ``train.objective = "clm"`` trains the causal
+  :class:`~lmforge.model.Transformer` on ``(x, y)`` shifted windows; ``"mlm"`` trains the
+  bidirectional :class:`~lmforge.model.Encoder` on the same windows masked by
+  :class:`~lmforge.train.mlm.MLMObjective` (``y`` = the masked tokens, ``-100`` elsewhere), and
+  evaluates masked-token loss and accuracy. Everything else (sampler, accumulation, clipping,
+  checkpoints, resume, DDP/FSDP) is shared.
 - **Data parallel under torchrun.** ``torchrun --nproc-per-node=N -m lmforge train`` runs
   this same loop in ``N`` processes (:mod:`lmforge.train.distributed`: DDP or FSDP2, each rank
   its slice of every global batch); rank 0 alone logs and writes the run directory, and the
@@ -42,7 +48,7 @@ import torch
 
 from lmforge import accounting
 from lmforge.data import MixtureSampler, gather_mixture_batch
-from lmforge.model import Transformer
+from lmforge.model import Encoder, build_model
 from lmforge.optim import build_optimizer, clip_grad_norm_, lr_at, set_lr
 from lmforge.train import distributed as ddp
 from lmforge.train.artifacts import generate_text
@@ -58,6 +64,7 @@ from lmforge.train.data_files import (
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
 from lmforge.train.meter import StepWindow, max_memory_gb, peak_flops
 from lmforge.train.metrics import MetricsLogger, NullLogger
+from lmforge.train.mlm import MLMObjective
 from lmforge.train.resume import apply_hyperparameters, check_resumable, hyperparameters
 from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir, write_text_atomic
 from lmforge.train.runtime import autocast_dtype, autocast_for, oom_message, seed_everything
@@ -115,7 +122,12 @@ class Trainer:
         fingerprint = self.tokenizer.fingerprint if self.tokenizer is not None else None
         self.train_files, self.val_file = open_run_data(tc, mc, fingerprint)
         self.config = config = with_data_eot_id(config, train_eot_id(self.train_files))
-        self.model = Transformer(config.model).to(self.device)
+        self.mlm = (
+            MLMObjective.from_tokenizer(self.tokenizer, tc.mlm_probability, tc.seed)
+            if tc.objective == "mlm"
+            else None
+        )
+        self.model = build_model(config.model).to(self.device)
         kinds = self.model.param_kinds()
         self.wrapped = ddp.wrap_model(self.model, ctx, tc.strategy, self.amp_dtype)
         self.sharded = ctx.distributed and tc.strategy == "fsdp"
@@ -245,6 +257,7 @@ class Trainer:
                             val_loss=val.loss,
                             val_bpb=val.bits_per_byte,
                             val_ppl=val.perplexity,
+                            **_accuracy(val),
                         )
                 if (tc.ckpt_interval and it % tc.ckpt_interval == 0) or last:
                     with window.pause():
@@ -310,10 +323,20 @@ class Trainer:
         metrics: dict[str, torch.Tensor] = {}
         try:
             tokens = [f.tokens for f in self.train_files]
+            step, context = self.sampler.step, self.config.model.context_length
             for i, (sources, starts) in enumerate(self.sampler.next_step()):
-                x, y = gather_mixture_batch(
-                    tokens, sources, starts, self.config.model.context_length, self.device
-                )
+                if self.mlm is None:
+                    x, y = gather_mixture_batch(tokens, sources, starts, context, self.device)
+                else:  # masked inputs and the masked tokens as targets
+                    x, y = self.mlm.batch(
+                        tokens,
+                        sources,
+                        starts,
+                        context,
+                        self.device,
+                        step=step,
+                        first_row=self.sampler.first_row(i),
+                    )
                 # gradients are reduced over ranks in the last micro-step's backward only
                 if graphs:  # the last replay's outputs may be overwritten from here on
                     torch.compiler.cudagraph_mark_step_begin()
@@ -357,6 +380,17 @@ class Trainer:
     def _evaluate(self) -> EvalResult:
         assert self.val_file is not None
         tc = self.config.train
+        if self.mlm is not None:
+            assert isinstance(self.model, Encoder)
+            return self.mlm.evaluate(
+                self.model,
+                self.val_file.tokens,
+                batch_size=tc.batch_size,
+                context_length=self.config.model.context_length,
+                device=self.device,
+                max_batches=tc.eval_batches,
+                autocast_dtype=self.amp_dtype,
+            )
         return evaluate(
             self.model,
             self.val_file.tokens,
@@ -389,7 +423,7 @@ class Trainer:
         ddp.on_main(self.dist, write)
 
     def _finish(self) -> None:
-        if self.config.train.sample_tokens and self.tokenizer is not None:
+        if self.config.train.sample_tokens and self.tokenizer is not None and self.mlm is None:
             text = self.sample(self.config.train.sample_tokens)  # every rank: FSDP gathers
             if self.dist.is_main:
                 write_text_atomic(self.run_dir.path / "sample.txt", text + "\n")
@@ -418,6 +452,11 @@ class Trainer:
             top_k=200,
             autocast_dtype=self.amp_dtype,
         )[0]
+
+
+def _accuracy(val: EvalResult) -> dict[str, float]:
+    """``val_accuracy`` for the metrics line, when the objective measures one (MLM)."""
+    return {} if val.accuracy is None else {"val_accuracy": val.accuracy}
 
 
 def _load_tokenizer(path: str | None) -> Any:
