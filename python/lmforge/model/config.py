@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.model.moe.config import MoEConfig
+
 __all__ = ["ModelConfig", "default_d_ff", "pad_vocab_size"]
 
 
@@ -66,6 +68,8 @@ class ModelConfig:
         eot_id: the end-of-text token id (document separator; generation stops on it).
         activation_checkpointing: recompute each block's activations in the backward pass
             (less memory, about a third more compute).
+        moe: a :class:`~lmforge.model.moe.MoEConfig` to replace MLPs by Mixture-of-Experts
+            layers (a ``[model.moe]`` TOML table); ``None`` (default) keeps every MLP dense.
     """
 
     vocab_size: int
@@ -86,6 +90,7 @@ class ModelConfig:
     document_mask: bool = False
     eot_id: int | None = None
     activation_checkpointing: bool = False
+    moe: MoEConfig | None = None
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -120,6 +125,22 @@ class ModelConfig:
         ):
             raise ValueError(
                 f"eot_id must be an id in [0, vocab_size={self.vocab_size}), got {self.eot_id!r}"
+            )
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        if isinstance(self.moe, dict):
+            object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
+        if self.moe is None:
+            return
+        if not isinstance(self.moe, MoEConfig):
+            raise ValueError(
+                f"moe must be an MoEConfig, a table of its fields or None, got {self.moe!r}"
+            )
+        if not self.moe.moe_layers(self.n_layers):
+            raise ValueError(
+                f"moe.first_dense_layers ({self.moe.first_dense_layers}) leaves no MoE layer "
+                f"among n_layers ({self.n_layers})"
             )
 
     @property
