@@ -9,7 +9,8 @@ only its own config)::
 
 ``load_run_config(path, overrides)`` reads it and applies ``--set table.key=value`` overrides
 (values are parsed as TOML, so ``--set train.compile=true``, ``--set optim.lr=1e-3`` and
-``--set train.train_data="a.bin"`` all work; a bare word falls back to a string). The trainer
+``--set train.train_data="a.bin"`` all work; a bare word falls back to a string). A nested
+table such as ``[model.moe]`` takes ``--set model.moe.top_k=4``, merged into the table. The trainer
 writes the resolved config back as ``config.toml`` in the run directory, so a run can be
 reproduced from its folder alone.
 """
@@ -211,7 +212,8 @@ def _train_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
-    """Parse ``table.key=value`` strings into nested tables.
+    """Parse ``table.key=value`` strings into nested tables (``table.sub.key=value`` sets
+    ``key`` of the sub-table ``sub``, e.g. ``model.moe.top_k=4``).
 
     Raises:
         ValueError: an override without ``=`` or without a ``table.`` prefix.
@@ -220,10 +222,26 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         table, dot, name = key.strip().partition(".")
-        if not sep or not dot or not table or not name:
+        path = name.split(".")
+        if not sep or not dot or not table or not all(path):
             raise ValueError(f"--set {item!r}: expected table.key=value, e.g. --set optim.lr=1e-3")
-        out.setdefault(table, {})[name] = _parse_value(raw.strip())
+        target = out.setdefault(table, {})
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {item!r}: {part} is set to a value and a table")
+        target[path[-1]] = _parse_value(raw.strip())
     return out
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """``base.update(update)``, merging sub-tables key by key."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = dict(base[key])
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def _parse_value(raw: str) -> Any:
@@ -278,7 +296,7 @@ def load_run_config(
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{p}: invalid TOML ({err})") from None
     for table, values in parse_overrides(overrides or []).items():
-        data.setdefault(table, {}).update(values)
+        _merge(data.setdefault(table, {}), values)
     return RunConfig.from_dict(data)
 
 
@@ -286,7 +304,7 @@ def load_model_config(
     path: str | os.PathLike[str], overrides: list[str] | None = None
 ) -> ModelConfig:
     """Only the ``[model]`` table of a run config or preset, with ``model.key=value`` (or bare
-    ``key=value``) overrides: for tools that need the shape but no data.
+    ``key=value``, ``moe.key=value``) overrides: for tools that need the shape but no data.
 
     Raises:
         FileNotFoundError: neither a file nor a preset.
@@ -299,25 +317,34 @@ def load_model_config(
         raise ValueError(f"{p}: invalid TOML ({err})") from None
     if "model" not in data:
         raise ValueError(f"{p} has no [model] table")
-    items = [o if "." in o.partition("=")[0] else f"model.{o}" for o in overrides or []]
+    tables = ("model", "optim", "train")  # other keys are model's: d_model=.., moe.top_k=..
+    items = [o if o.split(".")[0] in tables else f"model.{o}" for o in overrides or []]
     table = dict(data["model"])
     for name, values in parse_overrides(items).items():
         if name != "model":
             raise ValueError(f"only model.* values can be set here, got [{name}]")
-        table.update(values)
+        _merge(table, values)
     return ModelConfig.from_dict(table)
 
 
 def to_toml(config: RunConfig) -> str:
-    """The config as TOML text (``None`` values are left out: they mean the default)."""
+    """The config as TOML text (``None`` values are left out: they mean the default; a nested
+    table such as ``model.moe`` follows its parent as ``[model.moe]``)."""
     lines: list[str] = []
     for table, values in config.to_dict().items():
-        lines.append(f"[{table}]")
-        for key, value in values.items():
-            if value is not None:
-                lines.append(f"{key} = {toml_value(value)}")
-        lines.append("")
+        _toml_table(table, values, lines)
     return "\n".join(lines)
+
+
+def _toml_table(name: str, values: dict[str, Any], lines: list[str]) -> None:
+    lines.append(f"[{name}]")
+    for key, value in values.items():
+        if value is not None and not isinstance(value, dict):
+            lines.append(f"{key} = {toml_value(value)}")
+    lines.append("")
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _toml_table(f"{name}.{key}", value, lines)
 
 
 def toml_value(value: Any) -> str:
