@@ -79,3 +79,38 @@ def test_resume_restores_the_bias_buffers(stories_data, tmp_path, monkeypatch):
     assert len(biases) == 2
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_init_from_a_dense_run_upcycles_with_the_dense_first_loss(stories_data, tmp_path):
+    steps = ["train.max_iters=3", "train.log_interval=1", "train.eval_interval=0"]
+    steps += ["train.dtype=fp32", "optim.warmup_iters=0"]
+    dense = Trainer(tiny_config(stories_data, tmp_path / "dense", *steps)).fit().run_dir
+    start = [f'train.init_from="{dense}"', "train.max_iters=2", "train.log_interval=1"]
+    start += ["train.eval_interval=0", "train.dtype=fp32", "optim.warmup_iters=0"]
+    again = Trainer(tiny_config(stories_data, tmp_path / "again", *start)).fit().run_dir
+    moe = [*start, "model.moe.n_routed_experts=4", "model.moe.aux_loss_weight=0"]
+    upcycled = Trainer(tiny_config(stories_data, tmp_path / "moe", *moe)).fit().run_dir
+    first, first_moe = train_losses(again)[1], train_losses(upcycled)[1]
+    assert first < train_losses(dense)[1] - 0.05  # it did start from the trained weights
+    assert first_moe == pytest.approx(first, rel=1e-6)  # step 1 runs the initial weights
+    records_moe = [r for r in records(upcycled) if "loss" in r]
+    assert "moe/L0/max_load_ratio" in records_moe[0]
+    with pytest.raises(ValueError, match="cannot start a dense run"):
+        Trainer(tiny_config(stories_data, tmp_path / "back", f'train.init_from="{upcycled}"'))
+
+
+def test_plot_has_an_moe_load_panel(tmp_path):
+    from lmforge.train.plot import _moe_layers, plot_run
+
+    lines = [
+        {"step": s, "loss": 5.0 - s / 10, "moe/L1/max_load_ratio": 2.0 - s / 10,
+         "moe/L3/max_load_ratio": 1.5, "moe/L10/max_load_ratio": 1.2, "moe/dropped": 0.01}
+        for s in range(1, 6)
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert _moe_layers(lines) == ["moe/L1/", "moe/L3/", "moe/L10/"]
+    assert _moe_layers([{"step": 1, "loss": 1.0}]) == []
+    png = plot_run(tmp_path / "metrics.jsonl")
+    from matplotlib.image import imread
+
+    assert imread(png).shape[0] > 9 * 110  # a third panel (no lr/grad-norm panel here)

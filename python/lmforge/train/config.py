@@ -87,6 +87,9 @@ class TrainConfig:
         ckpt_interval: steps between checkpoints (and at the end); 0 keeps only the final one.
         keep_checkpoints: how many ``ckpt-STEP/`` folders to keep (newest first); 0 keeps all.
         sample_tokens: at the end of training, sample this many tokens (0 skips).
+        init_from: start a new run from the weights of this run directory or checkpoint (a
+            dense one is upcycled when ``model.moe`` is set; see
+            :mod:`lmforge.train.init_weights`); ignored when resuming.
         progress: show a progress bar.
         tensorboard: also log to TensorBoard (if installed).
         wandb: also log to Weights & Biases (if installed).
@@ -113,6 +116,7 @@ class TrainConfig:
     ckpt_interval: int = 1000
     keep_checkpoints: int = 2
     sample_tokens: int = 0
+    init_from: str | None = None
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
@@ -152,6 +156,12 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.strategy not in _STRATEGIES:
             raise ValueError(f"train.strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
+        if self.init_from is not None and (
+            not isinstance(self.init_from, str) or not self.init_from
+        ):
+            raise ValueError(
+                f"train.init_from must be the path of a run or checkpoint, got {self.init_from!r}"
+            )
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"train.device must be a string such as 'cuda', got {self.device!r}")
 

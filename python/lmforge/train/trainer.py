@@ -56,6 +56,7 @@ from lmforge.train.data_files import (
     with_data_eot_id,
 )
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
+from lmforge.train.init_weights import load_initial_weights
 from lmforge.train.meter import StepWindow, max_memory_gb, peak_flops
 from lmforge.train.metrics import MetricsLogger, NullLogger
 from lmforge.train.resume import apply_hyperparameters, check_resumable, hyperparameters
@@ -116,6 +117,8 @@ class Trainer:
         self.train_files, self.val_file = open_run_data(tc, mc, fingerprint)
         self.config = config = with_data_eot_id(config, train_eot_id(self.train_files))
         self.model = Transformer(config.model).to(self.device)
+        if tc.init_from and not (resume and RunDir(tc.out_dir).latest()):
+            load_initial_weights(self.model, tc.init_from)  # a dense run is upcycled to MoE
         kinds = self.model.param_kinds()
         self.wrapped = ddp.wrap_model(self.model, ctx, tc.strategy, self.amp_dtype)
         self.sharded = ctx.distributed and tc.strategy == "fsdp"
