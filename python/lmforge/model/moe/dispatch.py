@@ -13,8 +13,11 @@ Token-choice (``k`` experts per token, ``A = N·k`` assignments):
    the largest group ``M`` (one host read of the counts; under ``torch.compile`` ``M`` is the
    static bound ``A`` instead, trading memory for a graph without a sync), three ``bmm``, and a
    gather back. Padding rows are zero and produce zero.
-3. **Un-permute** (each sorted row back to its assignment, a scatter of a permutation, so no
-   atomics) and **combine**: ``y_t = Σ_j g_{t,j} · expert_{e_{t,j}}(x_t)`` in float32 (or wider).
+3. **Un-permute** (each sorted row to row ``t·k + j`` of its token ``t`` and choice ``j``, a
+   scatter of a permutation, so no atomics) and **combine** with one batched ``(1×k)·(k×d)``
+   matmul per token: ``y_t = Σ_j g_{t,j} · expert_{e_{t,j}}(x_t)`` in the matmul dtype with
+   float32 accumulation — bf16 under autocast, as a dense MLP's output is; no ``A × d`` float32
+   temporary (for fine-grained experts this glue moves as many bytes as the GEMMs do FLOPs).
 
 With a **capacity** ``C`` the padded layout has exactly ``C`` rows per expert (static shapes, no
 sync): assignments ranked ``>= C`` within their expert go to a dummy row and contribute zero,
@@ -167,11 +170,11 @@ def dispatch_token_choice(
         impl: the dropless grouped GEMM (:data:`IMPLS`).
 
     Returns:
-        ``(y, dropped)``: ``y`` is ``(N, d_model)`` in float32 (or ``x``'s wider dtype);
-        ``dropped`` the fraction of assignments over capacity (a 0-d tensor, 0 when dropless).
+        ``(y, dropped)``: ``y`` is ``(N, d_model)`` in ``x``'s dtype; ``dropped`` the fraction
+        of assignments over capacity (a 0-d tensor, 0 when dropless).
     """
     n, k = routing.experts.shape
-    tokens, experts, gates = routing.assignments()
+    tokens, experts, _ = routing.assignments()
     order = torch.argsort(experts, stable=True)
     counts = expert_counts(experts, w1.shape[0])
     xs = x[tokens[order]]
@@ -182,10 +185,11 @@ def dispatch_token_choice(
         expert_of_row, pos = _group_positions(counts, xs.shape[0])
         hs = _padded_swiglu(xs, expert_of_row, pos, w1, w3, w2, capacity)
         dropped = (pos >= capacity).float().mean()
-    h = torch.zeros_like(hs).index_copy(0, order, hs)  # back to choice-major assignment order
-    out_dtype = _combine_dtype(h, gates)
-    weighted = h.to(out_dtype).view(k, n, -1) * gates.to(out_dtype).view(k, n, 1)
-    return weighted.sum(dim=0), dropped
+    # sorted row i came from choice-major assignment order[i] = j·n + t: put it at row t·k + j
+    token_major = (order % n) * k + torch.div(order, n, rounding_mode="floor")
+    h = torch.zeros_like(hs).index_copy(0, token_major, hs).view(n, k, -1)
+    y = torch.bmm(routing.gates.to(h.dtype).unsqueeze(1), h).squeeze(1)  # Σ_j g_tj · h_tj
+    return y, dropped
 
 
 def dispatch_expert_choice(

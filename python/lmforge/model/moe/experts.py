@@ -12,7 +12,8 @@ tensor), so an expert that got no token still has a (zero) gradient: DDP's
 matrices, and under Muon orthogonalised one expert at a time.
 
 Under autocast the weights are cast to the autocast dtype here (autocast does not cover the
-grouped GEMM), and the combined output is float32, added to the float32 residual stream.
+grouped GEMM); the combined output is in that dtype too (float32 for expert-choice, whose
+scatter-add would round in bf16), as a dense MLP's is.
 Whether the device has the grouped GEMM is looked up when the weights are created or moved
 (``.to``), not in ``forward``, so a compiled forward never queries the GPU.
 """
@@ -105,8 +106,7 @@ class GroupedExperts(nn.Module):
             capacity: assignments per expert for token-choice routing (``None``: dropless).
 
         Returns:
-            ``(y, dropped)``: ``y`` ``(N, d_model)`` float32 (or wider) and the dropped
-            fraction (0-d tensor).
+            ``(y, dropped)``: ``y`` ``(N, d_model)`` and the dropped fraction (0-d tensor).
         """
         if self.impl not in IMPLS:
             raise ValueError(f"GroupedExperts.impl must be one of {IMPLS}, got {self.impl!r}")
