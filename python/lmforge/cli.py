@@ -445,8 +445,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument(
         "--config",
         default=None,
-        help="a run config TOML or a preset name (stories-17M, gpt2-124M, 1B); with --resume "
-        "and --out, the run's own config.toml by default",
+        help="a run config TOML or a preset name (stories-17M, stories-moe, gpt2-124M, 1B); "
+        "with --resume and --out, the run's own config.toml by default",
     )
     tr.add_argument(
         "--data",

@@ -131,10 +131,12 @@ def test_nested_tables_in_overrides_and_toml(tmp_path) -> None:  # type: ignore[
     cfg = load_run_config("stories-17M", overrides)
     assert cfg.model.mla == MLAConfig(**{**MLA.to_dict(), "kv_lora_rank": 40})
     text = to_toml(cfg)
-    assert "mla = {kv_lora_rank = 40, qk_nope_head_dim = 16" in text
+    assert "[model.mla]\nkv_lora_rank = 40\nqk_nope_head_dim = 16" in text
     (tmp_path / "run.toml").write_text(text, encoding="utf-8")
     assert load_run_config(tmp_path / "run.toml") == cfg
-    table = "[model.mla]\n" + "".join(f"{k} = {v}\n" for k, v in MLA.to_dict().items())
-    as_table = text.replace(text[text.index("mla = {") : text.index("}\n") + 2], "") + table
-    (tmp_path / "table.toml").write_text(as_table, encoding="utf-8")
-    assert load_run_config(tmp_path / "table.toml").model.mla == MLA  # a [model.mla] table
+    start = text.index("[model.mla]")
+    section = text[start : text.index("\n\n", start) + 2]
+    inline = "mla = {" + ", ".join(f"{k} = {v}" for k, v in MLA.to_dict().items()) + "}\n"
+    as_inline = text.replace(section, "").replace("[model]\n", "[model]\n" + inline)
+    (tmp_path / "table.toml").write_text(as_inline, encoding="utf-8")
+    assert load_run_config(tmp_path / "table.toml").model.mla == MLA  # an inline table too

@@ -26,6 +26,13 @@ latents' RMSNorm gains (counted with the norms). Multi-token prediction (``mtp_d
 DeepSeek-V3 §2.2) adds per depth a ``2·d × d`` projection, three RMSNorms and one block, kept
 apart as ``mtp``: inference does not run them, training multiplies them and the shared head
 once more per depth (:attr:`ParamCount.mtp_flops_params`).
+
+Mixture-of-Experts models (``cfg.moe``) separate **stored** from **active** parameters (Switch,
+Fedus et al. 2022; DeepSeekMoE): ``mlp`` counts every expert (routed and shared) and the dense
+MLPs, ``mlp_active`` what one token multiplies — the dense MLPs, the shared experts and
+``top_k`` routed experts (expert-choice: ``top_k · capacity_factor`` on average) — and
+``router`` the routers' ``E × d`` matrices, which every token multiplies. FLOPs
+(``flops_params``) use the active count.
 """
 
 from __future__ import annotations
@@ -44,14 +51,20 @@ class ParamCount:
     Attributes:
         embedding: the token embedding, ``vocab_size · d_model``.
         attention: all blocks' ``wq, wk, wv, wo`` (``L · (2·d² + 2·d·n_kv_heads·head_dim)``).
-        mlp: all blocks' SwiGLU ``w1, w3, w2`` (``L · 3·d·d_ff``).
+        mlp: all blocks' SwiGLU ``w1, w3, w2`` (``L · 3·d·d_ff``; MoE: every expert's).
         norms: every RMSNorm weight: two per block (one in a ``parallel_block``), the final
             one, and ``q_norm``/``k_norm`` (``head_dim`` each) per block when ``qk_norm``.
         head: the LM head, ``vocab_size · d_model``; 0 when tied to the embedding.
         tied_head: the LM head shares the embedding's matrix.
         mtp: every parameter of the ``mtp_depth`` MTP modules (they share the embedding and
             the head, counted above).
+        mtp_active: of ``mtp``, what one token multiplies (less than ``mtp`` when the MTP
+            blocks are MoE blocks).
         mtp_depth: the number of MTP modules.
+        router: MoE routers' weights (``n_routed_experts · d_model`` per MoE layer; hash
+            routing has none).
+        mlp_active: the MLP weights one token multiplies (MoE: dense MLPs, shared experts and
+            its routed experts); ``None`` means all of ``mlp`` (a dense model).
     """
 
     embedding: int
@@ -61,7 +74,10 @@ class ParamCount:
     head: int
     tied_head: bool
     mtp: int = 0
+    mtp_active: int = 0
     mtp_depth: int = 0
+    router: int = 0
+    mlp_active: int | None = None
 
     @property
     def total(self) -> int:
@@ -70,14 +86,24 @@ class ParamCount:
 
     @property
     def non_embedding(self) -> int:
-        """All but the token embedding: blocks, norms, an untied head (Kaplan et al. 2020) and
-        the MTP modules."""
-        return self.attention + self.mlp + self.norms + self.head + self.mtp
+        """All but the token embedding: blocks, routers, norms, an untied head (Kaplan et al.
+        2020) and the MTP modules."""
+        return self.attention + self.mlp + self.router + self.norms + self.head + self.mtp
 
     @property
     def blocks_matmul(self) -> int:
-        """The blocks' matrix weights (attention + MLP): what ``12·L·d²`` estimates."""
-        return self.attention + self.mlp
+        """The blocks' matrix weights (attention + MLP + routers): what ``12·L·d²`` estimates."""
+        return self.attention + self.mlp + self.router
+
+    @property
+    def active_mlp(self) -> int:
+        """The MLP weights one token multiplies (``mlp`` for a dense model)."""
+        return self.mlp if self.mlp_active is None else self.mlp_active
+
+    @property
+    def active(self) -> int:
+        """Parameters one token uses, embedding included (``total`` for a dense model)."""
+        return self.total - self.mlp + self.active_mlp
 
     @property
     def head_matmul(self) -> int:
@@ -91,12 +117,30 @@ class ParamCount:
         Norm weights are included, as the anchor ``gpt_baseline.py`` includes them; they are
         ``O(L·d)`` against ``O(L·d²)`` and change the count by well under 0.1%.
         """
-        return self.blocks_matmul + self.norms + self.head_matmul
+        return self.attention + self.active_mlp + self.router + self.norms + self.head_matmul
 
     @property
     def mtp_flops_params(self) -> int:
         """What training adds to N for MTP: the modules, and the shared head once per depth."""
-        return self.mtp + self.mtp_depth * self.head_matmul
+        return self.mtp_active + self.mtp_depth * self.head_matmul
+
+
+def _mlp_counts(cfg: ModelConfig, layers: range) -> tuple[int, int, int]:
+    """``(stored, active, router)`` MLP parameters of the blocks numbered ``layers``."""
+    assert cfg.d_ff is not None
+    dense = 3 * cfg.d_model * cfg.d_ff
+    moe = cfg.moe
+    if moe is None:
+        return len(layers) * dense, len(layers) * dense, 0
+    n_moe = sum(moe.is_moe_layer(i) for i in layers)
+    expert = 3 * cfg.d_model * moe.expert_width(cfg.d_ff)
+    shared = moe.n_shared_experts * expert
+    routed_active = round(moe.experts_per_token() * expert)
+    n_dense = len(layers) - n_moe
+    stored = n_dense * dense + n_moe * (moe.n_routed_experts * expert + shared)
+    active = n_dense * dense + n_moe * (routed_active + shared)
+    router = 0 if moe.router == "hash" else n_moe * moe.n_routed_experts * cfg.d_model
+    return stored, active, router
 
 
 def _attention_params(cfg: ModelConfig) -> tuple[int, int]:
@@ -127,22 +171,29 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     d, n_layers = cfg.d_model, cfg.n_layers
     assert cfg.n_kv_heads is not None and cfg.d_ff is not None  # set by __post_init__
     block_attention, attention_norms = _attention_params(cfg)
-    block_mlp = 3 * d * cfg.d_ff
+    mlp, mlp_active, router = _mlp_counts(cfg, range(n_layers))
     # A parallel block's attention and MLP share one norm (GPT-J, PaLM).
     per_block_norms = (1 if cfg.parallel_block else 2) * d + attention_norms
     norms = n_layers * per_block_norms + d
     embedding = cfg.vocab_size * d
-    # An MTP module: hidden and embedding norms, the 2d -> d projection, a block, a final norm.
-    mtp_module = 3 * d + 2 * d * d + block_attention + block_mlp + per_block_norms
+    # An MTP module: hidden and embedding norms, the 2d -> d projection, a block (numbered on
+    # from the main blocks, so MoE where the layout puts one), a final norm.
+    depth = cfg.mtp_depth
+    mtp_mlp, mtp_mlp_active, mtp_router = _mlp_counts(cfg, range(n_layers, n_layers + depth))
+    mtp_rest = depth * (3 * d + 2 * d * d + block_attention + per_block_norms) + mtp_router
+    mtp, mtp_active = mtp_rest + mtp_mlp, mtp_rest + mtp_mlp_active
     return ParamCount(
         embedding=embedding,
         attention=n_layers * block_attention,
-        mlp=n_layers * block_mlp,
+        mlp=mlp,
         norms=norms,
         head=0 if cfg.tie_embeddings else embedding,
         tied_head=cfg.tie_embeddings,
-        mtp=cfg.mtp_depth * mtp_module,
+        mtp=mtp,
+        mtp_active=mtp_active,
         mtp_depth=cfg.mtp_depth,
+        router=router,
+        mlp_active=None if cfg.moe is None else mlp_active,
     )
 
 

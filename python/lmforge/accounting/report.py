@@ -6,7 +6,9 @@ ratio ``d_model / n_layers`` (Kaplan et al. find loss flat over a wide range of 
 models sit near 100–200, GPT-2 small at 64), ``d_ff / d_model`` (8/3 for a SwiGLU that costs
 what a 4·d GELU MLP does), the head dim (64 or 128 for fast attention kernels), and the
 ``12·L·d²`` rule of thumb beside the exact count of the blocks' matrices, so a reader sees at
-once how far SwiGLU rounding or grouped-query attention moved the shape off the classic one.
+once how far SwiGLU rounding or grouped-query attention moved the shape off the classic one. A
+Mixture-of-Experts model adds a line with its layout and its active parameters (what a token
+multiplies, what the FLOPs count) beside the stored ones.
 """
 
 from __future__ import annotations
@@ -68,6 +70,25 @@ def shape_summary(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, Any
         "mla": None if cfg.mla is None else cfg.mla.to_dict(),
         "mtp_depth": cfg.mtp_depth,
         "mtp_params": pc.mtp,
+        **_moe_summary(cfg),
+    }
+
+
+def _moe_summary(cfg: ModelConfig) -> dict[str, Any]:
+    if cfg.moe is None:
+        return {}
+    assert cfg.d_ff is not None
+    pc, moe = count_params(cfg), cfg.moe
+    return {
+        "moe_layers": len(moe.moe_layers(cfg.n_layers)),
+        "n_routed_experts": moe.n_routed_experts,
+        "top_k": moe.top_k,
+        "n_shared_experts": moe.n_shared_experts,
+        "expert_d_ff": moe.expert_width(cfg.d_ff),
+        "router": moe.router,
+        "router_params": pc.router,
+        "active_params": pc.active,
+        "active_mlp_params": pc.active_mlp,
     }
 
 
@@ -108,6 +129,15 @@ def shape_report(cfg: ModelConfig, seq_len: int | None = None) -> str:
             f"  MTP: {cfg.mtp_depth} module(s), {f(s['mtp_params'])} params, loss weight "
             f"{cfg.mtp_weight} (training only; counted in the train FLOPs)"
         )
+    moe = []
+    if "moe_layers" in s:
+        moe = [
+            f"MoE {s['moe_layers']} layers x {s['n_routed_experts']} experts ({s['router']} "
+            f"top-{s['top_k']}, {s['n_shared_experts']} shared, expert d_ff {s['expert_d_ff']}): "
+            f"active {f(s['active_params'])} of {f(s['params'])} params (mlp "
+            f"{f(s['active_mlp_params'])} of {f(s['mlp_params'])}), routers "
+            f"{f(s['router_params'])}"
+        ]
     return "\n".join(
         [
             f"params {f(s['params'])} total, {f(s['non_embedding_params'])} non-embedding "
@@ -122,5 +152,6 @@ def shape_report(cfg: ModelConfig, seq_len: int | None = None) -> str:
             *extra,
             f"FLOPs/token {format_flops(s['flops_per_token'])} train (6N + 12·L·T·d, "
             f"T={s['seq_len']}), {format_flops(s['forward_flops_per_token'])} forward",
+            *moe,
         ]
     )

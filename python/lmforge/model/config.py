@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lmforge.model.mla.config import MLAConfig
 
+from lmforge.model.moe.config import MoEConfig
+
 __all__ = ["ModelConfig", "default_d_ff", "pad_vocab_size"]
 
 
@@ -83,6 +85,8 @@ class ModelConfig:
             ``False`` for the bidirectional encoder of masked language modelling
             (:class:`~lmforge.model.encoder.Encoder`, the same blocks without the causal mask;
             ``train.objective = "mlm"`` sets it).
+        moe: a :class:`~lmforge.model.moe.MoEConfig` to replace MLPs by Mixture-of-Experts
+            layers (a ``[model.moe]`` TOML table); ``None`` (default) keeps every MLP dense.
     """
 
     vocab_size: int
@@ -108,6 +112,7 @@ class ModelConfig:
     mtp_depth: int = 0
     mtp_weight: float = 0.3
     causal: bool = True
+    moe: MoEConfig | None = None
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -147,6 +152,7 @@ class ModelConfig:
             )
         self._check_mla()
         self._check_mtp()
+        self._check_moe()
 
     def _check_mla(self) -> None:
         from lmforge.model.mla.config import MLAConfig  # lazily: lmforge.model.mla imports us
@@ -182,6 +188,21 @@ class ModelConfig:
         w = self.mtp_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < math.inf):
             raise ValueError(f"mtp_weight must be a finite number >= 0, got {w!r}")
+
+    def _check_moe(self) -> None:
+        if isinstance(self.moe, dict):
+            object.__setattr__(self, "moe", MoEConfig.from_dict(self.moe))
+        if self.moe is None:
+            return
+        if not isinstance(self.moe, MoEConfig):
+            raise ValueError(
+                f"moe must be an MoEConfig, a table of its fields or None, got {self.moe!r}"
+            )
+        if not self.moe.moe_layers(self.n_layers):
+            raise ValueError(
+                f"moe.first_dense_layers ({self.moe.first_dense_layers}) leaves no MoE layer "
+                f"among n_layers ({self.n_layers})"
+            )
 
     @property
     def head_dim(self) -> int:

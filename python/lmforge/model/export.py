@@ -19,7 +19,7 @@ Two formats, both plain files that need no pickle to read:
   Attention only sees ``q · k``, and ``(P q) · (P k) = q · k`` because ``P`` is orthogonal,
   so scores, and with ``wv``/``wo`` untouched the outputs, are unchanged. (This is the inverse
   of the permutation in HF's ``convert_llama_weights_to_hf.py``.) Options that HF's Llama
-  cannot express (``qk_norm``, ``logit_softcap``, ``parallel_block``) are refused with a
+  cannot express (``qk_norm``, ``logit_softcap``, ``parallel_block``, ``moe``) are refused with a
   ``ValueError`` rather than exported into a model that would compute something else.
 
 We write the HF files ourselves (JSON and safetensors) so that exporting never needs
@@ -84,7 +84,7 @@ _HF_MODEL_NAMES = {
     "norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_HF_UNSUPPORTED = ("qk_norm", "logit_softcap", "parallel_block")
+_HF_UNSUPPORTED = ("qk_norm", "logit_softcap", "parallel_block", "moe")
 
 
 # ------------------------------------------------------------------------ lmforge safetensors
@@ -238,8 +238,8 @@ def check_hf_llama_compatible(config: ModelConfig) -> None:
     """Raises ``ValueError`` when ``config`` uses an option HF's ``LlamaForCausalLM`` lacks.
 
     Raises:
-        ValueError: ``qk_norm``, ``logit_softcap`` or ``parallel_block`` is set, the model
-            uses MLA or MTP (named in the message), or it is a bidirectional encoder
+        ValueError: ``qk_norm``, ``logit_softcap``, ``parallel_block`` or ``moe`` is set, the
+            model uses MLA or MTP (named in the message), or it is a bidirectional encoder
             (``causal=False``). Training-only options (``z_loss``, ``document_mask``, ...) are
             fine.
     """

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from lmforge.model.kv_cache import KVCache
+from lmforge.model.moe import warn_if_noncausal
 from lmforge.model.transformer import Transformer
 
 __all__ = ["generate", "sample_next"]
@@ -113,6 +114,7 @@ def _check_generate(model: Transformer, idx: Tensor, max_new_tokens: int, eot_id
         )
     if eot_id is not None and not (isinstance(eot_id, int) and 0 <= eot_id < cfg.vocab_size):
         raise ValueError(f"eot_id must be an id in [0, {cfg.vocab_size}), got {eot_id!r}")
+    warn_if_noncausal(cfg.moe)  # expert-choice routing sees other tokens in training
 
 
 @torch.no_grad()

@@ -28,6 +28,10 @@ Design choices:
 * **Multi-token prediction** (optional, ``mtp_depth``; :mod:`lmforge.model.mtp`): given
   targets, the MTP modules run after the main model and their weighted mean cross-entropy is
   added to the loss (``losses["mtp_k"]`` per depth); without targets they do not run.
+* **Mixture of Experts** (optional, ``config.moe``): chosen blocks get an
+  :class:`~lmforge.model.moe.MoE` MLP; after the blocks, :meth:`Transformer.forward` collects
+  their balance losses (added to ``loss``) and metrics, and the routers' loss-free bias moves in
+  :meth:`Transformer.after_optimizer_step` (:mod:`lmforge.model.moe`).
 
 Parameter names follow Meta's LLaMA checkpoints (``tok_embeddings``, ``layers.{i}.attention.wq``,
 ``layers.{i}.mlp.w1``, ``norm``, ``output``), which the Hugging Face export maps one to one.
@@ -49,10 +53,11 @@ from lmforge.model.attention import CausalSelfAttention
 from lmforge.model.config import ModelConfig
 from lmforge.model.functional import at_least_float32, softcap
 from lmforge.model.kv_cache import KVCache
-from lmforge.model.layers import Embedding, Linear, RMSNorm, SwiGLU
+from lmforge.model.layers import Embedding, Linear, RMSNorm
 from lmforge.model.loss import HeadLoss, lm_head_loss, loss_from_logits
 from lmforge.model.masks import document_block_mask, document_causal_mask, document_ids
 from lmforge.model.mla.attention import MultiHeadLatentAttention
+from lmforge.model.moe import MoE, build_mlp, collect_moe_stats
 from lmforge.model.mtp import MultiTokenPrediction
 from lmforge.model.rope import RotaryEmbedding
 
@@ -92,11 +97,12 @@ class ModelOutput:
 
     Attributes:
         logits: float32 ``(batch, seq, vocab_size)``, or ``None`` when ``return_logits=False``.
-        loss: the scalar to back-propagate (cross-entropy + z-loss + ``mtp_weight`` × the mean
-            MTP cross-entropy), ``None`` without targets.
+        loss: the scalar to back-propagate (cross-entropy + z-loss + MoE balance losses +
+            ``mtp_weight`` × the mean MTP cross-entropy), ``None`` without targets.
         losses: detached named parts of ``loss``: ``"ce"`` and, when enabled, ``"z_loss"``
-            (the weighted term) and ``"mtp_1"`` … ``"mtp_D"`` (each depth's unweighted
-            cross-entropy).
+            (the weighted term), the MoE balance losses ``"moe_aux"``, ``"moe_device"``,
+            ``"moe_seq_aux"``, ``"moe_z"`` (weighted, summed over layers) and ``"mtp_1"`` …
+            ``"mtp_D"`` (each depth's unweighted cross-entropy).
         metrics: detached scalar tensors for logging (never synchronised inside forward).
         hidden_states: with ``return_hidden_states``, the residual stream after the embedding
             and after each block (``n_layers + 1`` tensors ``(batch, seq, d_model)``, before the
@@ -140,7 +146,10 @@ class Block(nn.Module):
         self.mlp_norm: RMSNorm | None = None
         if not config.parallel_block:
             self.mlp_norm = RMSNorm(d, eps, device=device, dtype=dtype)
-        self.mlp = SwiGLU(d, config.d_ff, out_init_scale=out_scale, device=device, dtype=dtype)
+        # SwiGLU, or a Mixture-of-Experts MLP where config.moe puts one (lmforge.model.moe)
+        self.mlp = build_mlp(
+            config, layer_idx, out_init_scale=out_scale, device=device, dtype=dtype
+        )
 
     def forward(
         self,
@@ -149,18 +158,23 @@ class Block(nn.Module):
         mask: AttentionMask = None,
         is_causal: bool = True,
         kv_cache: KVCache | None = None,
+        token_ids: Tensor | None = None,
     ) -> Tensor:
         """``x``: ``(batch, seq, d_model)`` residual stream → the same, updated.
 
         ``mask``, ``is_causal`` and ``kv_cache`` are passed to
-        :meth:`CausalSelfAttention.forward`.
+        :meth:`CausalSelfAttention.forward`; ``token_ids`` ``(batch, seq)`` to an MoE MLP (hash
+        routing reads them).
         """
         h = self.attention_norm(x)
         a = self.attention(h, rope, mask=mask, is_causal=is_causal, kv_cache=kv_cache)
         if self.mlp_norm is None:
-            return x + a + self.mlp(h)
+            return x + a + self._mlp(h, token_ids)
         x = x + a
-        return x + self.mlp(self.mlp_norm(x))
+        return x + self._mlp(self.mlp_norm(x), token_ids)
+
+    def _mlp(self, h: Tensor, token_ids: Tensor | None) -> Tensor:
+        return self.mlp(h, token_ids) if isinstance(self.mlp, MoE) else self.mlp(h)
 
 
 class Transformer(nn.Module):
@@ -286,9 +300,9 @@ class Transformer(nn.Module):
         )
         for layer in self.layers:
             if recompute:
-                x = checkpoint(layer, x, self.rope, mask, is_causal, use_reentrant=False)
+                x = checkpoint(layer, x, self.rope, mask, is_causal, None, idx, use_reentrant=False)
             else:
-                x = layer(x, self.rope, mask, is_causal, kv_cache)
+                x = layer(x, self.rope, mask, is_causal, kv_cache, idx)
             if states is not None:
                 states.append(x)
         return self.norm(x), states
@@ -397,6 +411,7 @@ class Transformer(nn.Module):
         (``mtp_inputs``: the last residual and the token ids, for the MTP loss)."""
         metrics = self._layer_metrics()
         if targets is None:
+            collect_moe_stats(self, with_losses=False)  # clears the routers' stats
             all_logits = self.logits(hidden)
             metrics["logits/max_abs"] = all_logits.detach().abs().amax()
             return ModelOutput(logits=all_logits, loss=None, metrics=metrics, hidden_states=states)
@@ -410,6 +425,12 @@ class Transformer(nn.Module):
             mtp_loss, mtp_ces = self._mtp_loss(*mtp_inputs, targets)
             loss = loss + self.config.mtp_weight * mtp_loss
             losses.update({f"mtp_{k}": ce for k, ce in enumerate(mtp_ces, start=1)})
+        # after the MTP blocks, which are MoE blocks where the layout puts one
+        moe_loss, moe_losses, moe_metrics = collect_moe_stats(self)
+        metrics.update(moe_metrics)
+        losses.update(moe_losses)  # the MoE balance losses (lmforge.model.moe.stats)
+        if moe_loss is not None:
+            loss = loss + moe_loss
         return ModelOutput(
             logits=logits, loss=loss, losses=losses, metrics=metrics, hidden_states=states
         )
@@ -460,8 +481,9 @@ class Transformer(nn.Module):
 
         Returns:
             ``{name: kind}`` with kind ``"embedding"`` (token embedding; also the head when tied),
-            ``"head"`` (the untied LM head), ``"norm"`` (RMSNorm gains) or ``"matrix"`` (2-D
-            attention and MLP weights).
+            ``"head"`` (the untied LM head), ``"norm"`` (RMSNorm gains), ``"matrix"`` (2-D
+            attention and MLP weights), ``"expert"`` (stacked ``(E, d_out, d_in)`` MoE expert
+            weights) or ``"other"`` (MoE router weights).
 
         Raises:
             TypeError: if a module holding parameters declares no ``param_kind``.

@@ -162,7 +162,8 @@ def build_optimizer(
         A ``torch.optim.Optimizer`` (``AdamW``, ``Adam``, ``AdaGrad``, ``SGD`` or ``Muon``).
 
     Raises:
-        ValueError: on bad labels, no trainable parameter, or (Muon) a non-2-D ``matrix``.
+        ValueError: on bad labels, no trainable parameter, or (Muon) a ``matrix`` or ``expert``
+            parameter that is neither 2-D nor 3-D.
     """
     groups = param_groups(
         labelled,

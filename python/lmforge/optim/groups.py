@@ -2,7 +2,11 @@
 
 The optimizer knows nothing of models: the model labels each parameter with a KIND
 (``"embedding"``, ``"head"``, ``"norm"``, ``"matrix"`` for the 2-D hidden weights of attention
-and MLP, ``"other"``) and this module turns the labels into param groups.
+and MLP, ``"expert"`` for Mixture-of-Experts weights stacked as ``(E, d_out, d_in)``,
+``"other"``) and this module turns the labels into param groups. Expert weights are treated as
+``E`` matrices: decayed like ``matrix`` weights, and under Muon orthogonalised one expert at a
+time (each expert is its own linear map; orthogonalising the stack as one matrix would couple
+experts that never see the same tokens).
 
 Weight decay: on by default for ``matrix`` and ``head`` weights; off for norm gains (decaying
 a gain towards 0 fights the normalisation it scales; nanoGPT, GPT-3) and for embeddings (each
@@ -28,7 +32,7 @@ from lmforge.optim._common import check_non_negative
 
 __all__ = ["KINDS", "param_groups"]
 
-KINDS = ("embedding", "head", "norm", "matrix", "other")
+KINDS = ("embedding", "head", "norm", "matrix", "expert", "other")
 """The labels a model may give its parameters."""
 
 
@@ -47,8 +51,9 @@ def param_groups(
         weight_decay: the coefficient of the decayed groups (the others get 0).
         decay_embeddings: decay ``embedding`` parameters too.
         decay_norms: decay ``norm`` parameters too.
-        muon: put ``matrix`` parameters in their own groups flagged ``use_muon=True`` (and every
-            other group ``use_muon=False``), as :class:`lmforge.optim.Muon` expects.
+        muon: put ``matrix`` and ``expert`` parameters in their own groups flagged
+            ``use_muon=True`` (and every other group ``use_muon=False``), as
+            :class:`lmforge.optim.Muon` expects.
 
     Returns:
         Param-group dicts with keys ``params``, ``weight_decay``, ``kinds`` (and ``use_muon``
@@ -70,7 +75,7 @@ def param_groups(
             continue
         seen.add(id(p))
         decay = _decays(kind, p, decay_embeddings=decay_embeddings, decay_norms=decay_norms)
-        use_muon = muon and kind == "matrix"
+        use_muon = muon and kind in ("matrix", "expert")
         group = groups.get((use_muon, decay))
         if group is None:
             group = {"params": [], "weight_decay": float(weight_decay) if decay else 0.0}

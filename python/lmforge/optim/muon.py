@@ -25,7 +25,9 @@ with the Nesterov direction ``g.lerp(b, μ)``; orthogonalisation is blind to the
 so this equals the SGD form. Weight decay, when on, is decoupled: ``p ← p · (1 − lr · wd)``.
 
 Muon is for hidden matrices only; embeddings, the LM head, norms and other parameters go to
-AdamW (Jordan's advice). Both live in ONE optimizer so the trainer treats it like any other:
+AdamW (Jordan's advice). A 3-D parameter is a stack of matrices (Mixture-of-Experts weights
+``(E, d_out, d_in)``): each ``(d_out, d_in)`` slice is orthogonalised and scaled on its own.
+Both live in ONE optimizer so the trainer treats it like any other:
 each param group is flagged ``use_muon``; Muon groups read ``lr, momentum, nesterov, ns_steps,
 weight_decay`` and hold a ``momentum_buffer``; the others read ``lr, betas, eps, weight_decay``
 and hold AdamW's state (see :mod:`lmforge.optim.adamw`).
@@ -99,7 +101,8 @@ def muon_scale(shape: torch.Size | tuple[int, ...]) -> float:
 
 
 class Muon(GroupOptimizer):
-    """Muon on groups flagged ``use_muon=True`` (2-D weights), AdamW on the other groups.
+    """Muon on groups flagged ``use_muon=True`` (2-D weights, or 3-D stacks of them), AdamW on
+    the other groups.
 
     A group without a ``use_muon`` key is a Muon group, so ``Muon(matrices)`` works alone.
     Build mixed groups with :func:`lmforge.optim.param_groups` (``muon=True``).
@@ -119,7 +122,7 @@ class Muon(GroupOptimizer):
 
     Raises:
         ValueError: on an out-of-range hyperparameter, or a Muon group holding a parameter
-            that is not 2-D.
+            that is neither 2-D nor 3-D.
     """
 
     def __init__(
@@ -172,10 +175,11 @@ class Muon(GroupOptimizer):
             raise ValueError(f"ns_steps must be a positive integer, got {ns_steps!r}")
         params = group["params"]
         for p in [params] if isinstance(params, Tensor) else params:
-            if p.ndim != 2:
+            if p.ndim not in (2, 3):
                 raise ValueError(
-                    f"Muon groups take 2-D weights only, got a parameter of shape "
-                    f"{tuple(p.shape)}; put it in a use_muon=False (AdamW) group"
+                    f"Muon groups take 2-D weights (or 3-D stacks of them) only, got a "
+                    f"parameter of shape {tuple(p.shape)}; put it in a use_muon=False (AdamW) "
+                    "group"
                 )
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:

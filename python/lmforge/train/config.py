@@ -10,7 +10,7 @@ only its own config)::
 ``load_run_config(path, overrides)`` reads it and applies ``--set table.key=value`` overrides
 (values are parsed as TOML, so ``--set train.compile=true``, ``--set optim.lr=1e-3`` and
 ``--set train.train_data="a.bin"`` all work; a bare word falls back to a string; a dotted key
-such as ``--set model.mla.kv_lora_rank=64`` sets a key of a nested table). The trainer
+such as ``--set model.moe.top_k=4`` sets a key of a nested table, ``[model.moe]``). The trainer
 writes the resolved config back as ``config.toml`` in the run directory, so a run can be
 reproduced from its folder alone.
 """
@@ -101,6 +101,9 @@ class TrainConfig:
             (:mod:`lmforge.data.mlm`: each window is ``[CLS]`` + its first ``T - 1`` tokens).
         mlm_probability: with ``objective = "mlm"``, the share of (non-special) tokens
             selected as targets: 80% become ``[MASK]``, 10% a random token, 10% stay.
+        init_from: start a new run from the weights of this run directory or checkpoint (a
+            dense one is upcycled when ``model.moe`` is set; see
+            :mod:`lmforge.train.init_weights`); ignored when resuming.
         progress: show a progress bar.
         tensorboard: also log to TensorBoard (if installed).
         wandb: also log to Weights & Biases (if installed).
@@ -130,6 +133,7 @@ class TrainConfig:
     sample_tokens: int = 0
     objective: str = "clm"
     mlm_probability: float = 0.15
+    init_from: str | None = None
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
@@ -196,6 +200,12 @@ class TrainConfig:
             raise ValueError(
                 'train.objective = "mlm" needs train.tokenizer (its [CLS] and [MASK] ids): pass '
                 "--tokenizer tokenizer.json"
+            )
+        if self.init_from is not None and (
+            not isinstance(self.init_from, str) or not self.init_from
+        ):
+            raise ValueError(
+                f"train.init_from must be the path of a run or checkpoint, got {self.init_from!r}"
             )
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"train.device must be a string such as 'cuda', got {self.device!r}")
@@ -271,7 +281,8 @@ def _train_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
-    """Parse ``table.key=value`` strings into nested tables.
+    """Parse ``table.key=value`` strings into nested tables (``table.sub.key=value`` sets
+    ``key`` of the sub-table ``sub``, e.g. ``model.moe.top_k=4``).
 
     A dotted key goes into a nested table: ``model.mla.kv_lora_rank=64`` →
     ``{"model": {"mla": {"kv_lora_rank": 64}}}``.
@@ -363,7 +374,7 @@ def load_model_config(
     path: str | os.PathLike[str], overrides: list[str] | None = None
 ) -> ModelConfig:
     """Only the ``[model]`` table of a run config or preset, with ``model.key=value`` (or bare
-    ``key=value``) overrides: for tools that need the shape but no data.
+    ``key=value``, ``moe.key=value``) overrides: for tools that need the shape but no data.
 
     Raises:
         FileNotFoundError: neither a file nor a preset.
@@ -376,7 +387,8 @@ def load_model_config(
         raise ValueError(f"{p}: invalid TOML ({err})") from None
     if "model" not in data:
         raise ValueError(f"{p} has no [model] table")
-    items = [o if "." in o.partition("=")[0] else f"model.{o}" for o in overrides or []]
+    tables = ("model", "optim", "train")  # other keys are model's: d_model=.., moe.top_k=..
+    items = [o if o.split(".")[0] in tables else f"model.{o}" for o in overrides or []]
     table = dict(data["model"])
     for name, values in parse_overrides(items).items():
         if name != "model":
@@ -386,15 +398,23 @@ def load_model_config(
 
 
 def to_toml(config: RunConfig) -> str:
-    """The config as TOML text (``None`` values are left out: they mean the default)."""
+    """The config as TOML text (``None`` values are left out: they mean the default; a nested
+    table such as ``model.moe`` follows its parent as ``[model.moe]``)."""
     lines: list[str] = []
     for table, values in config.to_dict().items():
-        lines.append(f"[{table}]")
-        for key, value in values.items():
-            if value is not None:
-                lines.append(f"{key} = {toml_value(value)}")
-        lines.append("")
+        _toml_table(table, values, lines)
     return "\n".join(lines)
+
+
+def _toml_table(name: str, values: dict[str, Any], lines: list[str]) -> None:
+    lines.append(f"[{name}]")
+    for key, value in values.items():
+        if value is not None and not isinstance(value, dict):
+            lines.append(f"{key} = {toml_value(value)}")
+    lines.append("")
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _toml_table(f"{name}.{key}", value, lines)
 
 
 def toml_value(value: Any) -> str:

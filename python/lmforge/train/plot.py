@@ -4,7 +4,9 @@
 
 (a) train and validation loss against tokens seen (or steps, when tokens were not logged);
 (b) throughput in tokens/s and model FLOPs utilisation (MFU) against steps;
-(c) the learning rate and the gradient norm against steps, when they were logged.
+(c) the learning rate and the gradient norm against steps, when they were logged;
+(d) for a Mixture-of-Experts run, each MoE layer's max/mean expert load (1 is perfect balance)
+    and the dropped fraction against steps.
 
 Design choices:
 
@@ -137,6 +139,32 @@ def _twin_panel(
     _finish_axes(ax, axes)
 
 
+def _moe_layers(records: list[dict[str, Any]]) -> list[str]:
+    """The ``moe/L{i}/`` prefixes that logged a load ratio, in layer order."""
+    found = {k[: -len("max_load_ratio")] for r in records for k in r}
+    found = {k for k in found if k.startswith("moe/L") and k.endswith("/")}
+    return sorted(found, key=lambda k: int(k[len("moe/L") : -1]))
+
+
+def _moe_panel(ax: Axes, records: list[dict[str, Any]], layers: list[str]) -> None:
+    """Each MoE layer's max/mean expert load, and the mean dropped fraction (twin axis)."""
+    axes = [ax]
+    for i, prefix in enumerate(layers):
+        xs, ys = _series(records, prefix + "max_load_ratio", "step")
+        ax.plot(xs, ys, color=f"C{i % 10}", label=f"layer {prefix[len('moe/L') : -1]}")
+    ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_ylabel("max / mean expert load")
+    xs, ys = _series(records, "moe/dropped", "step")
+    if len(xs) and np.any(ys > 0):
+        twin = ax.twinx()
+        twin.plot(xs, ys * 100, color="black", linestyle="--", label="dropped %")
+        twin.set_ylabel("dropped %")
+        axes.append(twin)
+    ax.set_xlabel("step")
+    ax.set_title("MoE expert load")
+    _finish_axes(ax, axes)
+
+
 def _finish_axes(ax: Axes, axes: list[Axes]) -> None:
     handles = [h for a in axes for h in a.get_legend_handles_labels()[0]]
     if handles:
@@ -195,13 +223,17 @@ def plot_run(
     if x_key == "tokens":
         records = _fill_tokens(records)
     has_optim = any(_is_number(r.get(k)) for r in records for k in ("lr", "grad_norm"))
-    fig = Figure(figsize=(8, 9.5 if has_optim else 6.5), layout="constrained")
+    moe_layers = _moe_layers(records)
+    n_panels = 2 + has_optim + bool(moe_layers)
+    fig = Figure(figsize=(8, 3.0 * n_panels + 0.5), layout="constrained")
     FigureCanvasAgg(fig)
-    panels = fig.subplots(3 if has_optim else 2, 1, squeeze=False)[:, 0]
+    panels = fig.subplots(n_panels, 1, squeeze=False)[:, 0]
     _loss_panel(panels[0], records, x_key, log_x)
     _twin_panel(panels[1], records, ("tokens_per_s", "tokens/s"), ("mfu", "MFU %"))
     if has_optim:
         _twin_panel(panels[2], records, ("lr", "learning rate"), ("grad_norm", "grad norm"))
+    if moe_layers:
+        _moe_panel(panels[-1], records, moe_layers)
     name = metrics.parent.resolve().name if metrics.name == METRICS_FILE else metrics.stem
     fig.suptitle(_title(name, records))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,7 @@ from lmforge.train.data_files import (
     with_data_eot_id,
 )
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
+from lmforge.train.init_weights import load_initial_weights
 from lmforge.train.meter import StepWindow, max_memory_gb, peak_flops
 from lmforge.train.metrics import MetricsLogger, NullLogger
 from lmforge.train.mlm import MLMObjective
@@ -128,6 +129,8 @@ class Trainer:
             else None
         )
         self.model = build_model(config.model).to(self.device)
+        if tc.init_from and not (resume and RunDir(tc.out_dir).latest()):
+            load_initial_weights(self.model, tc.init_from)  # a dense run is upcycled to MoE
         kinds = self.model.param_kinds()
         self.wrapped = ddp.wrap_model(self.model, ctx, tc.strategy, self.amp_dtype)
         self.sharded = ctx.distributed and tc.strategy == "fsdp"

@@ -1,0 +1,116 @@
+"""Training an MoE model on the bundled stories (CPU): ``lmforge train`` logs the MoE metrics
+and the loss falls; resuming restores the loss-free bias buffers bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_trainer import TINY, records, tiny_config, train_losses
+
+from lmforge.cli import main
+from lmforge.train.trainer import Trainer
+
+MOE_TINY = [
+    "model.moe.n_routed_experts=8",
+    "model.moe.top_k=2",
+    "model.moe.expert_d_ff=48",
+    "model.moe.bias_update_rate=0.01",  # large enough to move visibly in a few steps
+]
+
+
+def test_lmforge_train_moe_logs_metrics_and_lowers_the_loss(stories_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--config", "stories-moe", "--data", str(stories_data["train"])]
+    argv += ["--val-data", str(stories_data["val"]), "--tokenizer", str(stories_data["tokenizer"])]
+    argv += ["--out", str(out)]
+    extra = ["train.max_iters=60", "optim.lr=3e-3", "train.log_interval=10"]
+    extra += ["train.eval_interval=60", "train.dtype=fp32"]
+    for item in [*TINY, *MOE_TINY, *extra]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    capsys.readouterr()
+    losses = train_losses(out)
+    assert losses[10] - losses[60] > 1.0, losses
+    last = [r for r in records(out) if "loss" in r][-1]
+    # stories-moe keeps block 0 dense: block 1 is the MoE layer of this 2-layer model
+    assert not any(k.startswith("moe/L0/") for k in last)
+    shares = [last[f"moe/L1/load/e{j}"] for j in range(8)]
+    assert sum(shares) == pytest.approx(1.0)
+    assert last["moe/L1/max_load_ratio"] == pytest.approx(max(shares) * 8)
+    assert last["moe/max_load_ratio"] == last["moe/L1/max_load_ratio"]
+    assert last["moe/L1/dropped"] == 0.0  # dropless
+    for key in ("router_entropy", "aux_loss", "seq_aux_loss", "z_loss"):
+        assert last[f"moe/L1/{key}"] > 0, key
+    assert last["loss/moe_seq_aux"] == pytest.approx(1e-4 * last["moe/L1/seq_aux_loss"])
+    assert last["moe/L1/bias_min"] < 0 < last["moe/L1/bias_max"]  # the bias has moved
+    config = json.loads((sorted(out.glob("ckpt-*"))[-1] / "config.json").read_text())
+    assert config["moe"]["router"] == "sigmoid" and config["moe"]["n_routed_experts"] == 8
+
+
+def test_resume_restores_the_bias_buffers(stories_data, tmp_path, monkeypatch):
+    extra = [*MOE_TINY, "model.moe.router=sigmoid", "model.moe.seq_aux_loss_weight=1e-4"]
+    extra += ["train.max_iters=8", "train.ckpt_interval=4", "train.log_interval=1"]
+    extra += ["train.eval_interval=0", "train.keep_checkpoints=0"]
+    whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
+
+    calls = {"n": 0}
+    step = Trainer._step
+
+    def crash_after_4(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_step", crash_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(stories_data, tmp_path / "b", *extra)).fit()
+    monkeypatch.setattr(Trainer, "_step", step)
+    resumed = Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True)
+    bias = resumed.model.layers[0].mlp.router.expert_bias
+    assert resumed.iteration == 4 and bias.abs().sum() > 0  # restored, not re-initialised
+    resumed.fit()
+    assert train_losses(tmp_path / "b") == train_losses(whole.run_dir)
+    a = torch.load(whole.run_dir / "ckpt-00000008" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "ckpt-00000008" / "checkpoint.pt", weights_only=False)
+    biases = [k for k in a["model"] if k.endswith("expert_bias")]
+    assert len(biases) == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_init_from_a_dense_run_upcycles_with_the_dense_first_loss(stories_data, tmp_path):
+    steps = ["train.max_iters=3", "train.log_interval=1", "train.eval_interval=0"]
+    steps += ["train.dtype=fp32", "optim.warmup_iters=0"]
+    dense = Trainer(tiny_config(stories_data, tmp_path / "dense", *steps)).fit().run_dir
+    start = [f'train.init_from="{dense}"', "train.max_iters=2", "train.log_interval=1"]
+    start += ["train.eval_interval=0", "train.dtype=fp32", "optim.warmup_iters=0"]
+    again = Trainer(tiny_config(stories_data, tmp_path / "again", *start)).fit().run_dir
+    moe = [*start, "model.moe.n_routed_experts=4", "model.moe.aux_loss_weight=0"]
+    upcycled = Trainer(tiny_config(stories_data, tmp_path / "moe", *moe)).fit().run_dir
+    first, first_moe = train_losses(again)[1], train_losses(upcycled)[1]
+    assert first < train_losses(dense)[1] - 0.05  # it did start from the trained weights
+    assert first_moe == pytest.approx(first, rel=1e-6)  # step 1 runs the initial weights
+    records_moe = [r for r in records(upcycled) if "loss" in r]
+    assert "moe/L0/max_load_ratio" in records_moe[0]
+    with pytest.raises(ValueError, match="cannot start a dense run"):
+        Trainer(tiny_config(stories_data, tmp_path / "back", f'train.init_from="{upcycled}"'))
+
+
+def test_plot_has_an_moe_load_panel(tmp_path):
+    from lmforge.train.plot import _moe_layers, plot_run
+
+    lines = [
+        {"step": s, "loss": 5.0 - s / 10, "moe/L1/max_load_ratio": 2.0 - s / 10,
+         "moe/L3/max_load_ratio": 1.5, "moe/L10/max_load_ratio": 1.2, "moe/dropped": 0.01}
+        for s in range(1, 6)
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert _moe_layers(lines) == ["moe/L1/", "moe/L3/", "moe/L10/"]
+    assert _moe_layers([{"step": 1, "loss": 1.0}]) == []
+    png = plot_run(tmp_path / "metrics.jsonl")
+    from matplotlib.image import imread
+
+    assert imread(png).shape[0] > 9 * 110  # a third panel (no lr/grad-norm panel here)
