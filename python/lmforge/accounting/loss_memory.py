@@ -27,9 +27,10 @@ Compiled, Inductor fuses each chunk's softmax, gradient and casts: one bf16 and 
 ``d loss / d hidden`` chunks, and the per-chunk head-weight gradients while ``k = ⌈N/C⌉``
 of them are no larger than their float32 sum) and sums them in the backward.
 
-With the Triton kernel (:mod:`lmforge.kernels.cross_entropy`, on a GPU) no float32 ``C·V``
-buffer exists: a chunk's logits and its gradient, both in the matmul dtype, and per-row
-statistics (``4·C`` fp32); eager, the previous chunk's gradient is still bound as well.
+With the Triton kernel (:mod:`lmforge.kernels.cross_entropy`, on a GPU) the whole head is one
+opaque operator, compiled or not: beside what eager mode saves, the inputs cast to the matmul
+dtype, the hidden-state gradient in that dtype, per-row statistics (``4·N`` fp32) and one chunk
+of logits and of their gradient, both in the matmul dtype; no float32 ``C·V`` buffer exists.
 
 **Full logits** (``return_logits=True``), eager: float32 logits saved by ``logsumexp`` (and
 returned), the head matmul's bf16 input and weight copy saved; in the forward one more ``N·V``
@@ -135,17 +136,23 @@ def _chunked(
     d, v = cfg.d_model, cfg.vocab_size
     c = min(chunk_size, n)
     chunks = -(-n // c)
-    if kernel:
-        logits = [
+    saved = [
+        TensorGroup("d loss / d hidden", n * d, residual),
+        TensorGroup("d loss / d head weight", v * d, residual),
+    ]
+    hidden = [TensorGroup("final hidden states", n * d, residual)]
+    if kernel:  # one opaque operator: the same tensors compiled or not
+        work = [
+            TensorGroup("per-row loss statistics", 4 * n, "fp32"),
             TensorGroup("logits chunk", c * v, compute),
             TensorGroup("d loss / d logits chunk", c * v, compute),
-            TensorGroup("per-row loss statistics", 4 * c, "fp32"),
         ]
-    else:
-        logits = [TensorGroup("logits chunk", c * v, compute)] if compute != "fp32" else []
-        logits.append(
-            TensorGroup("logits chunk, float32 (fused softmax and gradient)", c * v, "fp32")
-        )
+        if compute != residual:  # the inputs cast to the matmul dtype, the gradient in it
+            work.append(TensorGroup("final hidden states, matmul dtype", n * d, compute))
+            work.append(TensorGroup("d loss / d hidden, matmul dtype", n * d, compute))
+        return LossTensors(norm + saved, hidden + copy + work, saved)
+    logits = [TensorGroup("logits chunk", c * v, compute)] if compute != "fp32" else []
+    logits.append(TensorGroup("logits chunk, float32 (fused softmax and gradient)", c * v, "fp32"))
     if compiled:
         per_chunk_w = chunks * DTYPE_BYTES[compute] <= DTYPE_BYTES[residual]
         saved = [
@@ -156,16 +163,7 @@ def _chunked(
         ]
         bwd = [TensorGroup("d loss / d hidden, float32", n * d, residual)]
         return LossTensors(norm + saved, logits, bwd)
-    saved = [
-        TensorGroup("d loss / d hidden", n * d, residual),
-        TensorGroup("d loss / d head weight", v * d, residual),
-    ]
-    work = (
-        []
-        if kernel
-        else [TensorGroup("softmax, scaled, scatter-added (d loss / d logits)", 3 * c * v, "fp32")]
-    )
+    work = [TensorGroup("softmax, scaled, scatter-added (d loss / d logits)", 3 * c * v, "fp32")]
     if chunks > 1:  # still bound to a Python name while the next chunk is computed
         work.append(TensorGroup("previous chunk's d loss / d logits", c * v, compute))
-    hidden = [TensorGroup("final hidden states", n * d, residual)]
     return LossTensors(norm + saved, hidden + copy + logits + work, saved)

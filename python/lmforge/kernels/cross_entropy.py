@@ -15,7 +15,9 @@ once, in the logits' dtype, into a new buffer:
    derivative ``1 - (z / c)²`` when the logits are capped ``z = c · tanh(raw / c)``.
 
 Arithmetic is float32 throughout. Per row it returns ``lse``, the NLL (0 for an ignored
-target), ``max |z|`` and ``max |raw|``; the caller sums them.
+target), ``max |z|`` and ``max |raw|``; the caller sums them. :func:`head_cross_entropy` wraps
+the whole head (matmul, kernel, gradient matmuls, chunk by chunk) as one custom operator, so
+``torch.compile`` treats it as a single opaque call and the memory is that of eager mode.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["chunk_cross_entropy"]
+__all__ = ["head_cross_entropy"]
 
 _STATS = 4  # lse, nll, max |z|, max |raw|
 
@@ -104,8 +106,7 @@ def _kernel():  # built on first use: importing Triton costs a second, and CPUs 
 _KERNEL = None
 
 
-@torch.library.custom_op("lmforge::chunk_cross_entropy", mutates_args=())
-def chunk_cross_entropy(
+def _chunk_stats_and_grad(
     logits: Tensor,
     targets: Tensor,
     inv_n: Tensor,
@@ -114,57 +115,110 @@ def chunk_cross_entropy(
     ignore_index: int,
     write_grad: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row loss statistics of ``logits`` and, optionally, d(loss)/d(logits).
-
-    Args:
-        logits: ``(rows, vocab)`` raw head outputs (before soft-capping), unit stride in vocab.
-        targets: ``(rows,)`` int64; ``ignore_index`` rows get no loss and a zero gradient.
-        inv_n: 0-d float32, 1 / (number of valid targets in the whole batch).
-        z_loss: weight of ``lse²``.
-        cap: the soft-cap ``c`` (0 = none).
-        ignore_index: the ignored target value.
-        write_grad: also return the gradient.
-
-    Returns:
-        ``stats`` ``(rows, 4)`` float32 (``lse, nll, max |z|, max |raw|``) and the gradient in
-        the logits' dtype (an empty tensor when ``write_grad`` is false).
-    """
+    """One launch over the rows of ``logits``: ``stats (rows, 4)`` float32 (``lse, nll,
+    max |z|, max |raw|``) and, with ``write_grad``, d(loss)/d(logits) in the logits' dtype."""
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = _kernel()
     rows, vocab = logits.shape
     stats = torch.empty(rows, _STATS, dtype=torch.float32, device=logits.device)
-    grad = torch.empty_like(logits) if write_grad else logits.new_empty(0)
-    if rows:
-        _KERNEL[(rows,)](
-            logits,
-            grad if write_grad else logits,
-            targets,
-            inv_n,
-            stats,
-            logits.stride(0),
-            grad.stride(0) if write_grad else 0,
-            vocab,
-            ignore_index,
-            float(z_loss),
-            float(cap),
-            HAS_CAP=cap > 0,
-            WRITE_GRAD=write_grad,
-            BLOCK=min(4096, max(16, 1 << (vocab - 1).bit_length())),
-            num_warps=8 if vocab >= 8192 else 4,
-        )
+    grad = torch.empty_like(logits) if write_grad else logits
+    _KERNEL[(rows,)](
+        logits,
+        grad,
+        targets,
+        inv_n,
+        stats,
+        logits.stride(0),
+        grad.stride(0),
+        vocab,
+        ignore_index,
+        float(z_loss),
+        float(cap),
+        HAS_CAP=cap > 0,
+        WRITE_GRAD=write_grad,
+        BLOCK=min(4096, max(16, 1 << (vocab - 1).bit_length())),
+        num_warps=8 if vocab >= 8192 else 4,
+    )
     return stats, grad
 
 
-@chunk_cross_entropy.register_fake
-def _(
-    logits: Tensor,
+@torch.library.custom_op("lmforge::head_cross_entropy", mutates_args=())
+def head_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
     targets: Tensor,
-    inv_n: Tensor,
     z_loss: float,
     cap: float,
+    chunk_size: int,
     ignore_index: int,
-    write_grad: bool,
-) -> tuple[Tensor, Tensor]:
-    stats = logits.new_empty(logits.shape[0], _STATS, dtype=torch.float32)
-    return stats, torch.empty_like(logits) if write_grad else logits.new_empty(0)
+    hidden_grad: bool,
+    weight_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The LM head and its softmax cross-entropy, chunk by chunk, with the gradients.
+
+    One opaque operation for ``torch.compile``: inside, per chunk of ``chunk_size`` rows, the
+    head matmul (cuBLAS, in the inputs' dtype), the row kernel, and the two gradient matmuls,
+    so that exactly one chunk of logits and one of their gradient exist at a time, whatever
+    order a compiler would choose.
+
+    Args:
+        hidden: ``(rows, d)`` final hidden states, in the matmul dtype (bf16 under autocast).
+        weight: ``(vocab, d)`` the head, in the same dtype.
+        targets: ``(rows,)`` int64; ``ignore_index`` rows get no loss and a zero gradient.
+        z_loss: weight of ``lse²``.
+        cap: the soft-cap ``c`` (0 = none).
+        chunk_size: rows per chunk.
+        ignore_index: the ignored target value.
+        hidden_grad: return d(loss)/d(hidden).
+        weight_grad: return d(loss)/d(weight).
+
+    Returns:
+        ``stats`` ``(rows, 4)`` float32 (``lse, nll, max |z|, max |raw|``), d(loss)/d(hidden)
+        ``(rows, d)`` in ``hidden``'s dtype and d(loss)/d(weight) ``(vocab, d)`` in float32
+        (each an empty tensor when not asked for). The loss is the mean over valid rows.
+    """
+    rows = hidden.shape[0]
+    valid = targets != ignore_index
+    inv_n = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
+    stats = torch.empty(rows, _STATS, dtype=torch.float32, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if hidden_grad else hidden.new_empty(0)
+    grad_weight = (
+        torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        if weight_grad
+        else weight.new_empty(0, dtype=torch.float32)
+    )
+    write = hidden_grad or weight_grad
+    for start in range(0, rows, chunk_size):
+        end = min(start + chunk_size, rows)
+        h = hidden[start:end]
+        logits = h @ weight.t()
+        chunk_stats, grad = _chunk_stats_and_grad(
+            logits, targets[start:end], inv_n, z_loss, cap, ignore_index, write
+        )
+        stats[start:end] = chunk_stats
+        del logits  # one chunk of logits and one of their gradient alive at a time
+        if hidden_grad:
+            grad_hidden[start:end] = grad @ weight
+        if weight_grad:
+            grad_weight += grad.t() @ h
+        del grad
+    return stats, grad_hidden, grad_weight
+
+
+@head_cross_entropy.register_fake
+def _(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    z_loss: float,
+    cap: float,
+    chunk_size: int,
+    ignore_index: int,
+    hidden_grad: bool,
+    weight_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    stats = hidden.new_empty(hidden.shape[0], _STATS, dtype=torch.float32)
+    grad_hidden = torch.empty_like(hidden) if hidden_grad else hidden.new_empty(0)
+    grad_weight = weight.new_empty(weight.shape if weight_grad else (0,), dtype=torch.float32)
+    return stats, grad_hidden, grad_weight

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.kernels import use_triton
-from lmforge.kernels.cross_entropy import chunk_cross_entropy
+from lmforge.kernels.cross_entropy import head_cross_entropy
 from lmforge.model.functional import at_least_float32
 from lmforge.model.functional import softcap as apply_softcap
 
@@ -163,52 +163,26 @@ class _FusedHeadLoss(torch.autograd.Function):
         valid = targets != ignore_index
         zero = at_least_float32(hidden.new_zeros(()))
         n = valid.sum().clamp(min=1).to(zero.dtype)
-        ce_sum, z_sum, lse_sum, max_abs, max_raw, correct = zero, zero, zero, zero, zero, zero
-        grad_hidden: list[Tensor] = []
-        acc_dtype = torch.promote_types(weight.dtype, torch.float32)
-        grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_weight_grad else None
-        weight_lp: Tensor | None = None  # the head in the gradients' dtype, cast once
         # the kernel reports no argmax: the masked-LM accuracy takes the PyTorch path
-        triton = use_triton(hidden) and hidden.shape[0] > 0 and not accuracy
-        for start in range(0, hidden.shape[0], chunk_size):
-            h = hidden[start : start + chunk_size]
-            t, m = targets[start : start + chunk_size], valid[start : start + chunk_size]
-            raw_lp = F.linear(h, weight)  # the autocast dtype
-            need_grad = need_hidden_grad or need_weight_grad
-            if triton:  # the same arithmetic in one kernel: lmforge.kernels.cross_entropy
-                stats, grad = chunk_cross_entropy(
-                    raw_lp, t, 1.0 / n, z_loss, cap or 0.0, ignore_index, need_grad
-                )
-                lse_v = torch.where(m, stats[:, 0], 0.0)
-                ce_sum = ce_sum + stats[:, 1].sum()
-                z_sum, lse_sum = z_sum + lse_v.square().sum(), lse_sum + lse_v.sum()
-                max_abs = torch.maximum(max_abs, stats[:, 2].amax())
-                max_raw = torch.maximum(max_raw, stats[:, 3].amax())
-            else:
-                raw = at_least_float32(raw_lp)
-                logits = raw if cap is None else apply_softcap(raw, cap)
-                lse, ce_c, z_c, lse_c = _sums(logits, t, m)
-                ce_sum, z_sum, lse_sum = ce_sum + ce_c, z_sum + z_c, lse_sum + lse_c
-                max_abs = torch.maximum(max_abs, logits.abs().amax())
-                max_raw = torch.maximum(max_raw, raw.abs().amax())
-                if accuracy:
-                    correct = correct + _correct(logits, t, m)
-                if need_grad:
-                    grad = _chunk_grad(logits, lse, t, m, n, z_loss)
-                    if cap is not None:
-                        grad = grad * (1.0 - (logits / cap).square())  # d(c·tanh(x/c))/dx
-                    grad = grad.to(raw_lp.dtype)
-            if not need_grad:
-                continue
-            if need_hidden_grad:
-                if weight_lp is None:
-                    weight_lp = weight.to(grad.dtype)
-                grad_hidden.append((grad @ weight_lp).to(hidden.dtype))
-            if grad_weight is not None:
-                grad_weight += grad.t() @ h.to(grad.dtype)
+        if use_triton(hidden) and hidden.shape[0] > 0 and not accuracy:
+            sums, grad_hidden_t, grad_weight = _triton_head(
+                hidden, weight, targets, valid, z_loss, cap, chunk_size, ignore_index,
+                need_hidden_grad, need_weight_grad,
+            )  # fmt: skip
+            ce_sum, z_sum, lse_sum, max_abs, max_raw = sums
+            correct = zero
+            grad_hidden = [grad_hidden_t] if grad_hidden_t is not None else []
+        else:
+            sums, grad_hidden, grad_weight = _torch_chunks(
+                hidden, weight, targets, valid, n, z_loss, cap, chunk_size,
+                need_hidden_grad, need_weight_grad, accuracy,
+            )  # fmt: skip
+            ce_sum, z_sum, lse_sum, max_abs, max_raw, correct = sums
         loss, ce, z = _finish(ce_sum, z_sum, lse_sum, n, z_loss)
         ctx.save_for_backward(
-            torch.cat(grad_hidden) if grad_hidden else None,
+            (torch.cat(grad_hidden) if len(grad_hidden) > 1 else grad_hidden[0])
+            if grad_hidden
+            else None,
             None if grad_weight is None else grad_weight.to(weight.dtype),
         )
         mean_lse, acc = lse_sum / n, correct / n
@@ -221,6 +195,99 @@ class _FusedHeadLoss(torch.autograd.Function):
         gh = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
         gw = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
         return gh, gw, None, None, None, None, None, None, None, None
+
+
+def _torch_chunks(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    valid: Tensor,
+    n: Tensor,
+    z_loss: float,
+    cap: float | None,
+    chunk_size: int,
+    need_hidden_grad: bool,
+    need_weight_grad: bool,
+    accuracy: bool,
+) -> tuple[tuple[Tensor, ...], list[Tensor], Tensor | None]:
+    """The PyTorch path: per chunk the head matmul, float32 logits, their sums and gradients.
+
+    Returns:
+        ``(ce_sum, z_sum, lse_sum, max_abs, max_raw, correct)``, the hidden-state gradient
+        chunks and the head-weight gradient (float32 or wider; ``None`` when not wanted).
+    """
+    zero = at_least_float32(hidden.new_zeros(()))
+    ce_sum, z_sum, lse_sum, max_abs, max_raw, correct = zero, zero, zero, zero, zero, zero
+    grad_hidden: list[Tensor] = []
+    acc_dtype = torch.promote_types(weight.dtype, torch.float32)
+    grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_weight_grad else None
+    weight_lp: Tensor | None = None  # the head in the gradients' dtype, cast once
+    for start in range(0, hidden.shape[0], chunk_size):
+        h = hidden[start : start + chunk_size]
+        t, m = targets[start : start + chunk_size], valid[start : start + chunk_size]
+        raw_lp = F.linear(h, weight)  # the autocast dtype
+        raw = at_least_float32(raw_lp)
+        logits = raw if cap is None else apply_softcap(raw, cap)
+        lse, ce_c, z_c, lse_c = _sums(logits, t, m)
+        ce_sum, z_sum, lse_sum = ce_sum + ce_c, z_sum + z_c, lse_sum + lse_c
+        max_abs = torch.maximum(max_abs, logits.abs().amax())
+        max_raw = torch.maximum(max_raw, raw.abs().amax())
+        if accuracy:
+            correct = correct + _correct(logits, t, m)
+        if not (need_hidden_grad or need_weight_grad):
+            continue
+        grad = _chunk_grad(logits, lse, t, m, n, z_loss)
+        if cap is not None:
+            grad = grad * (1.0 - (logits / cap).square())  # d(c·tanh(x/c))/dx
+        grad = grad.to(raw_lp.dtype)
+        if need_hidden_grad:
+            if weight_lp is None:
+                weight_lp = weight.to(grad.dtype)
+            grad_hidden.append((grad @ weight_lp).to(hidden.dtype))
+        if grad_weight is not None:
+            grad_weight += grad.t() @ h.to(grad.dtype)
+    return (ce_sum, z_sum, lse_sum, max_abs, max_raw, correct), grad_hidden, grad_weight
+
+
+def _triton_head(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    valid: Tensor,
+    z_loss: float,
+    cap: float | None,
+    chunk_size: int,
+    ignore_index: int,
+    need_hidden_grad: bool,
+    need_weight_grad: bool,
+) -> tuple[tuple[Tensor, ...], Tensor | None, Tensor | None]:
+    """The GPU path: :func:`lmforge.kernels.cross_entropy.head_cross_entropy` in the matmul
+    dtype (the autocast dtype, or the inputs' own), the same sums and gradients."""
+    dtype = hidden.dtype
+    if torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+    stats, grad_h, grad_w = head_cross_entropy(
+        hidden.to(dtype),
+        weight.to(dtype),
+        targets,
+        float(z_loss),
+        float(cap or 0.0),
+        chunk_size,
+        ignore_index,
+        need_hidden_grad,
+        need_weight_grad,
+    )
+    lse_v = torch.where(valid, stats[:, 0], 0.0)
+    sums = (
+        stats[:, 1].sum(),
+        lse_v.square().sum(),
+        lse_v.sum(),
+        stats[:, 2].amax(),
+        stats[:, 3].amax(),
+    )
+    grad_hidden = grad_h.to(hidden.dtype) if need_hidden_grad else None
+    grad_weight = grad_w if need_weight_grad else None
+    return sums, grad_hidden, grad_weight
 
 
 def lm_head_loss(
