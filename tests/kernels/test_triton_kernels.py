@@ -19,6 +19,8 @@ import torch
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 ON_GPU = torch.cuda.is_available()
+# on a GPU machine `pytest -m gpu` picks these up; elsewhere they run in the interpreter child
+pytestmark = [pytest.mark.gpu] if ON_GPU else []
 
 pytest.importorskip("triton")
 
