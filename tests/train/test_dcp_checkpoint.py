@@ -92,6 +92,23 @@ def test_one_process_dcp_equals_the_plain_format_and_resumes_exactly(stories_dat
     assert [r["step"] for r in lines if "loss" in r] == [3, 4, 5, 6]
 
 
+def test_the_commands_read_a_sharded_run(stories_data, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from lmforge.cli import main
+
+    run = single(stories_data, tmp_path / "run", "train.checkpoint_format=dcp")
+    assert main(["sample", str(run), "--max-new-tokens", "8", "--prompt", "Once"]) == 0
+    assert capsys.readouterr().out.startswith("Once")
+    assert main(["eval", str(run), "--data", str(stories_data["val"]), "--batches", "2"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["export", str(run), "--out", str(tmp_path / "st")]) == 0
+    assert "exported step 6" in capsys.readouterr().out
+    exported = load_file(tmp_path / "st" / "model.safetensors")
+    weights = load_trained(run).model.state_dict()
+    assert exported and all(torch.equal(v, weights[k]) for k, v in exported.items())
+
+
 def test_prune_keeps_the_newest_sharded_checkpoints(stories_data, tmp_path):
     run = single(
         stories_data, tmp_path / "run", "train.checkpoint_format=dcp", "train.keep_checkpoints=2"
@@ -124,3 +141,21 @@ def test_a_sharded_checkpoint_of_another_model_is_refused(stories_data, tmp_path
         load_weights(run / "ckpt-00000002", build_model(other))
     with pytest.raises(FileNotFoundError, match="no DCP checkpoint"):
         load_weights(tmp_path, build_model(other))
+
+
+def test_ddp_can_write_shards_that_fsdp_resumes(stories_data, tmp_path):
+    """DDP's replicated tensors are written once; FSDP reads them back as its shards."""
+    run = tmp_path / "ddp"
+    torchrun_train(stories_data, run, "train.grad_accum=2", "train.checkpoint_format=dcp")
+    assert is_dcp(run / "ckpt-00000002")
+    assert not (run / "ckpt-00000002" / "checkpoint.pt").exists()
+    assert read_checkpoint(run / "ckpt-00000002" / STATE_FILE)["state"]["world_size"] == 2
+    again = step_two(run, tmp_path / "fsdp")
+    torchrun_train(stories_data, again, *FSDP, resume=True)  # auto: sharded again
+    losses, want = train_losses(again), train_losses(run)
+    assert sorted(losses) == [3, 4, 5, 6]
+    for step in losses:
+        assert losses[step] == pytest.approx(want[step], rel=RTOL), step
+    got = final_weights(again)
+    for name, value in final_weights(run).items():
+        torch.testing.assert_close(got[name], value, rtol=RTOL, atol=1e-6, msg=name)
