@@ -80,10 +80,8 @@ def test_one_process_dcp_equals_the_plain_format_and_resumes_exactly(stories_dat
         assert torch.equal(got[name], value), name
 
     # resume from step 2: optimizer moments, RNGs and sampler restored, so bit-identical
-    resumed = single(
-        stories_data, step_two(sharded, tmp_path / "again"), "train.checkpoint_format=dcp",
-        resume=True,
-    )  # fmt: skip
+    again = step_two(sharded, tmp_path / "again")
+    resumed = single(stories_data, again, "train.checkpoint_format=dcp", resume=True)
     assert train_losses(resumed) == {s: v for s, v in train_losses(plain).items() if s > 2}
     got = load_trained(resumed).model.state_dict()
     for name, value in want.items():

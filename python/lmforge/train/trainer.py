@@ -444,8 +444,9 @@ class Trainer:
             ddp.barrier(ctx)
 
             def publish() -> None:
-                save_checkpoint(tmp / STATE_FILE, nn.Module(), None, self.iteration,
-                                **self._trainer_state())  # fmt: skip
+                weightless = nn.Module()  # the tensors are in the shards
+                state = self._trainer_state()
+                save_checkpoint(tmp / STATE_FILE, weightless, None, self.iteration, **state)
                 self.run_dir.publish(tmp, self.iteration, self.config.model.to_dict())
                 self.run_dir.prune(self.config.train.keep_checkpoints)
 
