@@ -6,7 +6,9 @@ sums each rank's accumulated gradient and averages over ranks, one process sums 
 micro-batches in one order, and float32 addition is not associative. Measured over 6 steps:
 losses within 1e-7 relative, weights within ~2e-6 of each tensor's largest entry (Adam divides
 by ``sqrt(v)``, so a rounding difference in a near-zero gradient moves its weight by up to a
-learning-rate step); hence ``rtol=1e-5, atol=1e-6``. Resuming FSDP in 2 ranks is exact.
+learning-rate step); hence ``rtol=1e-5, atol=1e-6``. Resuming FSDP in 2 ranks is exact. FSDP
+runs here write the gathered ``checkpoint.pt`` (``train.checkpoint_format = "torch"``); the
+sharded default is tested in ``test_dcp_checkpoint``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from test_trainer import TINY, tiny_config, train_losses
 
 import lmforge
+from lmforge.train.artifacts import load_trained
 from lmforge.train.checkpoint import read_checkpoint
 from lmforge.train.trainer import Trainer
 
@@ -66,7 +69,11 @@ def single(data: dict[str, Path], out: Path, *extra: str, resume: bool = False) 
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return read_checkpoint(run / "ckpt-00000006" / "checkpoint.pt")["model"]
+    """The step-6 weights, from a ``checkpoint.pt`` or a sharded (DCP) checkpoint."""
+    folder = run / "ckpt-00000006"
+    if (folder / "checkpoint.pt").is_file():
+        return read_checkpoint(folder / "checkpoint.pt")["model"]
+    return dict(load_trained(folder).model.state_dict())
 
 
 def assert_same_run(run: Path, ref: Path, rtol: float = RTOL, atol: float = 1e-6) -> None:
@@ -116,7 +123,10 @@ def test_ddp_matches_one_process_and_resumes_alone(stories_data, reference, tmp_
 def test_fsdp_matches_one_process_and_its_checkpoint_resumes_alone(
     stories_data, reference, tmp_path
 ):
-    torchrun_train(stories_data, tmp_path / "fsdp", "train.grad_accum=2", "train.strategy=fsdp")
+    """The gathered ``checkpoint.pt`` format (sharded checkpoints: test_dcp_checkpoint)."""
+    fsdp = ["train.grad_accum=2", "train.strategy=fsdp", "train.checkpoint_format=torch"]
+    torchrun_train(stories_data, tmp_path / "fsdp", *fsdp)
+    assert (tmp_path / "fsdp" / "ckpt-00000002" / "checkpoint.pt").is_file()
     assert_same_run(tmp_path / "fsdp", reference)
     resumed = resume_alone(stories_data, tmp_path / "fsdp", tmp_path)
     got, exp = final_weights(resumed), final_weights(reference)
@@ -124,7 +134,7 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_alone(
         torch.testing.assert_close(got[name], value, rtol=RTOL, atol=1e-6, msg=name)
     # and in 2 ranks again, the gathered checkpoint sharded back: exactly the same run
     sharded = step_two(tmp_path / "fsdp", tmp_path / "sharded")
-    torchrun_train(stories_data, sharded, "train.grad_accum=2", "train.strategy=fsdp", resume=True)
+    torchrun_train(stories_data, sharded, *fsdp, resume=True)
     assert train_losses(sharded) == {
         s: v for s, v in train_losses(tmp_path / "fsdp").items() if s > 2
     }

@@ -144,3 +144,31 @@ def test_write_text_atomic(tmp_path):
     write_text_atomic(path, "ü = 2\n")
     assert path.read_text(encoding="utf-8") == "ü = 2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+
+
+def test_a_sharded_checkpoint_is_staged_then_published(tmp_path):
+    """Ranks write a DCP checkpoint into the staged folder; only publish makes it a checkpoint,
+    replacing one at the same step; a staged leftover is cleaned on resume."""
+    from lmforge.train.checkpoint import read_checkpoint, save_checkpoint
+    from lmforge.train.dcp_checkpoint import STATE_FILE, is_dcp, load_weights, save_sharded
+
+    run = RunDir.create(tmp_path / "run")
+    model, opt = model_and_opt()
+    run.save(3, model, opt, CONFIG)
+    tmp = run.stage(3)
+    save_sharded(tmp, model, opt)
+    save_checkpoint(tmp / STATE_FILE, nn.Module(), None, 3, world_size=2)
+    assert run.latest() == run.checkpoint_dir(3) and not is_dcp(run.latest())
+    assert run.publish(tmp, 3, CONFIG) == run.checkpoint_dir(3)
+    folder = run.checkpoint_dir(3)
+    assert is_dcp(folder) and not (folder / CHECKPOINT_FILE).exists()
+    assert json.loads((folder / MODEL_CONFIG_FILE).read_text()) == CONFIG
+    assert run.checkpoints() == [(3, folder)] and hidden(run) == []
+    assert read_checkpoint(folder / STATE_FILE)["state"] == {"world_size": 2}
+    other, _ = model_and_opt(seed=1)
+    assert load_weights(folder, other) == 3
+    assert torch.equal(other.weight, model.weight) and torch.equal(other.bias, model.bias)
+    run.stage(4)
+    assert len(hidden(run)) == 1 and [s for s, _ in run.checkpoints()] == [3]
+    RunDir.create(run.path, resume=True)
+    assert hidden(run) == []

@@ -2,8 +2,11 @@
 sampled from it.
 
 A path may name a run directory (its newest ``ckpt-STEP/``), a checkpoint folder, or the
-checkpoint file inside one. The model config comes from the ``config.json`` beside the
-checkpoint, and the tokenizer from the run directory's ``tokenizer.json`` when there is one.
+checkpoint file inside one. A sharded (DCP) checkpoint, written by FSDP runs, is read whole
+into the one process (:func:`lmforge.train.dcp_checkpoint.load_weights`); its
+``trainer_state.pt`` stands for the folder. The model config comes from the ``config.json``
+beside the checkpoint, and the tokenizer from the run directory's ``tokenizer.json`` when there
+is one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from lmforge.model import ModelConfig, Transformer, build_model
 from lmforge.train.checkpoint import load_checkpoint
+from lmforge.train.dcp_checkpoint import STATE_FILE, is_dcp, load_weights
 from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir
 
 if TYPE_CHECKING:
@@ -38,7 +42,8 @@ class TrainedModel:
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """The checkpoint file that ``path`` (run dir, checkpoint folder or file) refers to.
+    """The checkpoint file that ``path`` (run dir, checkpoint folder or file) refers to:
+    ``checkpoint.pt``, or a sharded checkpoint's ``trainer_state.pt``.
 
     Raises:
         FileNotFoundError: nothing there, or a run directory without checkpoints.
@@ -48,10 +53,12 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
         return p
     if (p / CHECKPOINT_FILE).is_file():
         return p / CHECKPOINT_FILE
+    if is_dcp(p):
+        return p / STATE_FILE
     if p.is_dir():
         latest = RunDir(p).latest()
         if latest is not None:
-            return latest / CHECKPOINT_FILE
+            return find_checkpoint(latest)
         raise FileNotFoundError(f"{p} holds no checkpoint (no ckpt-STEP/ folders)")
     raise FileNotFoundError(f"{p}: no such run directory or checkpoint")
 
@@ -69,7 +76,10 @@ def load_trained(path: str | os.PathLike[str], device: str | torch.device = "cpu
         raise FileNotFoundError(f"{config_path} (the model config) is missing beside {ckpt}")
     config = ModelConfig.load(config_path)
     model = build_model(config)
-    step = load_checkpoint(ckpt, model, None, map_location="cpu", restore_rng=False)
+    if ckpt.name == STATE_FILE and is_dcp(ckpt.parent):
+        step = load_weights(ckpt.parent, model)
+    else:
+        step = load_checkpoint(ckpt, model, None, map_location="cpu", restore_rng=False)
     model.to(device).eval()
     tokenizer = None
     for candidate in (ckpt.parent / "tokenizer.json", ckpt.parent.parent / "tokenizer.json"):

@@ -49,6 +49,7 @@ _PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 _DTYPES = ("bf16", "fp32")
 _STRATEGIES = ("ddp", "fsdp")
+_CHECKPOINT_FORMATS = ("auto", "torch", "dcp")
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _OBJECTIVES = ("clm", "mlm")
 
@@ -92,6 +93,11 @@ class TrainConfig:
         eval_batches: validation batches per evaluation.
         ckpt_interval: steps between checkpoints (and at the end); 0 keeps only the final one.
         keep_checkpoints: how many ``ckpt-STEP/`` folders to keep (newest first); 0 keeps all.
+        checkpoint_format: ``"auto"`` (sharded under FSDP with several processes, a plain
+            ``checkpoint.pt`` otherwise), ``"torch"`` (always one ``checkpoint.pt``, FSDP's
+            shards gathered onto rank 0) or ``"dcp"`` (always ``torch.distributed.checkpoint``:
+            each rank writes its shards; :mod:`lmforge.train.dcp_checkpoint`). Either format
+            resumes in any world size and loads in ``lmforge sample/eval/export``.
         sample_tokens: at the end of training, sample this many tokens (0 skips; ignored with
             ``objective = "mlm"``: an encoder does not generate).
         objective: ``"clm"`` (default): next-token prediction with the causal
@@ -130,6 +136,7 @@ class TrainConfig:
     eval_batches: int = 20
     ckpt_interval: int = 1000
     keep_checkpoints: int = 2
+    checkpoint_format: str = "auto"
     sample_tokens: int = 0
     objective: str = "clm"
     mlm_probability: float = 0.15
@@ -178,6 +185,11 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.strategy not in _STRATEGIES:
             raise ValueError(f"train.strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
+        if self.checkpoint_format not in _CHECKPOINT_FORMATS:
+            raise ValueError(
+                f"train.checkpoint_format must be one of {_CHECKPOINT_FORMATS}, "
+                f"got {self.checkpoint_format!r}"
+            )
         if self.compile_mode not in _COMPILE_MODES:
             raise ValueError(
                 f"train.compile_mode must be one of {_COMPILE_MODES}, got {self.compile_mode!r}"

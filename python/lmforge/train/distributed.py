@@ -21,12 +21,13 @@ command; :func:`setup` reads torchrun's environment (``RANK``, ``LOCAL_RANK``, `
   all-reduce per log line, no per-step sync) together with the non-finite flags, so every rank
   stops, logs and checkpoints on the same step. Rank 0 alone writes files; a failure there is
   broadcast (:func:`on_main`) so the other ranks raise too instead of waiting forever.
-- **World-size-free checkpoints.** Rank 0 writes the ordinary ``checkpoint.pt``: DDP's
+- **World-size-free checkpoints.** Under FSDP each rank writes its own shards with
+  ``torch.distributed.checkpoint`` (:mod:`lmforge.train.dcp_checkpoint`; ``train.
+  checkpoint_format = "auto"``), so no rank ever holds the whole model. Otherwise (and with
+  ``checkpoint_format = "torch"``) rank 0 writes the ordinary ``checkpoint.pt``: DDP's
   ``.module`` is unwrapped; FSDP's shards are gathered into full CPU tensors first
-  (:func:`full_state`), the optimizer state re-keyed from names to the plain integer ids, so any
-  checkpoint loads in one process or in ``N`` of either strategy. (A sharded
-  ``torch.distributed.checkpoint`` would scale to models that do not fit one host's memory;
-  at lmforge's sizes the gathered file is the simpler contract.)
+  (:func:`full_state`), the optimizer state re-keyed from names to the plain integer ids. Both
+  formats load in one process or in ``N`` of either strategy.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "gradient_sync",
     "load_full_state",
     "on_main",
+    "on_main_shared",
     "setup",
     "teardown",
     "wrap_model",
@@ -230,6 +232,17 @@ def on_main(ctx: DistContext, fn: Callable[[], T]) -> T | None:
     if error[0] is not None:
         raise RuntimeError(f"rank 0 failed: {error[0]}")
     return result
+
+
+def on_main_shared(ctx: DistContext, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and send its (picklable) result to every rank; an exception
+    there is raised on every rank (:func:`on_main`)."""
+    result = on_main(ctx, fn)
+    if not ctx.distributed:
+        return cast(T, result)
+    box = [result]
+    dist.broadcast_object_list(box, src=0)
+    return cast(T, box[0])
 
 
 def _is_dtensor(t: Any) -> bool:

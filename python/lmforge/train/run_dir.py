@@ -10,6 +10,10 @@ Layout::
       ckpt-00001000/     one folder per checkpoint, named by its step
         checkpoint.pt    model, optimizer, RNGs, sampler position (lmforge.train.checkpoint)
         config.json      the model config, enough to rebuild the model without config.toml
+      ckpt-00002000/     or a sharded checkpoint (FSDP; lmforge.train.dcp_checkpoint):
+        .metadata, __R_0.distcp   DCP's index and each rank's shards of model and optimizer
+        trainer_state.pt          iteration, RNGs, sampler position (no weights)
+        config.json
 
 Design choices:
 
@@ -20,8 +24,10 @@ Design choices:
 - **Atomic at folder level.** A checkpoint is written into a hidden temp folder
   (``.ckpt-STEP.<hex>.tmp``) and renamed into place only when both files are complete and
   fsynced, so a ``ckpt-STEP/`` that exists is whole: :meth:`RunDir.latest` never returns a
-  half-written checkpoint after a crash or a full disk. Pruning renames a folder away before
-  deleting it, for the same reason. Hidden leftovers are cleaned when a run is resumed.
+  half-written checkpoint after a crash or a full disk. A sharded checkpoint is written by
+  every rank into one such temp folder (:meth:`RunDir.stage`); rank 0 publishes it
+  (:meth:`RunDir.publish`) only after all ranks' shards are written. Pruning renames a folder
+  away before deleting it, for the same reason. Hidden leftovers are cleaned when a run is resumed.
 - **No lock.** Two trainers writing one run directory is a user error this class does not
   guard against.
 """
@@ -41,6 +47,7 @@ from torch import nn
 
 from lmforge._atomic import fsync_dir, temp_name, write_text_atomic
 from lmforge.train.checkpoint import save_checkpoint
+from lmforge.train.dcp_checkpoint import is_dcp
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -76,6 +83,13 @@ def parse_checkpoint_step(name: str) -> int | None:
     """
     m = _CKPT.fullmatch(name)
     return int(m.group(1)) if m else None
+
+
+def _config_text(model_config: dict[str, Any]) -> str:
+    try:
+        return json.dumps(model_config, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model_config must be a JSON-serialisable dict: {e}") from None
 
 
 def _check_step(step: object) -> None:
@@ -194,20 +208,49 @@ class RunDir:
                 or ``state`` cannot be saved (nothing is written).
             OSError: when writing fails; nothing is left behind.
         """
-        final = self.checkpoint_dir(step)
-        try:
-            config_text = json.dumps(model_config, indent=2, allow_nan=False) + "\n"
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"model_config must be a JSON-serialisable dict: {e}") from None
-        tmp = temp_name(final, "tmp")
-        tmp.mkdir()
+        config_text = _config_text(model_config)
+        tmp = self.stage(step)
         try:
             save_checkpoint(tmp / CHECKPOINT_FILE, model, optimizer, step, **state)
-            write_text_atomic(tmp / MODEL_CONFIG_FILE, config_text)
-            self._move_into_place(tmp, final)
+            return self.publish(tmp, step, config_text)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def stage(self, step: int) -> Path:
+        """Create the hidden temp folder a checkpoint at ``step`` is written into.
+
+        For a sharded checkpoint rank 0 stages the folder and sends its path to the other
+        ranks, every rank writes its files into it, and rank 0 calls :meth:`publish` once
+        all are done (or deletes the folder on failure).
+
+        Raises:
+            ValueError: when ``step`` is invalid.
+        """
+        tmp = temp_name(self.checkpoint_dir(step), "tmp")
+        tmp.mkdir()
+        return tmp
+
+    def publish(self, tmp: Path, step: int, model_config: dict[str, Any] | str) -> Path:
+        """Write ``config.json`` into the complete staged folder ``tmp`` and rename it into
+        place as ``ckpt-STEP/`` (replacing a checkpoint already at ``step``).
+
+        Args:
+            tmp: the folder from :meth:`stage`, with the checkpoint files written.
+            step: its step.
+            model_config: the model config (a JSON-serialisable dict, or its JSON text).
+
+        Returns:
+            The checkpoint folder.
+
+        Raises:
+            ValueError: when ``model_config`` is not JSON-serialisable (``tmp`` is kept).
+            OSError: when writing fails.
+        """
+        final = self.checkpoint_dir(step)
+        text = model_config if isinstance(model_config, str) else _config_text(model_config)
+        write_text_atomic(tmp / MODEL_CONFIG_FILE, text)
+        self._move_into_place(tmp, final)
         log.info("saved checkpoint %s", final)
         return final
 
@@ -226,15 +269,16 @@ class RunDir:
         """The complete checkpoints, oldest first.
 
         Returns:
-            ``(step, folder)`` for each ``ckpt-<digits>/`` that holds a ``checkpoint.pt``,
-            sorted by step; empty when there are none or the folder does not exist.
+            ``(step, folder)`` for each ``ckpt-<digits>/`` that holds a ``checkpoint.pt`` or a
+            sharded (DCP) checkpoint, sorted by step; empty when there are none or the folder
+            does not exist.
         """
         if not self.path.is_dir():
             return []
         found = []
         for p in self.path.iterdir():
             step = parse_checkpoint_step(p.name)
-            if step is not None and (p / CHECKPOINT_FILE).is_file():
+            if step is not None and ((p / CHECKPOINT_FILE).is_file() or is_dcp(p)):
                 found.append((step, p))
         return sorted(found)
 

@@ -31,7 +31,9 @@ with gradient accumulation, clipping and the learning-rate schedule. Design choi
 - **Data parallel under torchrun.** ``torchrun --nproc-per-node=N -m lmforge train`` runs
   this same loop in ``N`` processes (:mod:`lmforge.train.distributed`: DDP or FSDP2, each rank
   its slice of every global batch); rank 0 alone logs and writes the run directory, and the
-  loss, non-finite flags and checkpoint decisions are reduced over ranks at log time.
+  loss, non-finite flags and checkpoint decisions are reduced over ranks at log time. Under
+  FSDP every rank writes its own shards of a checkpoint (``torch.distributed.checkpoint``,
+  :mod:`lmforge.train.dcp_checkpoint`); either format resumes in any world size.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lmforge import accounting
 from lmforge.data import MixtureSampler, gather_mixture_batch
@@ -52,7 +55,12 @@ from lmforge.model import Encoder, build_model
 from lmforge.optim import build_optimizer, clip_grad_norm_, lr_at, set_lr
 from lmforge.train import distributed as ddp
 from lmforge.train.artifacts import generate_text
-from lmforge.train.checkpoint import load_checkpoint, read_checkpoint, set_rng_state
+from lmforge.train.checkpoint import (
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from lmforge.train.config import RunConfig, to_toml
 from lmforge.train.data_files import (
     mixture_line,
@@ -61,6 +69,7 @@ from lmforge.train.data_files import (
     train_eot_id,
     with_data_eot_id,
 )
+from lmforge.train.dcp_checkpoint import STATE_FILE, is_dcp, load_sharded, save_sharded
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
 from lmforge.train.init_weights import load_initial_weights
 from lmforge.train.meter import StepWindow, max_memory_gb, peak_flops
@@ -194,7 +203,12 @@ class Trainer:
         state: dict[str, Any] = {}
         # map to the CPU: load_state_dict moves moments onto the parameters' device and keeps
         # the step counters on the CPU (on the GPU each would cost a sync per step)
-        if self.sharded:  # the full state, sharded onto the ranks
+        if is_dcp(latest):  # each rank reads its own shards (any world size, or alone)
+            data = read_checkpoint(latest / STATE_FILE)
+            load_sharded(latest, self.model, self.optimizer)
+            set_rng_state(data["rng"])
+            self.iteration, state = int(data["iteration"]), dict(data["state"])
+        elif self.sharded:  # the full state, sharded onto the ranks
             data = read_checkpoint(latest / CHECKPOINT_FILE)
             ddp.load_full_state(self.model, self.optimizer, data["model"], data["optimizer"])
             set_rng_state(data["rng"])
@@ -406,7 +420,44 @@ class Trainer:
         )
 
     def _save(self) -> None:
-        """Rank 0 writes the checkpoint (FSDP's shards gathered first, on every rank)."""
+        """Write ``ckpt-STEP/``: sharded (DCP, every rank) or one file (rank 0), then prune."""
+        fmt = self.config.train.checkpoint_format
+        if fmt == "dcp" or (fmt == "auto" and self.sharded):
+            self._save_sharded()
+        else:
+            self._save_file()
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "sampler": self.sampler.state_dict(),
+            "config": self.config.to_dict(),
+            "world_size": self.dist.world_size,
+        }
+
+    def _save_sharded(self) -> None:
+        """Every rank writes its shards into one staged folder; rank 0 adds the trainer state
+        and publishes the folder once all shards are written (a failure anywhere deletes it)."""
+        ctx = self.dist
+        tmp = Path(ddp.on_main_shared(ctx, lambda: str(self.run_dir.stage(self.iteration))))
+        try:
+            save_sharded(tmp, self.model, self.optimizer)  # collective: all shards written
+            ddp.barrier(ctx)
+
+            def publish() -> None:
+                weightless = nn.Module()  # the tensors are in the shards
+                state = self._trainer_state()
+                save_checkpoint(tmp / STATE_FILE, weightless, None, self.iteration, **state)
+                self.run_dir.publish(tmp, self.iteration, self.config.model.to_dict())
+                self.run_dir.prune(self.config.train.keep_checkpoints)
+
+            ddp.on_main(ctx, publish)
+        except BaseException:
+            if ctx.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _save_file(self) -> None:
+        """Rank 0 writes ``checkpoint.pt`` (FSDP's shards gathered first, on every rank)."""
         full = ddp.full_state(self.model, self.optimizer) if self.sharded else None
         model: Any = self.model if full is None else ddp.StateView(full[0])
         optimizer: Any = self.optimizer if full is None else ddp.StateView(full[1])
@@ -417,9 +468,7 @@ class Trainer:
                 model,
                 optimizer,
                 self.config.model.to_dict(),
-                sampler=self.sampler.state_dict(),
-                config=self.config.to_dict(),
-                world_size=self.dist.world_size,
+                **self._trainer_state(),
             )
             self.run_dir.prune(self.config.train.keep_checkpoints)
 
