@@ -9,6 +9,22 @@
 use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
+use crate::shortkey::{FoldHasher, ShortKey};
+
+type ShortMap = hashbrown::HashMap<ShortKey, (u32, u32), std::hash::BuildHasherDefault<FoldHasher>>;
+
+/// (rank, id) of each two-byte merged token; `NO_PAIR` where two bytes form no token.
+#[derive(Clone)]
+struct PairTable(Box<[(u32, u32)]>);
+
+const NO_PAIR: (u32, u32) = (u32::MAX, u32::MAX);
+
+impl std::fmt::Debug for PairTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.iter().filter(|&&p| p != NO_PAIR).count();
+        write!(f, "PairTable({n} two-byte tokens)")
+    }
+}
 
 /// A validated vocabulary.
 #[derive(Debug, Clone)]
@@ -19,8 +35,14 @@ pub struct Vocab {
     byte_ids: [u32; 256],
     /// Merged token bytes -> (merge rank, id).
     merged: FxHashMap<Vec<u8>, (u32, u32)>,
+    /// The same for the two-byte tokens, indexed by `first << 8 | second`,
+    pairs: PairTable,
+    /// and for those of 3 to 15 bytes, keyed inline (no pointer to chase on a lookup).
+    short: ShortMap,
     /// Merges as pairs of ids, in rank order.
     merges: Vec<(u32, u32)>,
+    /// The id each merge produces, in rank order.
+    merge_results: Vec<u32>,
     /// Special tokens and their ids, in the order given.
     specials: Vec<(String, u32)>,
     /// Largest id + 1.
@@ -63,7 +85,10 @@ impl Vocab {
         }
         let mut merged = FxHashMap::default();
         merged.reserve(merges.len());
+        let mut pairs = PairTable(vec![NO_PAIR; 1 << 16].into_boxed_slice());
+        let mut short = ShortMap::default();
         let mut merge_ids = Vec::with_capacity(merges.len());
+        let mut merge_results = Vec::with_capacity(merges.len());
         for (rank, (left, right)) in merges.iter().enumerate() {
             let find = |part: &[u8]| {
                 ids.get(part).copied().ok_or_else(|| {
@@ -77,6 +102,11 @@ impl Vocab {
             let id = find(&joined)?;
             let rank = u32::try_from(rank)
                 .map_err(|_| Error::InvalidArgument("more than 2^32 merges".into()))?;
+            if let [a, b] = joined[..] {
+                pairs.0[usize::from(a) << 8 | usize::from(b)] = (rank, id);
+            } else if let Some(key) = ShortKey::new(&joined, 0, joined.len()) {
+                short.insert(key, (rank, id));
+            }
             if let Some((first, _)) = merged.insert(joined, (rank, id)) {
                 return bad(format!(
                     "merges {first} and {rank} produce the same token {:?}",
@@ -84,6 +114,7 @@ impl Vocab {
                 ));
             }
             merge_ids.push((l, r));
+            merge_results.push(id);
         }
         for (i, (text, id)) in specials.iter().enumerate() {
             if text.is_empty() {
@@ -105,7 +136,10 @@ impl Vocab {
             tokens,
             byte_ids,
             merged,
+            pairs,
+            short,
             merges: merge_ids,
+            merge_results,
             specials,
             n_vocab,
         })
@@ -160,7 +194,33 @@ impl Vocab {
     /// `(rank, id)` of a merged token, if `bytes` is one.
     #[inline]
     pub fn merged(&self, bytes: &[u8]) -> Option<(u32, u32)> {
-        self.merged.get(bytes).copied()
+        self.merged_in(bytes, 0, bytes.len())
+    }
+
+    /// `merged(&text[start..end])`, faster when `text` goes on past `end` (the short key is then
+    /// one 16-byte load).
+    #[inline]
+    pub fn merged_in(&self, text: &[u8], start: usize, end: usize) -> Option<(u32, u32)> {
+        if end - start == 2 {
+            return self.merged_pair(text[start], text[start + 1]);
+        }
+        match ShortKey::new(text, start, end) {
+            Some(key) => self.short.get(&key).copied(),
+            None => self.merged.get(&text[start..end]).copied(),
+        }
+    }
+
+    /// `merged(&[a, b])` by a table lookup instead of hashing.
+    #[inline]
+    pub fn merged_pair(&self, a: u8, b: u8) -> Option<(u32, u32)> {
+        let found = self.pairs.0[usize::from(a) << 8 | usize::from(b)];
+        (found != NO_PAIR).then_some(found)
+    }
+
+    /// The id of the token that merge `rank` produces.
+    #[inline]
+    pub fn merge_result(&self, rank: u32) -> u32 {
+        self.merge_results[rank as usize]
     }
 
     /// The merges as pairs of ids, in rank order.
@@ -205,6 +265,36 @@ mod tests {
         assert_eq!(v.n_vocab(), 258);
         assert_eq!(v.merged(b"ab"), Some((0, 256)));
         assert_eq!(v.specials(), &[("<s>".to_string(), 257)]);
+    }
+
+    /// The three lookup paths (two-byte table, inline keys up to 15 bytes, boxed bytes beyond)
+    /// agree with the merges that made the tokens, inside a longer text too.
+    #[test]
+    fn merged_finds_every_length() {
+        // "a" * 2, "a" * 3, ..., "a" * 20, each one more "a" than the last, plus "ab".
+        let mut tokens = bytes_vocab();
+        let mut merges = Vec::new();
+        for len in 2..=20usize {
+            tokens.insert(254 + len as u32, vec![b'a'; len]);
+            merges.push((vec![b'a'; len - 1], b"a".to_vec()));
+        }
+        tokens.insert(300, b"ab".to_vec());
+        merges.push((b"a".to_vec(), b"b".to_vec()));
+        let v = Vocab::new(tokens, merges, vec![]).unwrap();
+        let text = [vec![b'a'; 20], b"b".repeat(20)].concat();
+        for len in 2..=20usize {
+            let expected = Some((len as u32 - 2, 254 + len as u32));
+            assert_eq!(v.merged(&vec![b'a'; len]), expected, "{len}");
+            assert_eq!(v.merged_in(&text, 20 - len, 20), expected, "{len}");
+            assert_eq!(v.merge_result(len as u32 - 2), 254 + len as u32);
+            if len > 2 {
+                assert_eq!(v.merged_in(&text, 21 - len, 21), None, "{len}");
+            }
+        }
+        assert_eq!(v.merged_pair(b'a', b'b'), Some((19, 300)));
+        assert_eq!(v.merged_in(&text, 19, 21), Some((19, 300)));
+        assert_eq!(v.merged_pair(b'b', b'a'), None);
+        assert_eq!(v.merged(b"aab"), None);
     }
 
     #[test]

@@ -3,17 +3,22 @@
 //! pair forms a token.
 //!
 //! Short pieces (nearly all of natural text) use the direct loop, which is quadratic but tiny.
-//! Long pieces (a 1 MB run of one letter is a single pretoken) keep a linked list of parts and
-//! their candidate joins in one bucket per rank, with a min-heap over the few distinct ranks (not
-//! over the many positions). Each merge takes the leftmost candidate of the lowest rank and adds
-//! at most two new candidates; an entry is checked against the current parts when taken (lazy
-//! invalidation). New candidates mostly arrive in position order, so a bucket is sorted only when
-//! one arrives out of order; in the common case every step is O(1).
+//! Long pieces (a 1 MB run of one letter is a single pretoken) keep a linked list of parts over
+//! the piece's offsets and their candidate joins in one bucket per rank (a vector indexed by
+//! rank), with a min-heap over the distinct ranks pending (not over the many positions). Each
+//! merge takes the leftmost candidate of the lowest rank and adds at most two new candidates; a
+//! candidate is current iff its rank is still the one stored at its offset (lazy invalidation,
+//! one array read). New candidates mostly arrive in position order, so a bucket is sorted only
+//! when one arrives out of order; in the common case every step is O(1).
+//!
+//! A long piece costs what its memory traffic costs, so the per-offset state is three `u32`
+//! arrays (12 bytes a byte), reused per thread; the candidates about to be taken are prefetched
+//! (a rank's candidates are spread over the whole piece); and joins are looked up through the
+//! vocabulary's inline-keyed tables (`Vocab::merged_in`), with no per-piece memo to fill.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-
-use rustc_hash::FxHashMap;
 
 use crate::vocab::Vocab;
 
@@ -37,10 +42,6 @@ pub fn merge_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     }
 }
 
-fn rank(vocab: &Vocab, bytes: &[u8]) -> u32 {
-    vocab.merged(bytes).map_or(u32::MAX, |(rank, _)| rank)
-}
-
 fn push_part(vocab: &Vocab, part: &[u8], out: &mut Vec<u32>) {
     out.push(match part {
         [b] => vocab.byte_id(*b),
@@ -60,7 +61,10 @@ fn merge_short(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     }
     let rank_at = |bounds: &[u8], parts: usize, i: usize| {
         if i + 1 < parts {
-            rank(vocab, &piece[bounds[i] as usize..bounds[i + 2] as usize])
+            let (start, end) = (bounds[i] as usize, bounds[i + 2] as usize);
+            vocab
+                .merged_in(piece, start, end)
+                .map_or(u32::MAX, |(rank, _)| rank)
         } else {
             u32::MAX
         }
@@ -101,32 +105,37 @@ struct Bucket {
     sorted: bool,
 }
 
-/// Pending candidates by rank, taken lowest rank first and leftmost within a rank.
+/// Pending candidates by rank, taken lowest rank first and leftmost within a rank. `buckets` is
+/// indexed by rank; `used` lists the ranks whose bucket was filled during this piece, so the
+/// buckets can be emptied (and trimmed) for the next one.
 #[derive(Default)]
 struct Candidates {
-    buckets: FxHashMap<u32, Bucket>,
+    buckets: Vec<Bucket>,
     ranks: BinaryHeap<Reverse<u32>>,
+    used: Vec<u32>,
 }
 
 impl Candidates {
     fn push(&mut self, rank: u32, start: u32) {
-        let bucket = self.buckets.entry(rank).or_default();
+        let bucket = &mut self.buckets[rank as usize];
         if bucket.read == bucket.items.len() {
             bucket.items.clear();
             bucket.read = 0;
             bucket.sorted = true;
             self.ranks.push(Reverse(rank));
+            self.used.push(rank);
         } else if bucket.items.last().is_some_and(|&last| last > start) {
             bucket.sorted = false;
         }
         bucket.items.push(start);
     }
 
-    /// The lowest-ranked, leftmost pending candidate.
-    fn pop(&mut self) -> Option<(u32, u32)> {
+    /// The lowest-ranked, leftmost pending candidate, and the one `AHEAD` places after it in its
+    /// bucket (likely taken soon, so worth fetching into the cache now).
+    fn pop(&mut self) -> Option<(u32, u32, Option<u32>)> {
         loop {
             let &Reverse(rank) = self.ranks.peek()?;
-            let bucket = self.buckets.get_mut(&rank)?;
+            let bucket = &mut self.buckets[rank as usize];
             if bucket.read == bucket.items.len() {
                 self.ranks.pop();
                 continue;
@@ -137,67 +146,176 @@ impl Candidates {
             }
             let start = bucket.items[bucket.read];
             bucket.read += 1;
-            return Some((rank, start));
+            let ahead = bucket.items.get(bucket.read + AHEAD).copied();
+            return Some((rank, start, ahead));
         }
+    }
+
+    /// Empties every bucket, keeping at most `KEEP` slots of each.
+    fn reset(&mut self) {
+        self.ranks.clear();
+        for rank in self.used.drain(..) {
+            let bucket = &mut self.buckets[rank as usize];
+            bucket.items.clear();
+            bucket.items.shrink_to(KEEP);
+            bucket.read = 0;
+        }
+        self.used.shrink_to(KEEP);
     }
 }
 
-/// The long-piece version. Parts are identified by their start offset; `next[s]` is the start of
-/// the part after the one starting at `s` (`n` at the end). A candidate `(rank, s)` proposes
-/// joining the part at `s` with its successor; it is current iff `s` still starts a part with a
-/// successor and their join still has that rank.
-fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
-    let n = piece.len();
-    let mut next: Vec<u32> = (1..=n as u32).collect();
-    let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
-    let mut alive = vec![true; n];
-    // The token id of each part, and a memo of (left id, right id) -> (rank, id) of their join:
-    // long pieces repeat the same few pairs, so most lookups skip hashing the joined bytes.
-    let mut ids: Vec<u32> = piece.iter().map(|&b| vocab.byte_id(b)).collect();
-    let mut memo: FxHashMap<u64, (u32, u32)> = FxHashMap::default();
-    let mut join = |next: &[u32], ids: &[u32], s: usize| -> (u32, u32) {
-        let m = next[s] as usize;
-        if m >= n {
-            return (u32::MAX, u32::MAX);
+/// What a thread keeps between long pieces, so that a piece allocates nothing once the buffers
+/// have grown; after each piece they are trimmed to `KEEP` elements.
+#[derive(Default)]
+struct Scratch {
+    next: Vec<u32>,
+    ids: Vec<u32>,
+    joins: Vec<u32>,
+    counts: Vec<u32>,
+    candidates: Candidates,
+}
+
+impl Scratch {
+    fn trim(&mut self) {
+        for v in [&mut self.next, &mut self.ids, &mut self.joins] {
+            v.clear();
+            v.shrink_to(KEEP);
         }
-        let key = u64::from(ids[s]) << 32 | u64::from(ids[m]);
-        *memo.entry(key).or_insert_with(|| {
-            vocab
-                .merged(&piece[s..next[m] as usize])
-                .unwrap_or((u32::MAX, u32::MAX))
-        })
-    };
-    let mut candidates = Candidates::default();
-    for s in 0..n {
-        let (r, _) = join(&next, &ids, s);
-        if r != u32::MAX {
+        self.candidates.reset();
+    }
+}
+
+const KEEP: usize = 1 << 16;
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// How many candidates ahead of the one taken to fetch into the cache: a rank's candidates lie
+/// all over a long piece, so without this nearly every one taken is a cache miss.
+const AHEAD: usize = 8;
+
+#[inline(always)]
+fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint (it cannot fault), and SSE is part of x86_64.
+    #[allow(unused_unsafe)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (x as *const T).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
+/// The long-piece version. Parts are identified by their start offset `s`: `next[s]` is the start
+/// of the next part (`n` at the end), `ids[s]` the part's token id and `joins[s]` the rank of
+/// joining it with its successor (`NONE` when they form no token, at the last part, and at
+/// offsets inside a part). The slot `next[e]` of a part's last byte `e`, unused when the part is
+/// longer than a byte, holds the part's start, so the part before `s` is found from `next[s - 1]`
+/// without a fourth array (its memory, not its arithmetic, is what a long piece costs).
+///
+/// A candidate `(rank, s)` is current iff `joins[s] == rank`. The joined bytes at a given `s`
+/// only ever grow (the part or its successor absorbs its neighbour), so each rank appears at `s`
+/// at most once and a stale candidate never matches again.
+fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        merge_long_with(vocab, piece, out, &mut scratch);
+        scratch.trim();
+    });
+}
+
+const NONE: u32 = u32::MAX;
+
+fn merge_long_with(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>, scratch: &mut Scratch) {
+    let n = piece.len();
+    let Scratch {
+        next,
+        ids,
+        joins,
+        counts,
+        candidates,
+    } = scratch;
+    next.clear();
+    next.extend(1..=n as u32);
+    ids.clear();
+    ids.extend(piece.iter().map(|&b| vocab.byte_id(b)));
+    joins.clear();
+    joins.extend(
+        piece
+            .windows(2)
+            .map(|w| vocab.merged_pair(w[0], w[1]).map_or(NONE, |(r, _)| r)),
+    );
+    joins.push(NONE);
+    let ranks = vocab.merges().len();
+    if candidates.buckets.len() < ranks {
+        candidates.buckets.resize_with(ranks, Bucket::default);
+    }
+    // Size each bucket for its first candidates before filling it (no regrowing and copying).
+    // `counts` is all zeros between pieces.
+    if counts.len() < ranks {
+        counts.resize(ranks, 0);
+    }
+    for &r in joins.iter().filter(|&&r| r != NONE) {
+        counts[r as usize] += 1;
+    }
+    for &r in joins.iter().filter(|&&r| r != NONE) {
+        let count = std::mem::take(&mut counts[r as usize]);
+        if count > 0 {
+            candidates.buckets[r as usize].items.reserve(count as usize);
+        }
+    }
+    for (s, &r) in joins.iter().enumerate() {
+        if r != NONE {
             candidates.push(r, s as u32);
         }
     }
-    while let Some((r, s)) = candidates.pop() {
-        let s = s as usize;
-        if !alive[s] {
-            continue;
-        }
-        let (current, id) = join(&next, &ids, s);
-        if current != r {
-            continue;
-        }
-        // Join the part at `s` with its successor `m`.
+    // The rank of joining the part at `s` with its successor.
+    let join = |next: &[u32], s: usize| -> u32 {
         let m = next[s] as usize;
-        alive[m] = false;
-        ids[s] = id;
-        next[s] = next[m];
-        if (next[s] as usize) < n {
-            prev[next[s] as usize] = s as u32;
+        if m >= n {
+            return NONE;
         }
-        for candidate in [Some(s), (s > 0).then(|| prev[s] as usize)]
-            .into_iter()
-            .flatten()
-        {
-            let (r, _) = join(&next, &ids, candidate);
-            if r != u32::MAX {
-                candidates.push(r, candidate as u32);
+        vocab
+            .merged_in(piece, s, next[m] as usize)
+            .map_or(NONE, |(r, _)| r)
+    };
+    while let Some((r, s, ahead)) = candidates.pop() {
+        if let Some(a) = ahead {
+            let a = a as usize;
+            prefetch(&joins[a]);
+            prefetch(&next[a]);
+            prefetch(&ids[a]);
+            if a > 0 {
+                prefetch(&next[a - 1]);
+            }
+        }
+        let s = s as usize;
+        if joins[s] != r {
+            continue;
+        }
+        // Join the part at `s` with its successor `m..after`; `after - 1` becomes the last byte
+        // of the part at `s`.
+        let m = next[s] as usize;
+        let after = next[m];
+        joins[m] = NONE;
+        ids[s] = vocab.merge_result(r);
+        next[s] = after;
+        next[after as usize - 1] = s as u32;
+        joins[s] = join(next, s);
+        if joins[s] != NONE {
+            candidates.push(joins[s], s as u32);
+        }
+        if s > 0 {
+            // `s - 1` is either a one-byte part (its `next` is `s`) or the last byte of a longer
+            // one (its `next` slot holds that part's start).
+            let q = next[s - 1] as usize;
+            let p = if q == s { s - 1 } else { q };
+            joins[p] = join(next, p);
+            if joins[p] != NONE {
+                candidates.push(joins[p], p as u32);
             }
         }
     }
@@ -210,7 +328,13 @@ fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
 
 #[cfg(test)]
 mod tests {
+    use rustc_hash::FxHashMap;
+
     use super::*;
+
+    fn rank(vocab: &Vocab, bytes: &[u8]) -> u32 {
+        vocab.merged(bytes).map_or(u32::MAX, |(rank, _)| rank)
+    }
 
     /// A vocabulary with merges over {a, b}: (a,a), (a,b), (aa,aa), (b,a), (ab,ab), (aa,b).
     fn vocab() -> Vocab {
