@@ -22,6 +22,8 @@ the whole head (matmul, kernel, gradient matmuls, chunk by chunk) as one custom 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -30,6 +32,7 @@ __all__ = ["head_cross_entropy"]
 _STATS = 4  # lse, nll, max |z|, max |raw|
 
 
+@functools.cache
 def _kernel():  # built on first use: importing Triton costs a second, and CPUs never need it
     import triton
     import triton.language as tl
@@ -103,9 +106,6 @@ def _kernel():  # built on first use: importing Triton costs a second, and CPUs 
     return ce_rows
 
 
-_KERNEL = None
-
-
 def _chunk_stats_and_grad(
     logits: Tensor,
     targets: Tensor,
@@ -114,16 +114,14 @@ def _chunk_stats_and_grad(
     cap: float,
     ignore_index: int,
     write_grad: bool,
-) -> tuple[Tensor, Tensor]:
-    """One launch over the rows of ``logits``: ``stats (rows, 4)`` float32 (``lse, nll,
-    max |z|, max |raw|``) and, with ``write_grad``, d(loss)/d(logits) in the logits' dtype."""
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _kernel()
+    stats: Tensor,
+) -> Tensor:
+    """One launch over the rows of ``logits``: fills ``stats`` (``(rows, 4)`` float32, rows
+    contiguous: ``lse, nll, max |z|, max |raw|``) and, with ``write_grad``, returns
+    d(loss)/d(logits) in the logits' dtype (else ``logits`` itself, untouched)."""
     rows, vocab = logits.shape
-    stats = torch.empty(rows, _STATS, dtype=torch.float32, device=logits.device)
     grad = torch.empty_like(logits) if write_grad else logits
-    _KERNEL[(rows,)](
+    _kernel()[(rows,)](
         logits,
         grad,
         targets,
@@ -140,7 +138,7 @@ def _chunk_stats_and_grad(
         BLOCK=min(4096, max(16, 1 << (vocab - 1).bit_length())),
         num_warps=8 if vocab >= 8192 else 4,
     )
-    return stats, grad
+    return grad
 
 
 @torch.library.custom_op("lmforge::head_cross_entropy", mutates_args=())
@@ -193,10 +191,9 @@ def head_cross_entropy(
         end = min(start + chunk_size, rows)
         h = hidden[start:end]
         logits = h @ weight.t()
-        chunk_stats, grad = _chunk_stats_and_grad(
-            logits, targets[start:end], inv_n, z_loss, cap, ignore_index, write
+        grad = _chunk_stats_and_grad(
+            logits, targets[start:end], inv_n, z_loss, cap, ignore_index, write, stats[start:end]
         )
-        stats[start:end] = chunk_stats
         del logits  # one chunk of logits and one of their gradient alive at a time
         if hidden_grad:
             grad_hidden[start:end] = grad @ weight
