@@ -2,7 +2,9 @@
 # End to end on the stories corpus (.device/{train,valid}.txt.xz): a 10K tokenizer, token files,
 # the plain baseline at the stories-17M shape, then `lmforge train --config stories-17M` for
 # EPOCHS (default 2) epochs. Copies metrics, plot, sample and logs to $OUT. A second run in the
-# same machine reuses the token files; BASELINE=0 skips the baseline; TRAIN_ARGS adds --set ...
+# same machine reuses the token files; BASELINE=0 skips the baseline; TRAIN_ARGS adds --set ...;
+# CONFIG names another preset or TOML (e.g. stories-moe); RUN names the run's folder (several
+# runs may then share the token files side by side).
 set -euo pipefail
 OUT="${OUT:-/tmp/lmforge-out}"
 W=/tmp/e2e
@@ -21,11 +23,12 @@ if [ "${BASELINE:-1}" != 0 ]; then
     python3 .device/gpt_baseline.py --d 512 --layers 4 --heads 16 --seq 256 --batch 128 \
         --vocab 10240 --steps 100 | tee "$OUT/e2e-baseline.json"
 fi
-rm -rf "$W/run"
+R="$W/${RUN:-run}"
+rm -rf "$R"
 t0=$(date +%s)
-lm train --config stories-17M --data "$W/train.bin" --val-data "$W/val.bin" \
-    --tokenizer "$W/tokenizer.json" --out "$W/run" --set "train.epochs=${EPOCHS:-2}" \
+lm train --config "${CONFIG:-stories-17M}" --data "$W/train.bin" --val-data "$W/val.bin" \
+    --tokenizer "$W/tokenizer.json" --out "$R" --set "train.epochs=${EPOCHS:-2}" \
     --set train.progress=false ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/e2e-train.log" | tail -30
 echo "train wall time: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/e2e-train.log"
-cp "$W/run/metrics.jsonl" "$W/run/config.toml" "$OUT/"
-cp "$W"/run/plots/*.png "$W/run/sample.txt" "$OUT/" 2>/dev/null || true
+cp "$R/metrics.jsonl" "$R/config.toml" "$OUT/"
+cp "$R"/plots/*.png "$R/sample.txt" "$OUT/" 2>/dev/null || true

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Everything lmforge checks on a GPU, in one device call (the device tool, with dist/ holding the
 # abi3 wheel built on the dev machine and .device/ holding the stories corpus and the baseline):
-#   bash scripts/gpu_check.sh [tests] [bench] [e2e] [profile] [ddp]   (default: the first three)
+#   bash scripts/gpu_check.sh [tests] [bench] [e2e] [profile] [ddp] [moe]   (default: the first three)
 # tests: pytest -m gpu; bench: benches/bench_model.py (SHAPES, default 124M,1B); e2e: the
 # stories-17M run of scripts/e2e_stories.sh; profile: scripts/profile_train.py on the e2e's token
-# file (after e2e); ddp: benches/bench_ddp.py (GPUS, default 2). Logs, JSON and PNGs go to $OUT
+# file (after e2e); ddp: benches/bench_ddp.py (GPUS, default 2); moe: benches/bench_moe.py
+# (MOE_ARGS). TESTS narrows the tests part to some files. Logs, JSON and PNGs go to $OUT
 # (never checkpoints). Parts may run side by side on different GPUs (CUDA_VISIBLE_DEVICES).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -18,7 +19,7 @@ parts="${*:-tests bench e2e}"
 for part in $parts; do
     case "$part" in
     tests)
-        python3 -m pytest tests -m gpu -q -p no:cacheprovider --maxfail=5 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+        python3 -m pytest ${TESTS:-tests} -m gpu -q -p no:cacheprovider --maxfail=5 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
         ;;
     bench)
         python3 benches/bench_model.py --shapes "${SHAPES:-124M,1B}" ${BENCH_ARGS:-} \
@@ -36,8 +37,12 @@ for part in $parts; do
         python3 benches/bench_ddp.py --text /tmp/e2e/train.txt --gpt2 .device/gpt2 \
             --gpus "${GPUS:-2}" --out "$OUT/bench-ddp.json" 2>&1 | tee "$OUT/bench-ddp.log" | tail -8
         ;;
+    moe)
+        python3 benches/bench_moe.py ${MOE_ARGS:-} --out "$OUT/bench-moe.json" 2>&1 |
+            tee "$OUT/bench-moe.log" | tail -12
+        ;;
     *)
-        echo "unknown part $part (tests, bench, e2e, profile, ddp)" >&2
+        echo "unknown part $part (tests, bench, e2e, profile, ddp, moe)" >&2
         exit 2
         ;;
     esac

@@ -5,12 +5,17 @@
 
 Runs ``--steps`` warm-up steps (compilation), then times 20 steps without the profiler (host
 wall time per step), then 5 steps under ``torch.profiler`` and writes the operations that take
-the most GPU time, and the most host time, to ``--out``. A developer tool, not a benchmark.
+the most GPU time, the most host time and the input shapes of the host-heaviest ones to
+``--out``, then 20 steps under ``cProfile``: the Python functions where the host spends (or
+waits) its time, by own time and by cumulative time. A developer tool, not a benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import tempfile
 import time
 from pathlib import Path
@@ -46,13 +51,22 @@ def main() -> None:
             for _ in range(5):
                 trainer._step()
             torch.cuda.synchronize()
+        py = cProfile.Profile()
+        py.enable()
+        for _ in range(20):
+            trainer._step()
+        torch.cuda.synchronize()
+        py.disable()
     avg = prof.key_averages()
     text = f"step {step_ms:.2f} ms (host wall, 20 steps, no profiler)\n\n"
     text += avg.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=80)
     text += "\n\n" + avg.table(sort_by="self_cpu_time_total", row_limit=30)
-    # where the host time goes, by Python call site (the first frames of each op's stack)
-    by_stack = prof.key_averages(group_by_stack_n=6)
-    text += "\n\n" + by_stack.table(sort_by="self_cpu_time_total", row_limit=25)
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    text += "\n\n" + by_shape.table(sort_by="self_cpu_time_total", row_limit=25)
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(py, stream=buf).sort_stats(key).print_stats(35)
+        text += f"\n\ncProfile, 20 steps, by {key}\n" + buf.getvalue()
     a.out.write_text(text)
     print(text[:200])
 

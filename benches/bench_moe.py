@@ -1,0 +1,273 @@
+"""Mixture-of-Experts training throughput beside the dense model, on the same GPU in one call.
+
+Three models with the same active parameters (``gpt2-124M``'s attention and embeddings; the MLPs
+differ), each trained by this script re-invoked as a child process — bf16 autocast,
+``torch.compile``, lmforge's AdamW, gradient clipping, the after-step hook (the MoE bias update)
+— exactly one training step as the trainer runs it:
+
+* ``dense``: the ``gpt2-124M`` preset (SwiGLU, ``d_ff`` 2048);
+* ``a``: 64 fine-grained routed experts of width 256 (``d_ff``/8), top-8, one shared expert
+  (DeepSeek-V3: sigmoid router, auxiliary-loss-free bias, sequence-wise loss), dropless —
+  active parameters +5.7% over dense (the shared expert);
+* ``b``: 8 routed experts of width 1024 (``d_ff``/2), top-2, softmax token-choice router with
+  the Switch auxiliary loss, dropless — active parameters equal to dense.
+
+and, in the same call, the plain compiled baseline ``gpt_baseline.py`` at the dense shape.
+MFU counts active FLOPs (``lmforge.accounting.flops_per_token``: 6 × active non-embedding
+parameters + 12·L·T·d) against the card's bf16 dense peak.
+
+Batches come from real text when ``--text`` is given (default ``.device/train.txt.xz``, the
+first ``--text-mb`` MB encoded with GPT-2's ranks from ``--gpt2``), else uniform random ids (the
+load balance is then not a statement about text). Each child first trains ``--warmup`` steps on
+fresh batches (the balancing bias and losses act; compile happens here), then times ``--steps``
+steps and reports the routers' worst max/mean expert load over the timed steps (``moe/
+max_load_ratio``: the busiest expert's assignments over the mean, worst layer) — the issue's
+balance target is ≤ 1.3 after warm-up.
+
+    python benches/bench_moe.py [--configs dense,a,b] [--batch 32] [--warmup 200] [--steps 30]
+        [--text .device/train.txt.xz] [--gpt2 .device/gpt2] [--out PATH.json]
+
+Results: a table on stdout and one JSON file in ``benches/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import lzma
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    default_out_path,
+    emit_result,
+    machine_info,
+    parse_result,
+    print_table,
+    run_child,
+    write_json,
+)
+
+CONFIGS: dict[str, list[str]] = {
+    "dense": [],
+    "a": [
+        "model.moe.n_routed_experts=64",
+        "model.moe.top_k=8",
+        "model.moe.n_shared_experts=1",
+        "model.moe.expert_d_ff=256",
+        "model.moe.router=sigmoid",
+    ],
+    "b": [
+        "model.moe.n_routed_experts=8",
+        "model.moe.top_k=2",
+        "model.moe.expert_d_ff=1024",
+        "model.moe.router=token_choice",
+    ],
+}
+"""Each benchmarked model as ``--set`` overrides of the ``gpt2-124M`` preset."""
+
+PRESET = "gpt2-124M"
+
+
+def load_tokens(text: Path, gpt2: Path, megabytes: float, cache: Path) -> Path:
+    """The first ``megabytes`` MB of ``text`` (plain or ``.xz``) as GPT-2 token ids (``.npy``),
+    encoded once and cached at ``cache``."""
+    import numpy as np
+
+    from lmforge.tokenizer import Tokenizer
+
+    if cache.exists():
+        return cache
+    opener = lzma.open if text.suffix == ".xz" else open
+    with opener(text, "rb") as f:
+        raw = f.read(int(megabytes * 1e6))
+    body = raw.decode("utf-8", errors="ignore")
+    tok = Tokenizer.from_gpt2_files(gpt2 / "encoder.json", gpt2 / "merges.txt")
+    ids = tok.encode_to_numpy(body).astype(np.uint16)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, ids)
+    return cache
+
+
+def child(a: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from lmforge import accounting
+    from lmforge.data import get_batch
+    from lmforge.model import Transformer
+    from lmforge.optim import OptimConfig, build_optimizer, clip_grad_norm_
+    from lmforge.train.config import load_run_config
+
+    overrides = ["train.train_data=unused", *CONFIGS[a.child], *a.set]
+    cfg = load_run_config(PRESET, overrides).model
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    model = Transformer(cfg).to(device)
+    kinds = model.param_kinds()
+    opt = build_optimizer(
+        [(p, kinds[n]) for n, p in model.named_parameters()],
+        OptimConfig(name="adamw", lr=a.lr, weight_decay=0.1),
+    )
+    step_model = model if a.no_compile else torch.compile(model, mode=a.compile_mode)
+    T, B = cfg.context_length, a.batch
+    if a.tokens:
+        tokens = np.load(a.tokens, mmap_mode="r")
+    else:
+        tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, 2**22, dtype=np.int64)
+    gen = np.random.default_rng(1)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def one() -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y = get_batch(tokens, B, T, device, generator=gen)
+        with torch.autocast(device.type, dtype, enabled=device.type == "cuda"):
+            out = step_model(x, y, return_logits=False)
+        out.loss.backward()
+        clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.after_optimizer_step()
+        return out.loss.detach(), out.metrics.get("moe/max_load_ratio")
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    losses = [one()[0] for _ in range(a.warmup)]
+    sync()
+    warm_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    timed = [one() for _ in range(a.steps)]
+    sync()
+    dt = (time.perf_counter() - t) / a.steps
+    ratios = [float(r) for _, r in timed if r is not None]
+    losses += [loss for loss, _ in timed]
+    counts = accounting.count_params(cfg)
+    flops_tok = accounting.flops_per_token(cfg, seq_len=T)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = accounting.peak_flops(name, "bf16") if device.type == "cuda" else None
+    emit_result(
+        dict(
+            params=counts.total,
+            active_params=counts.active,
+            step_ms=dt * 1e3,
+            tok_s=B * T / dt,
+            mfu=flops_tok * B * T / dt / peak if peak else None,
+            mem_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+            warmup_s=warm_s,
+            loss_first=float(losses[0]),
+            loss_last=float(losses[-1]),
+            max_load_ratio=max(ratios) if ratios else None,
+            mean_max_load_ratio=sum(ratios) / len(ratios) if ratios else None,
+            device=name,
+            torch=torch.__version__,
+        )
+    )
+
+
+def run_baseline(baseline: Path, batch: int, steps: int) -> dict | None:
+    import json
+
+    from lmforge.train.config import load_run_config
+
+    cfg = load_run_config(PRESET, ["train.train_data=unused"]).model
+    cmd = [sys.executable, str(baseline), "--d", str(cfg.d_model), "--layers", str(cfg.n_layers)]
+    cmd += ["--heads", str(cfg.n_heads), "--seq", str(cfg.context_length), "--batch", str(batch)]
+    cmd += ["--vocab", str(cfg.vocab_size), "--steps", str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+HEADERS = ["model", "active M", "stored M", "tokens/s", "MFU", "step ms", "mem GB", "max/mean"]
+
+
+def table_row(name: str, r: dict | None) -> list[str]:
+    if r is None:
+        return [name, "failed", "", "", "", "", "", ""]
+
+    def fmt(key: str, spec: str) -> str:
+        v = r.get(key)
+        return "" if v is None else format(v, spec)
+
+    return [
+        name,
+        f"{r['active_params'] / 1e6:.1f}" if "active_params" in r else "",
+        f"{r['params'] / 1e6:.1f}" if "params" in r else "",
+        f"{r['tok_s']:,.0f}",
+        fmt("mfu", ".1%") or "n/a",
+        f"{r['step_ms']:.1f}",
+        fmt("mem_gb", ".1f"),
+        fmt("max_load_ratio", ".2f"),
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", default="dense,a,b", help=f"any of {sorted(CONFIGS)}")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=200, help="untimed steps before timing")
+    p.add_argument("--steps", type=int, default=30, help="timed steps")
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--compile-mode", default=None)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--set", action="append", default=[], help="extra KEY=VALUE override")
+    p.add_argument("--text", type=Path, default=Path(".device/train.txt.xz"))
+    p.add_argument("--text-mb", type=float, default=64.0)
+    p.add_argument("--gpt2", type=Path, default=Path(".device/gpt2"))
+    p.add_argument("--baseline", type=Path, default=Path(".device/gpt_baseline.py"))
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tokens", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    names = a.configs.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        p.error(f"unknown config(s) {unknown}; known: {sorted(CONFIGS)}")
+    if a.child:
+        child(a)
+        return
+    out = a.out or default_out_path("moe")
+    data = "random ids"
+    if a.text.exists() and (a.gpt2 / "encoder.json").exists():
+        cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_moe_{a.text_mb:g}MB.npy"
+        a.tokens = load_tokens(a.text, a.gpt2, a.text_mb, cache)
+        data = f"{a.text} (first {a.text_mb:g} MB, GPT-2 ranks)"
+    else:
+        print(f"note: {a.text} or {a.gpt2} missing: training on random ids", file=sys.stderr)
+    meta = dict(machine=machine_info(), data=data, preset=PRESET, configs=CONFIGS)
+    meta.update(batch=a.batch, warmup=a.warmup, steps=a.steps, compile_mode=a.compile_mode)
+    results: dict[str, dict | None] = {}
+    rows = []
+    if not a.skip_baseline:
+        results["baseline"] = run_baseline(a.baseline, a.batch, a.steps)
+        rows.append(table_row("baseline", results["baseline"]))
+    for name in names:
+        cmd = [sys.executable, __file__, "--child", name, "--configs", name]
+        cmd += ["--batch", str(a.batch), "--warmup", str(a.warmup), "--steps", str(a.steps)]
+        cmd += ["--lr", str(a.lr), "--device", a.device]
+        cmd += ["--compile-mode", a.compile_mode] if a.compile_mode else []
+        cmd += ["--no-compile"] if a.no_compile else []
+        cmd += [f"--set={s}" for s in a.set]
+        cmd += ["--tokens", str(a.tokens)] if a.tokens else []
+        code, stdout, _ = run_child(cmd)
+        results[name] = parse_result(stdout) if code == 0 else None
+        rows.append(table_row(name, results[name]))
+        print_table(HEADERS, rows[-1:])
+        write_json(out, dict(**meta, results=results))  # a killed run keeps what it measured
+    print_table(HEADERS, rows)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
