@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     run_child,
     write_json,
 )
+from bench_model import write_profile  # noqa: E402
 
 CONFIGS: dict[str, list[str]] = {
     "dense": [],
@@ -146,6 +147,8 @@ def child(a: argparse.Namespace) -> None:
     timed = [one() for _ in range(a.steps)]
     sync()
     dt = (time.perf_counter() - t) / a.steps
+    if a.profile is not None:
+        write_profile(a.profile / f"profile-moe-{a.child}.txt", one)
     ratios = [float(r) for _, r in timed if r is not None]
     losses += [loss for loss, _ in timed]
     counts = accounting.count_params(cfg)
@@ -226,6 +229,9 @@ def main() -> None:
     p.add_argument("--gpt2", type=Path, default=Path(".device/gpt2"))
     p.add_argument("--baseline", type=Path, default=Path(".device/gpt_baseline.py"))
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument(
+        "--profile", type=Path, default=None, help="folder for per-model GPU kernel tables"
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--tokens", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -260,6 +266,7 @@ def main() -> None:
         cmd += ["--no-compile"] if a.no_compile else []
         cmd += [f"--set={s}" for s in a.set]
         cmd += ["--tokens", str(a.tokens)] if a.tokens else []
+        cmd += ["--profile", str(a.profile)] if a.profile else []
         code, stdout, _ = run_child(cmd)
         results[name] = parse_result(stdout) if code == 0 else None
         rows.append(table_row(name, results[name]))

@@ -107,3 +107,22 @@ def test_train_data_may_be_a_mixture():
         TrainConfig(train_data=["a", "a"], max_iters=1)
     with pytest.raises(ValueError, match="or a list of them"):
         TrainConfig(train_data=[], max_iters=1)
+
+
+@pytest.mark.parametrize(
+    "sets, world, device, expected",
+    [
+        ([], 1, "cuda", "reduce-overhead"),
+        ([], 1, "cpu", None),
+        ([], 2, "cuda", None),
+        (["train.grad_accum=2"], 1, "cuda", None),
+        (["model.moe.n_routed_experts=4"], 1, "cuda", None),
+        (['train.compile_mode="default"'], 1, "cuda", None),
+        (['train.compile_mode="max-autotune"'], 1, "cuda", "max-autotune"),
+    ],
+)
+def test_auto_compile_mode(sets, world, device, expected):
+    from lmforge.train.trainer import resolve_compile_mode
+
+    cfg = load_run_config("stories-17M", ["train.train_data=x.bin", *sets])
+    assert resolve_compile_mode(cfg, world, device) == expected

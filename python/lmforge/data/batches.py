@@ -14,9 +14,11 @@ the token that follows ``x[b, t]``. The design choices:
   numpy fancy index into the memory map, which reads only the pages under the windows.
 - Each window is copied once, as ``int64`` (what ``nn.Embedding`` and ``cross_entropy`` index
   with); ``x`` and ``y`` are sliced from it after the copy to the device.
-- On CUDA the host batch is pinned and copied with ``non_blocking=True``, so the copy overlaps
-  the GPU's work on the previous step (PyTorch's "pinned memory" guidance; nanoGPT does the
-  same).
+- On CUDA the host batch goes through page-locked (pinned) memory and is copied with
+  ``non_blocking=True``, so the copy overlaps the GPU's work on the previous step (PyTorch's
+  "pinned memory" guidance; nanoGPT does the same). The pinned buffers are a small ring reused
+  batch after batch (:class:`PinnedRing`): a fresh ``pin_memory()`` per batch cost 3.5 ms of
+  host time per step on an H200 host — a third of a stories-17M step's GPU time.
 - Randomness comes from a ``numpy.random.Generator``, not a ``torch.Generator``: the starts index
   a numpy memory map, and :class:`~lmforge.data.sampler.WindowSampler` draws its starts with
   numpy too, so the data path has one random-number family. :func:`batch_from_starts` takes
@@ -28,6 +30,8 @@ that the corpus stays on disk and only the batch travels.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import torch
@@ -102,13 +106,53 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> np.n
     return np.asarray(tokens[index], dtype=np.int64)
 
 
+class PinnedRing:
+    """A few page-locked host buffers per batch shape, reused in turn for host-to-GPU copies.
+
+    A buffer is refilled only after the copy that last read it has finished (a CUDA event per
+    buffer; with ``slots`` buffers that copy was issued ``slots`` batches ago, so in a training
+    loop the wait is empty). One ring serves one thread: the trainer's, or a caller's.
+    """
+
+    def __init__(self, slots: int = 4, max_shapes: int = 8) -> None:
+        if slots < 1 or max_shapes < 1:
+            raise ValueError(f"PinnedRing needs slots >= 1 and max_shapes >= 1, got {slots}")
+        self.slots, self.max_shapes = slots, max_shapes
+        self._rings: dict[tuple, tuple[list[torch.Tensor], list[torch.cuda.Event], list[int]]]
+        self._rings = {}
+
+    def copy(self, array: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``array`` on the CUDA ``device``, copied asynchronously through a reused buffer."""
+        key = (array.shape, array.dtype.str, device)
+        if key not in self._rings:
+            if len(self._rings) >= self.max_shapes:  # e.g. many last-batch shapes: start over
+                self._rings.clear()
+            dtype = torch.from_numpy(array[:0]).dtype
+            shape = array.shape
+            bufs = [torch.empty(shape, dtype=dtype, pin_memory=True) for _ in range(self.slots)]
+            self._rings[key] = (bufs, [torch.cuda.Event() for _ in bufs], [0])
+        bufs, events, turn = self._rings[key]
+        i = turn[0]
+        turn[0] = (i + 1) % self.slots
+        events[i].synchronize()  # the copy that last read this buffer has finished
+        bufs[i].numpy()[...] = array
+        out = bufs[i].to(device, non_blocking=True)
+        events[i].record(torch.cuda.current_stream(device))
+        return out
+
+
+_RING = PinnedRing()
+
+
 def copy_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``array`` as a tensor on ``device``; on CUDA through pinned memory, asynchronously."""
+    """``array`` as a tensor on ``device``; on CUDA through reused pinned memory, asynchronously
+    (from the main thread; other threads get a fresh pinned buffer per call)."""
     w = torch.from_numpy(array)
-    if device.type == "cuda":
-        # pinned memory lets the copy run asynchronously, overlapping the previous step
-        return w.pin_memory().to(device, non_blocking=True)
-    return w.to(device)
+    if device.type != "cuda":
+        return w.to(device)
+    if threading.current_thread() is threading.main_thread():
+        return _RING.copy(array, device)
+    return w.pin_memory().to(device, non_blocking=True)
 
 
 def _to_device(windows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

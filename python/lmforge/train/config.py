@@ -50,7 +50,13 @@ _PRESETS = Path(__file__).resolve().parent.parent / "configs"
 _DTYPES = ("bf16", "fp32")
 _STRATEGIES = ("ddp", "fsdp")
 _CHECKPOINT_FORMATS = ("auto", "torch", "dcp")
-_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_COMPILE_MODES = (
+    "auto",
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
 _OBJECTIVES = ("clm", "mlm")
 
 
@@ -82,10 +88,12 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"bf16"`` (autocast with fp32 master weights; CUDA only) or ``"fp32"``.
         compile: ``torch.compile`` the model.
-        compile_mode: ``torch.compile``'s mode: ``"default"``, ``"reduce-overhead"`` (the
-            forward and backward replayed as CUDA graphs: no per-kernel launch cost, which bounds
-            small models; one process, ``grad_accum = 1``), ``"max-autotune"`` (CUDA graphs and
-            tuned matmuls; same limits) or ``"max-autotune-no-cudagraphs"``.
+        compile_mode: ``torch.compile``'s mode: ``"auto"`` (``"reduce-overhead"`` where it
+            applies — one process on CUDA, ``grad_accum = 1``, a dense causal LM — else
+            ``"default"``), ``"default"``, ``"reduce-overhead"`` (the forward and backward
+            replayed as CUDA graphs: no per-kernel launch cost, which bounds small models; one
+            process, ``grad_accum = 1``), ``"max-autotune"`` (CUDA graphs and tuned matmuls;
+            same limits) or ``"max-autotune-no-cudagraphs"``.
         strategy: with several processes (``torchrun``), ``"ddp"`` (replicated model,
             averaged gradients) or ``"fsdp"`` (FSDP2 sharding per block); ignored alone.
         log_interval: steps between metric lines (each one synchronises the device).
@@ -129,7 +137,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "bf16"
     compile: bool = False
-    compile_mode: str = "default"
+    compile_mode: str = "auto"
     strategy: str = "ddp"
     log_interval: int = 10
     eval_interval: int = 250
@@ -147,7 +155,8 @@ class TrainConfig:
 
     @property
     def cuda_graphs(self) -> bool:
-        """Whether the compiled model is replayed as CUDA graphs."""
+        """Whether ``compile_mode`` asks for CUDA graphs explicitly (``"auto"`` decides in the
+        trainer, where the world size is known)."""
         return self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
 
     def __post_init__(self) -> None:

@@ -109,6 +109,21 @@ class TrainResult:
     seconds: float
 
 
+def resolve_compile_mode(config: RunConfig, world_size: int, device_type: str) -> str | None:
+    """``torch.compile``'s mode for ``train.compile_mode`` (``None``: the default).
+
+    ``"auto"`` replays CUDA graphs (``"reduce-overhead"``) where they are known to apply and to
+    pay off: one process on CUDA, no gradient accumulation, a dense causal LM (Mixture-of-Experts
+    layers and the masked-LM objective run without them until measured).
+    """
+    tc, mc = config.train, config.model
+    if tc.compile_mode == "auto":
+        simple = mc.moe is None and tc.objective == "clm" and tc.grad_accum == 1
+        graphs = simple and world_size == 1 and device_type == "cuda"
+        return "reduce-overhead" if graphs else None
+    return None if tc.compile_mode == "default" else tc.compile_mode
+
+
 class Trainer:
     """Trains the model of a :class:`RunConfig` on its token files.
 
@@ -185,7 +200,9 @@ class Trainer:
                 f"train.compile_mode={tc.compile_mode} captures CUDA graphs, which the gradient "
                 "hooks of DDP/FSDP cannot run in: use train.compile_mode=default under torchrun"
             )
-        mode = None if tc.compile_mode == "default" else tc.compile_mode
+        mode = resolve_compile_mode(self.config, ctx.world_size, self.device.type)
+        self.cuda_graphs = tc.compile and mode in ("reduce-overhead", "max-autotune")
+        self.cuda_graphs &= self.device.type == "cuda"
         self.step_model = torch.compile(self.wrapped, mode=mode) if tc.compile else self.wrapped
         self.token_bytes = (
             token_byte_lengths(self.tokenizer, mc.vocab_size) if self.tokenizer else None
@@ -334,7 +351,7 @@ class Trainer:
             and the last micro-batch's metrics and named losses, all device tensors.
         """
         accum = self.config.train.grad_accum
-        graphs = self.config.train.cuda_graphs and self.device.type == "cuda"
+        graphs = self.cuda_graphs
         total = torch.zeros((), device=self.device)
         ce = torch.zeros((), device=self.device)
         metrics: dict[str, torch.Tensor] = {}

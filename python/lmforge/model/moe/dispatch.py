@@ -13,11 +13,12 @@ Token-choice (``k`` experts per token, ``A = N·k`` assignments):
    the largest group ``M`` (one host read of the counts; under ``torch.compile`` ``M`` is the
    static bound ``A`` instead, trading memory for a graph without a sync), three ``bmm``, and a
    gather back. Padding rows are zero and produce zero.
-3. **Un-permute** (each sorted row to row ``t·k + j`` of its token ``t`` and choice ``j``, a
-   scatter of a permutation, so no atomics) and **combine** with one batched ``(1×k)·(k×d)``
-   matmul per token: ``y_t = Σ_j g_{t,j} · expert_{e_{t,j}}(x_t)`` in the matmul dtype with
-   float32 accumulation — bf16 under autocast, as a dense MLP's output is; no ``A × d`` float32
-   temporary (for fine-grained experts this glue moves as many bytes as the GEMMs do FLOPs).
+3. **Un-permute and combine** in one gather-and-sum per token (:mod:`.permute`):
+   ``y_t = Σ_j g_{t,j} · expert_{e_{t,j}}(x_t)`` accumulated in float32, returned in the matmul
+   dtype — bf16 under autocast, as a dense MLP's output is. Compiled, this is one kernel that
+   never stores the ``(N, k, d)`` gathered rows; the gradients of the gather in step 1 and of
+   this step are gathers too, never scatter-adds (for fine-grained experts this glue moves as
+   many bytes as the GEMMs do FLOPs).
 
 With a **capacity** ``C`` the padded layout has exactly ``C`` rows per expert (static shapes, no
 sync): assignments ranked ``>= C`` within their expert go to a dummy row and contribute zero,
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.model.moe.balance import expert_counts
+from lmforge.model.moe.permute import combine_rows, gather_rows, sort_maps
 from lmforge.model.moe.routers import ExpertRouting, TokenRouting
 
 __all__ = [
@@ -157,6 +159,7 @@ def dispatch_token_choice(
     w2: Tensor,
     capacity: int | None = None,
     impl: str = "auto",
+    counts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The routed experts' combined output for token-choice routing.
 
@@ -168,16 +171,19 @@ def dispatch_token_choice(
         w2: ``(E, d_model, d_ff)``.
         capacity: assignments per expert (``None``: dropless).
         impl: the dropless grouped GEMM (:data:`IMPLS`).
+        counts: int64 ``(E,)`` assignments per expert, when the caller has them already.
 
     Returns:
         ``(y, dropped)``: ``y`` is ``(N, d_model)`` in ``x``'s dtype; ``dropped`` the fraction
         of assignments over capacity (a 0-d tensor, 0 when dropless).
     """
     n, k = routing.experts.shape
-    tokens, experts, _ = routing.assignments()
+    experts = routing.experts.t().reshape(-1)  # choice-major: all first choices, then second
     order = torch.argsort(experts, stable=True)
-    counts = expert_counts(experts, w1.shape[0])
-    xs = x[tokens[order]]
+    if counts is None:
+        counts = expert_counts(experts, w1.shape[0])
+    token_of_row, rows_of_token = sort_maps(order, n, k)
+    xs = gather_rows(x, token_of_row, rows_of_token)
     if capacity is None:
         hs = expert_swiglu(xs, counts, w1, w3, w2, impl)
         dropped = torch.zeros((), device=x.device)
@@ -185,10 +191,7 @@ def dispatch_token_choice(
         expert_of_row, pos = _group_positions(counts, xs.shape[0])
         hs = _padded_swiglu(xs, expert_of_row, pos, w1, w3, w2, capacity)
         dropped = (pos >= capacity).float().mean()
-    # sorted row i came from choice-major assignment order[i] = j·n + t: put it at row t·k + j
-    token_major = (order % n) * k + torch.div(order, n, rounding_mode="floor")
-    h = torch.zeros_like(hs).index_copy(0, token_major, hs).view(n, k, -1)
-    y = torch.bmm(routing.gates.to(h.dtype).unsqueeze(1), h).squeeze(1)  # Σ_j g_tj · h_tj
+    y = combine_rows(hs, routing.gates, token_of_row, rows_of_token)  # Σ_j g_tj · h_tj
     return y, dropped
 
 

@@ -96,7 +96,11 @@ class GroupedExperts(nn.Module):
         trunc_normal_(self.w2, self.out_init_scale / math.sqrt(self.d_ff))
 
     def forward(
-        self, x: Tensor, routing: TokenRouting | ExpertRouting, capacity: int | None = None
+        self,
+        x: Tensor,
+        routing: TokenRouting | ExpertRouting,
+        capacity: int | None = None,
+        counts: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The experts' gated sum for each token.
 
@@ -104,6 +108,7 @@ class GroupedExperts(nn.Module):
             x: ``(N, d_model)`` tokens.
             routing: the router's decision.
             capacity: assignments per expert for token-choice routing (``None``: dropless).
+            counts: int64 ``(E,)`` assignments per expert (token-choice), if already counted.
 
         Returns:
             ``(y, dropped)``: ``y`` ``(N, d_model)`` and the dropped fraction (0-d tensor).
@@ -119,7 +124,7 @@ class GroupedExperts(nn.Module):
         if impl == "auto":
             fast = grouped_mm_supported(xc, w1, self.device_has_grouped_mm)
             impl = "grouped_mm" if fast else "padded"
-        return dispatch_token_choice(xc, routing, w1, w3, w2, capacity, impl)
+        return dispatch_token_choice(xc, routing, w1, w3, w2, capacity, impl, counts)
 
     def extra_repr(self) -> str:
         return f"n_experts={self.n_experts}, d_model={self.d_model}, d_ff={self.d_ff}"

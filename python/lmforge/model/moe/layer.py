@@ -118,7 +118,9 @@ class MoE(nn.Module):
         else:
             capacity = None
             counts = torch.full_like(routing.tokens[:, 0], routing.tokens.shape[1])
-        y, dropped = self.experts(flat, routing, capacity)
+        y, dropped = self.experts(
+            flat, routing, capacity, counts if isinstance(routing, TokenRouting) else None
+        )
         if self.shared is not None:
             y = y + self.shared(flat)
         if isinstance(self.router, BiasedRouter) and self.training and torch.is_grad_enabled():
