@@ -5,7 +5,7 @@
 # tests: pytest -m gpu; bench: benches/bench_model.py (SHAPES, default 124M,1B); e2e: the
 # stories-17M run of scripts/e2e_stories.sh; profile: scripts/profile_train.py on the e2e's token
 # file (after e2e); ddp: benches/bench_ddp.py (GPUS, default 2); moe: benches/bench_moe.py
-# (MOE_ARGS). TESTS narrows the tests part to some files. Logs, JSON and PNGs go to $OUT
+# (MOE_ARGS). TESTS narrows the tests part to some files, PYTEST_ARGS adds options. Logs, JSON and PNGs go to $OUT
 # (never checkpoints). Parts may run side by side on different GPUs (CUDA_VISIBLE_DEVICES).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -19,7 +19,7 @@ parts="${*:-tests bench e2e}"
 for part in $parts; do
     case "$part" in
     tests)
-        python3 -m pytest ${TESTS:-tests} -m gpu -q -p no:cacheprovider --maxfail=5 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
+        python3 -m pytest ${TESTS:-tests} -m gpu -q -p no:cacheprovider --maxfail=5 ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu-tests.log" | tail -15
         ;;
     bench)
         python3 benches/bench_model.py --shapes "${SHAPES:-124M,1B}" ${BENCH_ARGS:-} \
