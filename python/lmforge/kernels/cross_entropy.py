@@ -141,6 +141,18 @@ def _chunk_stats_and_grad(
     return grad
 
 
+_MM_OUT_DTYPE = "dtype_out" in torch.ops.aten.addmm.overloads()
+
+
+def _accumulate_weight_grad(acc: Tensor, grad: Tensor, h: Tensor) -> Tensor:
+    """``acc + gradᵀ h`` with ``acc`` float32: on CUDA with bf16/fp16 inputs one GEMM that adds
+    ``acc`` in its epilogue and writes float32 (``addmm`` with ``out_dtype``), not a GEMM that
+    rounds to bf16 and an add."""
+    if _MM_OUT_DTYPE and acc.is_cuda and grad.dtype in (torch.bfloat16, torch.float16):
+        return torch.addmm(acc, grad.t(), h, out_dtype=torch.float32)
+    return acc.add_((grad.t() @ h).to(acc.dtype))
+
+
 @torch.library.custom_op("lmforge::head_cross_entropy", mutates_args=())
 def head_cross_entropy(
     hidden: Tensor,
@@ -198,7 +210,7 @@ def head_cross_entropy(
         if hidden_grad:
             grad_hidden[start:end] = grad @ weight
         if weight_grad:
-            grad_weight += grad.t() @ h
+            grad_weight = _accumulate_weight_grad(grad_weight, grad, h)
         del grad
     return stats, grad_hidden, grad_weight
 

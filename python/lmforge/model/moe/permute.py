@@ -12,11 +12,13 @@ Token-choice dispatch sorts the ``A = N·k`` assignments by expert. Two maps des
   its gradients are ``dhs[r] = g_r · dy[token_of_row[r]]`` (a gather) and ``dg_{t,j} = ⟨hs[rows_of_
   token[t, j]], dy_t⟩``.
 
-Each is one expression of indexing, multiplication and a sum, which ``torch.compile`` (Inductor)
-turns into one kernel that reads the gathered rows once and never stores the ``(N, k, d)``
-gathered tensor (per MoE layer at ``gpt2-124M`` batch 32 × 1024 with top-8, that tensor is
-400 MB in bf16). Eagerly (no compiler) the sums are batched matmuls over the gathered rows,
-which PyTorch cannot fuse but which at least accumulate in float32 without a float32 copy.
+On CUDA both run as Triton kernels (:mod:`lmforge.kernels.moe_rows`, one program per token
+reading its ``k`` rows along the columns). Elsewhere each is one expression of indexing,
+multiplication and a sum, which ``torch.compile`` (Inductor) turns into one kernel that reads
+the gathered rows once and never stores the ``(N, k, d)`` gathered tensor (per MoE layer at
+``gpt2-124M`` batch 32 × 1024 with top-8, that tensor is 400 MB in bf16). Eagerly (no
+compiler) the sums are batched matmuls over the gathered rows, which PyTorch cannot fuse but
+which at least accumulate in float32 without a float32 copy.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from lmforge.kernels import moe_rows, use_triton
 
 __all__ = ["combine_rows", "gather_rows", "sort_maps"]
 
@@ -43,7 +47,15 @@ def sort_maps(order: Tensor, n_tokens: int, k: int) -> tuple[Tensor, Tensor]:
     token_of_row = order % n_tokens
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
-    return token_of_row, inverse.view(k, n_tokens).t()
+    return token_of_row, inverse.view(k, n_tokens).t().contiguous()
+
+
+def _kernel_ok(rows: Tensor, gates: Tensor | None = None) -> bool:
+    """Whether :mod:`lmforge.kernels.moe_rows` takes these tensors (CUDA, Triton on; float32
+    sums, so float64 stays on the PyTorch path)."""
+    if rows.dtype == torch.float64 or (gates is not None and gates.dtype != torch.float32):
+        return False
+    return use_triton(rows)
 
 
 def _fused() -> bool:
@@ -53,6 +65,8 @@ def _fused() -> bool:
 
 def _sum_rows(src: Tensor, rows_of_token: Tensor, out_dtype: torch.dtype) -> Tensor:
     """``Σ_j src[rows_of_token[t, j]]`` per token, accumulated in float32 (or wider)."""
+    if _kernel_ok(src):
+        return moe_rows.gather_sum(src.contiguous(), rows_of_token, None).to(out_dtype)
     acc = torch.promote_types(src.dtype, torch.float32)
     if _fused():
         return src[rows_of_token].to(acc).sum(1).to(out_dtype)
@@ -78,6 +92,8 @@ class _CombineRows(torch.autograd.Function):
         ctx: Any, hs: Tensor, gates: Tensor, token_of_row: Tensor, rows_of_token: Tensor
     ) -> Tensor:
         ctx.save_for_backward(hs, gates, token_of_row, rows_of_token)
+        if _kernel_ok(hs, gates):
+            return moe_rows.gather_sum(hs.contiguous(), rows_of_token, gates.contiguous())
         acc = torch.promote_types(torch.promote_types(hs.dtype, torch.float32), gates.dtype)
         if _fused():
             y = (hs[rows_of_token].to(acc) * gates.to(acc).unsqueeze(-1)).sum(1)
@@ -88,6 +104,11 @@ class _CombineRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         hs, gates, token_of_row, rows_of_token = ctx.saved_tensors
+        if _kernel_ok(hs, gates):
+            dhs, dg = moe_rows.combine_backward(
+                hs.contiguous(), gates.contiguous(), rows_of_token, grad.contiguous()
+            )
+            return dhs, dg, None, None
         acc = torch.promote_types(torch.promote_types(hs.dtype, torch.float32), gates.dtype)
         grad_hs = grad_gates = None
         if ctx.needs_input_grad[0]:
