@@ -179,7 +179,7 @@ def test_compiled_moe_saves_what_the_rows_say(name: str, impl: str, bf16: bool) 
     want = norm_rows + moe_saved(cfg, N_TOKENS, **kw)  # type: ignore[arg-type]
     want += moe_weight_copies(cfg, param="fp32", compute=compute)
     print(f"{name} {impl} {compute} compiled: predicted/saved = {total_bytes(want) / got:.4f}")
-    assert total_bytes(want) == pytest.approx(got, rel=0.02)
+    assert total_bytes(want) == pytest.approx(got, rel=0.01)
 
 
 def _model_saved(cfg: ModelConfig, bf16: bool, impl: str) -> int:
@@ -266,3 +266,18 @@ def test_moe_model_states_match_real_tensors(optimizer: str) -> None:
     assert est.parameters == sum(p.numel() * p.element_size() for p in params)
     assert est.gradients == sum(p.grad.numel() * p.grad.element_size() for p in params)
     assert est.optimizer_state == _state_bytes(opt)
+
+
+def test_checkpointed_moe_keeps_only_autocast_cached_copies() -> None:
+    """With checkpointing, eager autocast still caches the attention's and shared experts'
+    bf16 weights for the whole forward; the routed experts' casts die with each block."""
+    moe = MoEConfig(n_routed_experts=8, top_k=2, expert_d_ff=16, n_shared_experts=1,
+                    first_dense_layers=1)  # fmt: skip
+    cfg = _config(moe, n_layers=3)
+    est = estimate_training_memory(cfg, 2, N_TOKENS // 2, activation_checkpointing=True)
+    attention, dense_mlp, shared, routed = 4 * D * D, 3 * D * D_FF, 3 * D * 16, 8 * 3 * D * 16
+    assert est.bytes("autocast_cache") == 2 * (3 * attention + dense_mlp + 2 * shared)
+    assert est.bytes("weight_copies") == 0  # nothing saved across blocks but their inputs
+    assert est.bytes("activations") == 4 * 3 * N_TOKENS * D
+    top = estimate_training_memory(cfg, 2, N_TOKENS // 2)
+    assert top.bytes("weight_copies") == 2 * (3 * attention + dense_mlp + 2 * (shared + routed))

@@ -59,6 +59,9 @@ These rows were checked on an H200 with PyTorch 2.11 (cuDNN attention), eager an
 against autograd's saved-tensor hooks and the compiled forward graph's saved outputs
 (``tests/accounting/memory_probe.py``).
 
+A block whose MLP is a Mixture of Experts replaces the MLP rows (the ``w1/w3`` casts and the
+four hiddens) by those of :mod:`lmforge.accounting.moe_activations`.
+
 With activation checkpointing each block saves only its input (the non-reentrant
 ``torch.utils.checkpoint`` keeps inputs and recomputes the rest); one block's full set is
 rebuilt at a time in the backward pass (Chen et al. 2016).

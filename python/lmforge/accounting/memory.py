@@ -9,6 +9,12 @@ follows ZeRO's (Rajbhandari et al. 2020: 4 bytes of fp32 weights, 4 of gradients
 moments per parameter; "model states") and Korthikanti et al. 2022's per-layer activation count,
 redone for this model's layers and PyTorch's kernels.
 
+Mixture-of-Experts blocks (``cfg.moe``) are counted with their own rows
+(:mod:`lmforge.accounting.moe_activations`): router, dispatch, the experts' grouped GEMM
+(``moe_impl``: ``grouped_mm`` on Hopper in bf16, ``padded`` elsewhere, whose eager layout grows
+with the busiest expert's load, ``moe_max_load``), shared experts, and the casts of every
+expert's weights; parameters, gradients and optimizer state count every stored expert.
+
 The step is ``forward → backward → optimizer.step() → zero_grad(set_to_none=True)``, repeated;
 at steady state the optimizer state exists and gradients are freed between steps. Four
 moments compete for the peak:
@@ -341,12 +347,14 @@ def _block_rows(
     compiled: bool,
     pc: ParamCount,
     moe: tuple[str, float],
-) -> tuple[list[TensorGroup], list[TensorGroup], list[TensorGroup]]:
-    """One block's saved rows, weight copies and backward transient (weight gradients in)."""
+) -> tuple[list[TensorGroup], list[TensorGroup], list[TensorGroup], list[TensorGroup]]:
+    """One block's saved rows, weight copies, the copies autocast caches (a subset: not the
+    routed experts', which ``GroupedExperts`` casts itself) and backward transient."""
     dt = {"residual": param, "compute": compute}
     is_moe = cfg.moe is not None and cfg.moe.is_moe_layer(layer)
     block = block_saved(cfg, n, compiled=compiled, mlp=not is_moe, **dt)
     copies = block_weight_copies(cfg, param=param, compute=compute, mlp=not is_moe)
+    cached = list(copies)
     mlp, _, router = _mlp_counts(cfg, range(layer, layer + 1))
     params = pc.attention // cfg.n_layers + mlp + router + (pc.norms - cfg.d_model) // cfg.n_layers
     backward = _block_backward(cfg, n, block_params=params, **dt)
@@ -355,8 +363,9 @@ def _block_rows(
         kw = dict(compute=compute, compiled=compiled, impl=impl, max_load=moe[1])
         block += moe_saved(cfg, n, residual=param, **kw)  # type: ignore[arg-type]
         copies += moe_weight_copies(cfg, param=param, compute=compute)
+        cached += moe_weight_copies(cfg, param=param, compute=compute, autocast_only=True)
         backward = backward[:1] + moe_backward(cfg, n, **kw) + backward[-1:]  # type: ignore[arg-type]
-    return block, copies, backward
+    return block, copies, cached, backward
 
 
 def _activation_parts(
@@ -384,17 +393,19 @@ def _activation_parts(
     )
     activations: list[TensorGroup] = []
     saved_copies: list[TensorGroup] = []
+    cache: list[TensorGroup] = []
     recomputed: list[list[TensorGroup]] = []  # per kind: one block rebuilt in backward
     for layers in _block_kinds(cfg).values():
-        block, copies, backward = _block_rows(
+        block, copies, cached, backward = _block_rows(
             cfg, n, layers[0], param=param, compute=compute, compiled=compiled, pc=pc, moe=moe
         )
         activations += [row.times(len(layers)) for row in block]
         saved_copies += [row.times(len(layers)) for row in copies]
+        cache += [row.times(len(layers)) for row in cached]
         recomputed.append(block + copies + backward)
         if cfg.n_layers - 1 in layers:
             top_block = backward
-    autocast_cache = saved_copies if ckpt and not compiled else []
+    autocast_cache = cache if ckpt and not compiled else []
     if ckpt:  # each block keeps its input; one is recomputed at a time in backward
         inputs = TensorGroup("block inputs (checkpointed)", n * cfg.d_model, param)
         activations, saved_copies = [inputs.times(cfg.n_layers)], []

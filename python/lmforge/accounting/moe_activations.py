@@ -12,7 +12,7 @@ shared experts' width, ``c`` the compute (autocast) dtype. Token-choice and sigm
 | router input (the normed input in float32)    | N·d        | fp32  | the router's linear      |
 | probabilities (softmax or sigmoid output)     | N·E        | fp32  | softmax / sigmoid        |
 | top-k indices                                 | N·k        | int64 | top-k, gather            |
-| selected probabilities and their sum          | N·k + N    | fp32  | gate normalisation       |
+| selected probabilities and their sum (note 6) | N·k + N    | fp32  | gate normalisation       |
 | sigmoid only: the scores' sum                 | N          | fp32  | ``s / Σ s`` (balance)    |
 | token of each sorted assignment               | A          | int64 | the gather of xs         |
 | xs, the gathered rows                         | A·d        | c     | the first GEMMs (note 1) |
@@ -28,9 +28,9 @@ shared experts' width, ``c`` the compute (autocast) dtype. Token-choice and sigm
 
 Notes, each a property of PyTorch the count relies on:
 
-1. ``index_add`` and ``index_copy`` save their source (``derivatives.yaml`` keeps it for its
-   shape), so the padded layout's scatter keeps ``xs`` and the un-permute keeps the experts'
-   sorted outputs although no gradient formula reads their values.
+1. ``index_add`` and ``index_copy`` save their source (measured with saved-tensor hooks; their
+   gradient formulas read only its shape), so the padded layout's scatter keeps ``xs`` and the
+   un-permute keeps the experts' sorted outputs.
 2. Autocast casts the float32 normed input once per projection (:mod:`.activations` note 1);
    without autocast the shared experts read the router's float32 input itself (no new row).
 3. The **padded** path (``impl="padded"``: CPU, float32, GPUs older than Hopper) scatters the
@@ -46,14 +46,27 @@ Notes, each a property of PyTorch the count relies on:
    float32 scatter-add, the experts' outputs in float32 and weighted (``2·E·C·d``, fp32).
 5. Hash routing has no router rows; its gates need no gradient, so the combine ``bmm`` keeps only
    the gates, not ``h``.
+6. Only with ``normalize_gates`` (the default for ``top_k > 1``); otherwise the gates are the
+   selected probabilities times a constant, which saves nothing.
+7. The routed experts' weights are cast to c in ``GroupedExperts`` at every call (autocast does
+   not cover the grouped GEMM), ``3·E·d·f`` per layer, saved by the GEMMs; they count with the
+   weight copies (:func:`moe_weight_copies`) but, not being autocast's cached casts, die with
+   each block's forward under activation checkpointing.
 
-Under ``torch.compile`` the rows are counted as for the dense MLP (:mod:`.activations`):
-``silu(w1 xs)`` is recomputed, the shared experts' input is cast once, and the sources that
-``index_add``/``index_copy`` keep only for their shapes are not saved.
+Under ``torch.compile`` (Inductor's min-cut partition, as for the dense MLP in
+:mod:`.activations`): the float32 router input is recomputed from the residual and the inverse
+RMS, and one cast of the normed input (``N·d``, c) is kept for the router's recomputation, the
+experts and the shared experts; ``silu(w1 xs)`` and the gate normalisation's sum are
+recomputed; the sources that ``index_add``/``index_copy`` keep only for their shapes are not
+saved, and the padded path regathers ``xs`` from the normed cast but keeps its buffer twice
+(the zeros the scatter starts from and the filled buffer, both ``(E·M + 1)·d``). Expert-choice
+keeps its experts' outputs in c (``E·C·d``) and recomputes the float32 copy and the weighting.
 
-Balance losses keep ``O(E)`` tensors (not counted). The eager rows were checked on the CPU
-against autograd's saved-tensor hooks, in float32 and under bf16 autocast, for both grouped-GEMM
-implementations (``tests/accounting/test_moe_memory_cpu.py``).
+Balance losses keep ``O(E)`` tensors (not counted; a loss of weight 0 keeps nothing). Every
+row was checked on the CPU against the storages autograd's saved-tensor hooks see, eager (in
+float32 and under bf16 autocast, both grouped-GEMM paths, capacity, expert-choice, hash:
+equal to the byte) and compiled (within 0.2%): ``tests/accounting/test_moe_memory_cpu.py``;
+``test_moe_memory_gpu.py`` holds two GPT-2-sized MoEs to ``max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -257,23 +270,37 @@ def moe_saved(
     return out + _shared_rows(moe, n, d, f, **dt)  # type: ignore[arg-type]
 
 
-def moe_weight_copies(cfg: ModelConfig, *, param: str, compute: str) -> list[TensorGroup]:
+def moe_weight_copies(
+    cfg: ModelConfig, *, param: str, compute: str, autocast_only: bool = False
+) -> list[TensorGroup]:
     """The casts of one MoE MLP's weights that its matmuls save.
 
-    The experts' and shared experts' weights in ``compute`` (cast in ``GroupedExperts`` and by
-    autocast); the router computes in float32, so its weight is copied only when the
-    parameters are narrower.
+    The routed experts' weights in ``compute`` (cast by ``GroupedExperts`` at every call), the
+    shared experts' (autocast's cached copies); the router computes in float32, so its weight
+    is copied only when the parameters are narrower.
+
+    Args:
+        cfg: the model's shape (``cfg.moe`` set).
+        param: the parameters' dtype.
+        compute: the matmuls' dtype.
+        autocast_only: only the copies autocast caches until the forward pass ends (the
+            shared experts'), which outlive a checkpointed block's forward.
     """
     moe = cfg.moe
     assert moe is not None and cfg.d_ff is not None
     d, f = cfg.d_model, moe.expert_width(cfg.d_ff)
     rows = []
+    if param != compute and moe.n_shared_experts:
+        shared = 3 * d * f * moe.n_shared_experts
+        rows.append(TensorGroup("autocast copies of the shared experts' weights", shared, compute))
+    if autocast_only:
+        return rows
     if param != compute:
-        experts = 3 * d * f * (moe.n_routed_experts + moe.n_shared_experts)
-        rows.append(TensorGroup("casts of the experts' weights", experts, compute))
+        routed = 3 * d * f * moe.n_routed_experts
+        rows.append(TensorGroup("casts of the routed experts' weights", routed, compute))
     if param != "fp32" and moe.router != "hash":
-        rows.append(TensorGroup("float32 copy of the router weight", moe.n_routed_experts * d,
-                                "fp32"))  # fmt: skip
+        router = moe.n_routed_experts * d
+        rows.append(TensorGroup("float32 copy of the router weight", router, "fp32"))
     return rows
 
 
