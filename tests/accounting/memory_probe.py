@@ -39,6 +39,26 @@ SHAPES: dict[str, dict[str, Any]] = {
         tie_embeddings=True,
     ),
     "1B": dict(vocab_size=50304, context_length=1024, d_model=2048, n_layers=16, n_heads=16),
+    # MoE on GPT-2 small's shape: fine-grained DeepSeek-style (sigmoid, 64 experts, top-8, one
+    # shared expert) and Mixtral-style (8 experts, top-2); bf16 runs torch._grouped_mm on Hopper
+    "gpt2-moe64-sigmoid": dict(
+        vocab_size=50304,
+        context_length=1024,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        moe=dict(
+            n_routed_experts=64, top_k=8, expert_d_ff=256, n_shared_experts=1, router="sigmoid"
+        ),
+    ),
+    "gpt2-moe8-top2": dict(
+        vocab_size=50304,
+        context_length=1024,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        moe=dict(n_routed_experts=8, top_k=2, expert_d_ff=1024, router="token_choice"),
+    ),
     "parallel-ckpt": dict(
         vocab_size=50304,
         context_length=512,

@@ -59,6 +59,9 @@ These rows were checked on an H200 with PyTorch 2.11 (cuDNN attention), eager an
 against autograd's saved-tensor hooks and the compiled forward graph's saved outputs
 (``tests/accounting/memory_probe.py``).
 
+A block whose MLP is a Mixture of Experts replaces the MLP rows (the ``w1/w3`` casts and the
+four hiddens) by those of :mod:`lmforge.accounting.moe_activations`.
+
 With activation checkpointing each block saves only its input (the non-reentrant
 ``torch.utils.checkpoint`` keeps inputs and recomputes the rest); one block's full set is
 rebuilt at a time in the backward pass (Chen et al. 2016).
@@ -73,7 +76,7 @@ from lmforge.model.config import ModelConfig
 __all__ = ["DTYPE_BYTES", "TensorGroup", "block_saved", "block_weight_copies", "total_bytes"]
 
 #: Bytes per element of the dtypes the memory model uses.
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int64": 8, "uint8": 1}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int64": 8, "int32": 4, "uint8": 1}
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def _qk_norm_rows(cfg: ModelConfig, n: int, dtype: str) -> list[TensorGroup]:
 
 
 def block_saved(
-    cfg: ModelConfig, n: int, *, residual: str, compute: str, compiled: bool
+    cfg: ModelConfig, n: int, *, residual: str, compute: str, compiled: bool, mlp: bool = True
 ) -> list[TensorGroup]:
     """What one block saves for backward on ``n`` tokens (the table of the module docstring).
 
@@ -128,6 +131,8 @@ def block_saved(
         residual: dtype of the residual stream (the parameters' dtype).
         compute: dtype of the matmuls (the autocast dtype, or ``residual`` without autocast).
         compiled: ``torch.compile``'s partition instead of eager autograd.
+        mlp: include the dense SwiGLU's rows (its input casts and hiddens); ``False`` for a
+            block whose MLP is an MoE, whose rows :func:`~.moe_activations.moe_saved` lists.
 
     Returns:
         The rows for ONE block, weight copies excluded (:func:`block_weight_copies`).
@@ -135,7 +140,8 @@ def block_saved(
     assert cfg.d_ff is not None
     d, f = cfg.d_model, cfg.d_ff
     # Eager casts the fp32 normed input once per projection; compile shares one cast.
-    attn_casts = 1 if compiled or compute == residual else (5 if cfg.parallel_block else 3)
+    shared = cfg.parallel_block and mlp  # a parallel block's MLP casts the attention's input
+    attn_casts = 1 if compiled or compute == residual else (5 if shared else 3)
     mlp_casts = 1 if compiled or compute == residual else 2
     rows = [
         TensorGroup("block input (residual stream)", n * d, residual),
@@ -151,8 +157,11 @@ def block_saved(
         rows += [
             TensorGroup("residual after attention", n * d, residual),
             TensorGroup("MLP-norm inverse RMS", n, "fp32"),
-            TensorGroup("normed input for w1/w3", mlp_casts * n * d, compute),
         ]
+        if mlp:
+            rows.append(TensorGroup("normed input for w1/w3", mlp_casts * n * d, compute))
+    if not mlp:
+        return rows
     rows.append(TensorGroup("w1 x (gate), w3 x (up)", 2 * n * f, compute))
     if not compiled:  # compile recomputes silu(gate) from the gate
         rows.append(TensorGroup("silu(gate)", n * f, compute))
@@ -160,13 +169,17 @@ def block_saved(
     return rows
 
 
-def block_weight_copies(cfg: ModelConfig, *, param: str, compute: str) -> list[TensorGroup]:
+def block_weight_copies(
+    cfg: ModelConfig, *, param: str, compute: str, mlp: bool = True
+) -> list[TensorGroup]:
     """The autocast copies of one block's weights in ``compute`` dtype (none without autocast).
 
     Args:
         cfg: the model's shape.
         param: the parameters' dtype.
         compute: the matmuls' dtype.
+        mlp: include the dense SwiGLU's weights (``False`` for an MoE block:
+            :func:`~.moe_activations.moe_weight_copies`).
 
     Returns:
         One row (or none when ``param == compute``).
@@ -175,5 +188,5 @@ def block_weight_copies(cfg: ModelConfig, *, param: str, compute: str) -> list[T
     if param == compute:
         return []
     d = cfg.d_model
-    numel = 2 * d * d + 2 * d * cfg.n_kv_heads * cfg.head_dim + 3 * d * cfg.d_ff
+    numel = 2 * d * d + 2 * d * cfg.n_kv_heads * cfg.head_dim + (3 * d * cfg.d_ff if mlp else 0)
     return [TensorGroup("autocast copies of the block's weights", numel, compute)]

@@ -9,6 +9,12 @@ follows ZeRO's (Rajbhandari et al. 2020: 4 bytes of fp32 weights, 4 of gradients
 moments per parameter; "model states") and Korthikanti et al. 2022's per-layer activation count,
 redone for this model's layers and PyTorch's kernels.
 
+Mixture-of-Experts blocks (``cfg.moe``) are counted with their own rows
+(:mod:`lmforge.accounting.moe_activations`): router, dispatch, the experts' grouped GEMM
+(``moe_impl``: ``grouped_mm`` on Hopper in bf16, ``padded`` elsewhere, whose eager layout grows
+with the busiest expert's load, ``moe_max_load``), shared experts, and the casts of every
+expert's weights; parameters, gradients and optimizer state count every stored expert.
+
 The step is ``forward → backward → optimizer.step() → zero_grad(set_to_none=True)``, repeated;
 at steady state the optimizer state exists and gradients are freed between steps. Four
 moments compete for the peak:
@@ -60,7 +66,13 @@ from lmforge.accounting.activations import (
     total_bytes,
 )
 from lmforge.accounting.loss_memory import loss_tensors
-from lmforge.accounting.params import ParamCount, count_params
+from lmforge.accounting.moe_activations import (
+    MOE_IMPLS,
+    moe_backward,
+    moe_saved,
+    moe_weight_copies,
+)
+from lmforge.accounting.params import ParamCount, _mlp_counts, count_params
 from lmforge.accounting.units import format_bytes
 from lmforge.model.config import ModelConfig
 
@@ -155,7 +167,8 @@ class MemoryEstimate:
 def _model_states(pc: ParamCount, optimizer: str, param: str) -> dict[str, list[TensorGroup]]:
     """Parameters, gradients, optimizer state and the optimizer step's temporaries."""
     per_other, per_muon = OPTIMIZER_STATES[optimizer]
-    muon = pc.blocks_matmul if optimizer == "muon" else 0
+    # Muon takes the blocks' matrices and experts; MoE routers ("other") stay with AdamW.
+    muon = pc.blocks_matmul - pc.router if optimizer == "muon" else 0
     rest = pc.total - muon
     states = [
         TensorGroup(f"{optimizer} state ({per_other} per parameter)", per_other * rest, param)
@@ -197,7 +210,27 @@ def _block_backward(
     ]
 
 
-def _check_args(sizes: dict[str, int], param: str, compute: str, optimizer: str) -> None:
+def _moe_impl(cfg: ModelConfig, impl: str, compute: str) -> str:
+    """``"auto"`` → what ``GroupedExperts`` picks on Hopper: ``grouped_mm`` for bf16 with
+    widths that are multiples of 8, else ``padded``."""
+    if impl != "auto":
+        return impl
+    assert cfg.moe is not None and cfg.d_ff is not None
+    widths = (cfg.d_model, cfg.moe.expert_width(cfg.d_ff))
+    return "grouped_mm" if compute == "bf16" and not any(w % 8 for w in widths) else "padded"
+
+
+def _block_kinds(cfg: ModelConfig) -> dict[bool, list[int]]:
+    """The blocks' indices by whether their MLP is an MoE (``True``) or a dense SwiGLU."""
+    kinds: dict[bool, list[int]] = {}
+    for i in range(cfg.n_layers):
+        kinds.setdefault(cfg.moe is not None and cfg.moe.is_moe_layer(i), []).append(i)
+    return kinds
+
+
+def _check_args(
+    sizes: dict[str, int], param: str, compute: str, optimizer: str, moe: tuple[str, float]
+) -> None:
     for name, value in sizes.items():
         low = 0 if name == "workspace_bytes" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -210,6 +243,11 @@ def _check_args(sizes: dict[str, int], param: str, compute: str, optimizer: str)
         raise ValueError(f"compute_dtype {compute!r} is wider than param_dtype {param!r}")
     if optimizer not in OPTIMIZER_STATES:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
+    impl, max_load = moe
+    if impl not in ("auto", *MOE_IMPLS):
+        raise ValueError(f"moe_impl must be one of {('auto', *MOE_IMPLS)}, got {impl!r}")
+    if isinstance(max_load, bool) or not isinstance(max_load, (int, float)) or not max_load >= 1:
+        raise ValueError(f"moe_max_load must be a number >= 1, got {max_load!r}")
 
 
 def estimate_training_memory(
@@ -227,6 +265,8 @@ def estimate_training_memory(
     loss_kernel: bool = True,
     grad_accum: int = 1,
     workspace_bytes: int = CUBLAS_WORKSPACES,
+    moe_impl: str = "auto",
+    moe_max_load: float = 1.0,
 ) -> MemoryEstimate:
     """Predict the peak memory of one training step of ``lmforge.model.Transformer``.
 
@@ -251,18 +291,23 @@ def estimate_training_memory(
             through the forward and backward passes.
         workspace_bytes: memory the matmul libraries hold (default: two 32 MiB cuBLAS
             workspaces, PyTorch's default on Hopper).
+        moe_impl: the MoE layers' dropless grouped GEMM: ``"grouped_mm"`` (Hopper, bf16),
+            ``"padded"`` (CPU, float32, older GPUs), or ``"auto"``: what a Hopper GPU runs
+            (:mod:`lmforge.accounting.moe_activations`).
+        moe_max_load: the busiest expert's assignments over the mean (the ``max_load_ratio``
+            metric), which sizes the eager padded layout; 1 is perfect balance.
 
     Returns:
         A :class:`MemoryEstimate`; ``.total`` is the predicted peak in bytes.
 
     Raises:
-        ValueError: a non-positive size, an unknown dtype or optimizer, or ``compute_dtype``
-            wider than ``param_dtype``.
+        ValueError: a non-positive size, an unknown dtype, optimizer or ``moe_impl``, a
+            ``moe_max_load`` below 1, or ``compute_dtype`` wider than ``param_dtype``.
     """
     seq = cfg.context_length if seq_len is None else seq_len
     sizes = dict(batch_size=batch_size, seq_len=seq, grad_accum=grad_accum,
                  loss_chunk_size=loss_chunk_size, workspace_bytes=workspace_bytes)  # fmt: skip
-    _check_args(sizes, param_dtype, compute_dtype, optimizer)
+    _check_args(sizes, param_dtype, compute_dtype, optimizer, (moe_impl, moe_max_load))
     ckpt = cfg.activation_checkpointing if activation_checkpointing is None else (
         activation_checkpointing
     )  # fmt: skip
@@ -281,13 +326,46 @@ def estimate_training_memory(
             chunked=chunked_loss,
             chunk_size=loss_chunk_size,
             kernel=loss_kernel,
+            moe=(moe_impl, moe_max_load),
         )  # fmt: skip
     )
     phases = _phases(parts, pc, grads_live=grad_accum > 1, ckpt=ckpt)
     inputs = dict(sizes, param_dtype=param_dtype, compute_dtype=compute_dtype,
                   optimizer=optimizer, activation_checkpointing=ckpt, chunked_loss=chunked_loss,
-                  compiled=compiled, loss_kernel=loss_kernel)  # fmt: skip
+                  compiled=compiled, loss_kernel=loss_kernel, moe_impl=moe_impl,
+                  moe_max_load=moe_max_load)  # fmt: skip
     return MemoryEstimate(parts, phases, max(phases, key=phases.__getitem__), inputs)
+
+
+def _block_rows(
+    cfg: ModelConfig,
+    n: int,
+    layer: int,
+    *,
+    param: str,
+    compute: str,
+    compiled: bool,
+    pc: ParamCount,
+    moe: tuple[str, float],
+) -> tuple[list[TensorGroup], list[TensorGroup], list[TensorGroup], list[TensorGroup]]:
+    """One block's saved rows, weight copies, the copies autocast caches (a subset: not the
+    routed experts', which ``GroupedExperts`` casts itself) and backward transient."""
+    dt = {"residual": param, "compute": compute}
+    is_moe = cfg.moe is not None and cfg.moe.is_moe_layer(layer)
+    block = block_saved(cfg, n, compiled=compiled, mlp=not is_moe, **dt)
+    copies = block_weight_copies(cfg, param=param, compute=compute, mlp=not is_moe)
+    cached = list(copies)
+    mlp, _, router = _mlp_counts(cfg, range(layer, layer + 1))
+    params = pc.attention // cfg.n_layers + mlp + router + (pc.norms - cfg.d_model) // cfg.n_layers
+    backward = _block_backward(cfg, n, block_params=params, **dt)
+    if is_moe:
+        impl = _moe_impl(cfg, moe[0], compute)
+        kw = dict(compute=compute, compiled=compiled, impl=impl, max_load=moe[1])
+        block += moe_saved(cfg, n, residual=param, **kw)  # type: ignore[arg-type]
+        copies += moe_weight_copies(cfg, param=param, compute=compute)
+        cached += moe_weight_copies(cfg, param=param, compute=compute, autocast_only=True)
+        backward = backward[:1] + moe_backward(cfg, n, **kw) + backward[-1:]  # type: ignore[arg-type]
+    return block, copies, cached, backward
 
 
 def _activation_parts(
@@ -302,31 +380,41 @@ def _activation_parts(
     chunked: bool,
     chunk_size: int,
     kernel: bool,
+    moe: tuple[str, float],
 ) -> dict[str, list[TensorGroup]]:
-    """Saved activations, weight copies and the transients, for ``n`` tokens."""
+    """Saved activations, weight copies and the transients, for ``n`` tokens.
+
+    Blocks are counted by kind (dense MLP or MoE; ``MoEConfig`` places them), each kind's rows
+    times its number of blocks.
+    """
     dt = {"residual": param, "compute": compute}
-    block = block_saved(cfg, n, compiled=compiled, **dt)
-    copies = block_weight_copies(cfg, param=param, compute=compute)
     loss = loss_tensors(
         cfg, n, chunked=chunked, chunk_size=chunk_size, compiled=compiled, kernel=kernel, **dt
     )
-    block_params = (pc.blocks_matmul + pc.norms - cfg.d_model) // cfg.n_layers
-    top_block = _block_backward(cfg, n, block_params=block_params, **dt)
+    activations: list[TensorGroup] = []
+    saved_copies: list[TensorGroup] = []
+    cache: list[TensorGroup] = []
+    recomputed: list[list[TensorGroup]] = []  # per kind: one block rebuilt in backward
+    for layers in _block_kinds(cfg).values():
+        block, copies, cached, backward = _block_rows(
+            cfg, n, layers[0], param=param, compute=compute, compiled=compiled, pc=pc, moe=moe
+        )
+        activations += [row.times(len(layers)) for row in block]
+        saved_copies += [row.times(len(layers)) for row in copies]
+        cache += [row.times(len(layers)) for row in cached]
+        recomputed.append(block + copies + backward)
+        if cfg.n_layers - 1 in layers:
+            top_block = backward
+    autocast_cache = cache if ckpt and not compiled else []
     if ckpt:  # each block keeps its input; one is recomputed at a time in backward
         inputs = TensorGroup("block inputs (checkpointed)", n * cfg.d_model, param)
-        activations = [inputs.times(cfg.n_layers)]
-        saved_copies: list[TensorGroup] = []
-        top_block = block + copies + top_block
-    else:
-        activations = [row.times(cfg.n_layers) for row in block]
-        saved_copies = [row.times(cfg.n_layers) for row in copies]
+        activations, saved_copies = [inputs.times(cfg.n_layers)], []
+        top_block = max(recomputed, key=total_bytes)
     return {
         "activations": activations,
         "loss_saved": loss.saved,
         "weight_copies": saved_copies,
-        "autocast_cache": [row.times(cfg.n_layers) for row in copies]
-        if ckpt and not compiled
-        else [],
+        "autocast_cache": autocast_cache,
         "loss_forward": loss.forward_transient,
         "loss_backward": loss.backward_transient,
         "block_backward": top_block,
