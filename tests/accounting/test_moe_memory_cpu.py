@@ -130,10 +130,11 @@ def test_moe_rows_by_hand() -> None:
     a = n * k
     rows = moe_saved(_config(SHAPES["top2_shared"]), n, residual="fp32", compute="bf16",
                      compiled=False, impl="grouped_mm")  # fmt: skip
-    fp32 = 4 * (n * d + n * e + n * k + n)  # router input, probabilities, selected and sum
-    int64 = 8 * (a + a + n * k)  # gather index, un-permute rows, top-k indices
-    bf16 = 2 * (a * d + 4 * a * f + a * d + a * d + n * k + 2 * n * d + 4 * n * f)
-    # xs, four hiddens, sorted outputs, h, gates; shared: two casts and four hiddens
+    fp32 = 4 * (n * d + n * e + n * k + n + n * k)  # router input, probabilities, selected and
+    # their sum; the gates
+    int64 = 8 * (a + a + n * k)  # the sort's two maps, top-k indices
+    bf16 = 2 * (a * d + 4 * a * f + a * d + 2 * n * d + 4 * n * f)
+    # xs, four hiddens, sorted outputs; shared: two casts and four hiddens
     assert total_bytes(rows) == fp32 + int64 + bf16 + 4 * e  # + int32 group offsets
 
 

@@ -14,23 +14,21 @@ shared experts' width, ``c`` the compute (autocast) dtype. Token-choice and sigm
 | top-k indices                                 | N·k        | int64 | top-k, gather            |
 | selected probabilities and their sum (note 6) | N·k + N    | fp32  | gate normalisation       |
 | sigmoid only: the scores' sum                 | N          | fp32  | ``s / Σ s`` (balance)    |
-| token of each sorted assignment               | A          | int64 | the gather of xs         |
+| the sort's maps: token of each row, rows of   | A + A      | int64 | gather, combine          |
+| each token (:mod:`lmforge.model.moe.permute`) |            |       |                          |
 | xs, the gathered rows                         | A·d        | c     | the first GEMMs (note 1) |
 | grouped_mm: group offsets                     | E          | int32 | each grouped GEMM        |
 | w1 xs, w3 xs; silu(w1 xs); their product      | 4 · A·f    | c     | silu, product, w2        |
-| the experts' outputs (sorted)                 | A·d        | c     | the un-permute (note 1)  |
-| the un-permute's destination rows             | A          | int64 | the un-permute           |
-| h, the un-permuted outputs                    | A·d        | c     | the combine ``bmm``      |
-| the gates, cast for the combine               | N·k        | c     | the combine ``bmm``      |
+| the experts' outputs (sorted)                 | A·d        | c     | the combine              |
+| the gates                                     | N·k        | fp32  | the combine              |
 | shared experts: input casts                   | 2 · N·d    | c     | their w1, w3 (note 2)    |
 | shared experts: gate, up, silu, product       | 4 · N·s    | c     | as a dense SwiGLU        |
 | z-loss only: the logits, their logsumexp      | N·E + N    | fp32  | ``logsumexp``, square    |
 
 Notes, each a property of PyTorch the count relies on:
 
-1. ``index_add`` and ``index_copy`` save their source (measured with saved-tensor hooks; their
-   gradient formulas read only its shape), so the padded layout's scatter keeps ``xs`` and the
-   un-permute keeps the experts' sorted outputs.
+1. ``index_add`` saves its source (measured with saved-tensor hooks; its gradient formula
+   reads only its shape), so the padded layout's scatter keeps ``xs``.
 2. Autocast casts the float32 normed input once per projection (:mod:`.activations` note 1);
    without autocast the shared experts read the router's float32 input itself (no new row).
 3. The **padded** path (``impl="padded"``: CPU, float32, GPUs older than Hopper) scatters the
@@ -44,8 +42,8 @@ Notes, each a property of PyTorch the count relies on:
    probabilities, the top-``C`` indices and the slots' tokens (int64, ``E·C`` each), the gathered
    rows (``E·C·d``, c), the four hiddens (``4·E·C·f``), the gates (``E·C``, fp32) and, for its
    float32 scatter-add, the experts' outputs in float32 and weighted (``2·E·C·d``, fp32).
-5. Hash routing has no router rows; its gates need no gradient, so the combine ``bmm`` keeps only
-   the gates, not ``h``.
+5. Hash routing has no router rows (its gates need no gradient, but the combine keeps the same
+   tensors).
 6. Only with ``normalize_gates`` (the default for ``top_k > 1``); otherwise the gates are the
    selected probabilities times a constant, which saves nothing.
 7. The routed experts' weights are cast to c in ``GroupedExperts`` at every call (autocast does
@@ -57,8 +55,7 @@ Under ``torch.compile`` (Inductor's min-cut partition, as for the dense MLP in
 :mod:`.activations`): the float32 router input is recomputed from the residual and the inverse
 RMS, and one cast of the normed input (``N·d``, c) is kept for the router's recomputation, the
 experts and the shared experts; ``silu(w1 xs)`` and the gate normalisation's sum are
-recomputed; the sources that ``index_add``/``index_copy`` keep only for their shapes are not
-saved, and the padded path regathers ``xs`` from the normed cast but keeps its buffer twice
+recomputed; the source that ``index_add`` keeps only for its shape is not saved, and the padded path regathers ``xs`` from the normed cast but keeps its buffer twice
 (the zeros the scatter starts from and the filled buffer, both ``(E·M + 1)·d``). Expert-choice
 keeps its experts' outputs in c (``E·C·d``) and recomputes the float32 copy and the weighting.
 
@@ -192,7 +189,11 @@ def _token_choice_rows(
 ) -> list[TensorGroup]:
     e, k = moe.n_routed_experts, moe.top_k
     a = n * k
-    out = [TensorGroup("token of each sorted assignment", a, "int64")]
+    # the gather and the combine (lmforge.model.moe.permute) save the two maps of the sort
+    out = [
+        TensorGroup("token of each sorted row", a, "int64"),
+        TensorGroup("sorted row of each token's choices", a, "int64"),
+    ]
     if rows is None:  # grouped_mm: contiguous groups of the A sorted rows
         hidden_rows = a
         out += [
@@ -213,12 +214,8 @@ def _token_choice_rows(
     if not compiled:
         out.append(TensorGroup("expert silu(w1 x)", hidden_rows * f, compute))
     out.append(TensorGroup("expert silu(w1 x)·w3 x (w2 input)", hidden_rows * f, compute))
-    if not compiled:
-        out.append(TensorGroup("experts' sorted outputs (un-permute source)", a * d, compute))
-    out.append(TensorGroup("un-permute destination rows", a, "int64"))
-    if moe.router != "hash":  # hash gates need no gradient: the combine keeps only the gates
-        out.append(TensorGroup("h, the un-permuted outputs (combine input)", a * d, compute))
-    out.append(TensorGroup("gates cast for the combine", n * k, compute))
+    out.append(TensorGroup("experts' sorted outputs (combine input)", a * d, compute))
+    out.append(TensorGroup("gates (combine)", n * k, "fp32"))
     return out
 
 
@@ -309,7 +306,8 @@ def moe_backward(
 ) -> list[TensorGroup]:
     """The gradients alive in an MoE MLP's backward, at its experts' SwiGLU.
 
-    The gradient of the combined output and of ``h`` (``A·d``), and of the experts' three
+    The gradient of the combined output and of the experts' sorted outputs (``A·d``), and of
+    the experts' three
     hiddens on their ``A`` (or padded ``E·M``) rows; the shared experts' three hiddens.
     """
     moe = cfg.moe
