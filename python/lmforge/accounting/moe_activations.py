@@ -55,8 +55,9 @@ Under ``torch.compile`` (Inductor's min-cut partition, as for the dense MLP in
 :mod:`.activations`): the float32 router input is recomputed from the residual and the inverse
 RMS, and one cast of the normed input (``N·d``, c) is kept for the router's recomputation, the
 experts and the shared experts; ``silu(w1 xs)`` and the gate normalisation's sum are
-recomputed; the source that ``index_add`` keeps only for its shape is not saved, and the padded path regathers ``xs`` from the normed cast but keeps its buffer twice
-(the zeros the scatter starts from and the filled buffer, both ``(E·M + 1)·d``). Expert-choice
+recomputed; the source that ``index_add`` keeps only for its shape is not saved, and the
+padded path regathers ``xs`` from the normed cast but keeps its buffer twice (the zeros the
+scatter starts from and the filled buffer, both ``(E·M + 1)·d``). Expert-choice
 keeps its experts' outputs in c (``E·C·d``) and recomputes the float32 copy and the weighting.
 
 Balance losses keep ``O(E)`` tensors (not counted; a loss of weight 0 keeps nothing). Every
