@@ -7,6 +7,7 @@
 
 mod bpe;
 mod cache;
+mod sink;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,7 +16,6 @@ use rayon::prelude::*;
 use crate::corpus::Cutter;
 use crate::error::{Error, Result};
 use crate::pretokenize::Pattern;
-use crate::shortkey::ShortKey;
 use crate::special::{Segment, Specials};
 use crate::vocab::Vocab;
 
@@ -80,15 +80,12 @@ impl Tokenizer {
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
         let bytes = text.as_bytes();
         let base = text.as_ptr() as usize;
+        let merge = |piece: &[u8], out: &mut Vec<u32>| bpe::merge_piece(&self.vocab, piece, out);
         cache::with_cache(self.uid, |cache| {
+            let mut sink = sink::Sink::new(out);
             self.pattern.for_each(text, |piece| {
                 let start = piece.as_ptr() as usize - base;
-                let merge =
-                    |out: &mut Vec<u32>| bpe::merge_piece(&self.vocab, piece.as_bytes(), out);
-                match ShortKey::new(bytes, start, start + piece.len()) {
-                    Some(key) => cache.get_or_compute(key, out, merge),
-                    None => merge(out),
-                }
+                cache.encode(bytes, start, start + piece.len(), &mut sink, merge);
             });
         });
     }
