@@ -47,6 +47,26 @@ pyo3::create_exception!(
     "The training input holds no text."
 );
 
+thread_local! {
+    /// The ids of a single-text `encode`, kept between calls: a call then writes into memory
+    /// already mapped and warm instead of a fresh allocation that grows (and copies) as it fills.
+    static ID_BUFFER: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Most ids `ID_BUFFER` keeps between calls (4 MiB).
+const ID_BUFFER_KEEP: usize = 1 << 20;
+
+/// Runs `f` with this thread's id buffer, empty.
+fn with_id_buffer<R>(f: impl FnOnce(&mut Vec<u32>) -> R) -> R {
+    let mut buf = ID_BUFFER.take();
+    buf.clear();
+    let result = f(&mut buf);
+    buf.clear();
+    buf.shrink_to(ID_BUFFER_KEEP);
+    ID_BUFFER.set(buf);
+    result
+}
+
 fn to_py_err(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
@@ -333,13 +353,14 @@ impl CoreTokenizer {
         allowed: Option<Vec<String>>,
         disallowed: Vec<String>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        py.detach(|| {
-            self.inner
-                .encode_with(text, allowed_of(&allowed), &disallowed, &mut out)
+        with_id_buffer(|out| {
+            py.detach(|| {
+                self.inner
+                    .encode_with(text, allowed_of(&allowed), &disallowed, out)
+            })
+            .map_err(to_py_err)?;
+            self.id_list(py, out)
         })
-        .map_err(to_py_err)?;
-        self.id_list(py, &out)
     }
 
     /// Encodes many texts in parallel on `num_threads` threads.
@@ -472,12 +493,10 @@ impl CoreTokenizer {
 
     /// Encodes `text` treating special-token strings as plain text.
     fn encode_ordinary<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyList>> {
-        let ids = py.detach(|| {
-            let mut out = Vec::new();
-            self.inner.encode_ordinary_into(text, &mut out);
-            out
-        });
-        self.id_list(py, &ids)
+        with_id_buffer(|out| {
+            py.detach(|| self.inner.encode_ordinary_into(text, out));
+            self.id_list(py, out)
+        })
     }
 
     /// The bytes of `ids` concatenated.
