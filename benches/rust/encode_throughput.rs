@@ -53,6 +53,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mb_per_s(text.len(), first)
         );
     }
+    if mode == "miss" {
+        // Every distinct pretoken once (all cache misses), then again (all hits).
+        let mut seen = std::collections::HashSet::new();
+        let mut pieces = Vec::new();
+        for d in &docs {
+            tok.pattern().for_each(d, |p| {
+                if seen.insert(p) {
+                    pieces.push(p);
+                }
+            });
+        }
+        let mut out = Vec::new();
+        for pass in ["miss", "hit"] {
+            let t0 = Instant::now();
+            for p in &pieces {
+                out.clear();
+                tok.encode_ordinary_into(p, &mut out);
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            println!(
+                "{pass}: {} distinct pretokens, {:.1} ns each",
+                pieces.len(),
+                dt / pieces.len() as f64 * 1e9
+            );
+        }
+    }
     if mode == "scan" {
         let mut best = f64::INFINITY;
         let mut pieces = 0;
