@@ -10,6 +10,7 @@ pub mod corpus;
 pub mod encode;
 pub mod error;
 pub mod files;
+pub mod flat;
 pub mod format;
 pub mod parallel;
 pub mod pretokenize;

@@ -9,9 +9,11 @@
 use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
+use crate::flat::FlatTable;
 use crate::shortkey::{FoldHasher, ShortKey};
 
 type ShortMap = hashbrown::HashMap<ShortKey, (u32, u32), std::hash::BuildHasherDefault<FoldHasher>>;
+
 
 /// (rank, id) of each two-byte merged token; `NO_PAIR` where two bytes form no token.
 #[derive(Clone)]
@@ -23,113 +25,6 @@ impl std::fmt::Debug for PairTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.0.iter().filter(|&&p| p != NO_PAIR).count();
         write!(f, "PairTable({n} two-byte tokens)")
-    }
-}
-
-/// `(rank, id)` of every merged token by the ids of two tokens whose bytes it concatenates
-/// (every such split, not only the merge that made it): an open-addressing table, linear
-/// probing, one 16-byte slot per entry with key and value together, so that a lookup is one
-/// cache line rather than the control byte and then the bucket of a general hash map.
-///
-/// BPE only ever joins two parts that are tokens, so the encoder's join lookups go by the parts'
-/// ids, with no key built from bytes and no length limit; the table holds every split so that
-/// the result is exactly the byte-based rule's (`merged` of the concatenated bytes).
-///
-/// Most lookups find nothing (BPE tries every neighbour, few form a token), so a bitmap of the
-/// keys' hashes, small enough to stay in the core's L2 cache, answers most of those without
-/// touching the table.
-#[derive(Clone)]
-struct JoinTable {
-    /// Bit `h` is set when some key hashes to `h` (the middle bits of its hash).
-    filter: Box<[u64]>,
-    slots: Box<[JoinSlot]>,
-    /// 64 minus log2 of the number of slots.
-    shift: u32,
-}
-
-#[derive(Clone, Copy)]
-#[repr(C, align(16))]
-struct JoinSlot {
-    key: u64,
-    /// `u32::MAX` in an empty slot (no merge has that rank: ranks index the merges).
-    rank: u32,
-    id: u32,
-}
-
-/// Size of the join filter in bits (128 KiB).
-const FILTER_BITS: usize = 1 << 20;
-
-const EMPTY_SLOT: JoinSlot = JoinSlot {
-    key: 0,
-    rank: u32::MAX,
-    id: u32::MAX,
-};
-
-impl JoinTable {
-    fn new(entries: &[(u32, u32, u32, u32)]) -> Self {
-        // At most half full, so probes are short.
-        let bits = (2 * entries.len()).max(2).next_power_of_two().trailing_zeros();
-        let mut table = JoinTable {
-            filter: vec![0; FILTER_BITS.div_ceil(64)].into_boxed_slice(),
-            slots: vec![EMPTY_SLOT; 1 << bits].into_boxed_slice(),
-            shift: 64 - bits,
-        };
-        for &(a, b, rank, id) in entries {
-            let key = Self::key(a, b);
-            let f = Self::filter_bit(key);
-            table.filter[f / 64] |= 1 << (f % 64);
-            let mut i = table.home(key);
-            while table.slots[i].rank != u32::MAX && table.slots[i].key != key {
-                i = (i + 1) & (table.slots.len() - 1);
-            }
-            table.slots[i] = JoinSlot { key, rank, id };
-        }
-        table
-    }
-
-    #[inline(always)]
-    fn key(a: u32, b: u32) -> u64 {
-        u64::from(a) << 32 | u64::from(b)
-    }
-
-    /// The key's bit in `filter`: bits 24..44 of its hash (the slot index takes the top bits;
-    /// the tables never have 2^20 slots).
-    #[inline(always)]
-    fn filter_bit(key: u64) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24) as usize % FILTER_BITS
-    }
-
-    #[inline(always)]
-    fn home(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
-    }
-
-    #[inline(always)]
-    fn get(&self, a: u32, b: u32) -> Option<(u32, u32)> {
-        let key = Self::key(a, b);
-        let f = Self::filter_bit(key);
-        if self.filter[f / 64] >> (f % 64) & 1 == 0 {
-            return None;
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
-        loop {
-            let slot = self.slots[i];
-            if slot.rank == u32::MAX {
-                return None;
-            }
-            if slot.key == key {
-                return Some((slot.rank, slot.id));
-            }
-            i = (i + 1) & mask;
-        }
-    }
-}
-
-impl std::fmt::Debug for JoinTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.slots.iter().filter(|s| s.rank != u32::MAX).count();
-        write!(f, "JoinTable({n} splits)")
     }
 }
 
@@ -146,8 +41,11 @@ pub struct Vocab {
     pairs: PairTable,
     /// and for those of 3 to 15 bytes, keyed inline (no pointer to chase on a lookup).
     short: ShortMap,
-    /// The same by the ids of any two tokens that concatenate to the merged token.
-    joins: JoinTable,
+    /// The same by the ids of any two tokens whose bytes concatenate to the merged token (every
+    /// such split, not only the merge that made it), keyed `a << 32 | b`. BPE only ever joins
+    /// two parts that are tokens, so the encoder looks joins up by the parts' ids, with no key
+    /// built from bytes and no length limit, and gets exactly the byte rule's answer.
+    joins: FlatTable<u64>,
     /// Merges as pairs of ids, in rank order.
     merges: Vec<(u32, u32)>,
     /// The id each merge produces, in rank order.
@@ -242,11 +140,11 @@ impl Vocab {
         for (bytes, &(rank, id)) in &merged {
             for k in 1..bytes.len() {
                 if let (Some(&a), Some(&b)) = (ids.get(&bytes[..k]), ids.get(&bytes[k..])) {
-                    splits.push((a, b, rank, id));
+                    splits.push((u64::from(a) << 32 | u64::from(b), rank, id));
                 }
             }
         }
-        let joins = JoinTable::new(&splits);
+        let joins = FlatTable::new(splits.into_iter(), true);
         let ordinary = tokens.keys().copied().max();
         let special = specials.iter().map(|&(_, id)| id).max();
         let n_vocab = ordinary.max(special).map_or(0, |m| u64::from(m) + 1);
@@ -340,7 +238,7 @@ impl Vocab {
     /// there is one (equal to `merged` of the joined bytes).
     #[inline]
     pub fn joined(&self, a: u32, b: u32) -> Option<(u32, u32)> {
-        self.joins.get(a, b)
+        self.joins.get(u64::from(a) << 32 | u64::from(b))
     }
 
     /// The id of the token that merge `rank` produces.
