@@ -100,8 +100,13 @@ impl<K: FlatKey> FlatTable<K> {
         }
     }
 
+    /// How many keys the table holds.
     pub fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.rank != u32::MAX).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -123,8 +128,9 @@ mod tests {
     #[test]
     fn finds_every_key_and_no_other() {
         for with_filter in [false, true] {
-            let entries: Vec<(u64, u32, u32)> =
-                (0..5000u64).map(|k| (k * 7919, k as u32, k as u32 + 1)).collect();
+            let entries: Vec<(u64, u32, u32)> = (0..5000u64)
+                .map(|k| (k * 7919, k as u32, k as u32 + 1))
+                .collect();
             let t = FlatTable::new(entries.iter().copied(), with_filter);
             assert_eq!(t.len(), 5000);
             for &(k, r, i) in &entries {

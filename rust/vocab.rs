@@ -14,7 +14,6 @@ use crate::shortkey::{FoldHasher, ShortKey};
 
 type ShortMap = hashbrown::HashMap<ShortKey, (u32, u32), std::hash::BuildHasherDefault<FoldHasher>>;
 
-
 /// (rank, id) of each two-byte merged token; `NO_PAIR` where two bytes form no token.
 #[derive(Clone)]
 struct PairTable(Box<[(u32, u32)]>);
