@@ -79,19 +79,15 @@ impl Tokenizer {
     /// Encodes `text` treating special-token strings as plain text.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
         let bytes = text.as_bytes();
-        let base = text.as_ptr() as usize;
         let merge = |piece: &[u8], out: &mut Vec<u32>| bpe::merge_piece(&self.vocab, piece, out);
         cache::with_cache(self.uid, |cache| {
             let mut sink = sink::Sink::new(out);
             // Inlined into the scanner's loop (it is called from two places there, so LLVM would
             // keep it a function): 12% fewer instructions per byte.
-            self.pattern.for_each(
+            self.pattern.for_each_range(
                 text,
                 #[inline(always)]
-                |piece| {
-                    let start = piece.as_ptr() as usize - base;
-                    cache.encode(bytes, start, start + piece.len(), &mut sink, merge);
-                },
+                |start, end| cache.encode(bytes, start, end, &mut sink, merge),
             );
         });
     }
