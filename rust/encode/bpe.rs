@@ -186,8 +186,9 @@ thread_local! {
 /// all over a long piece, so without this nearly every one taken is a cache miss.
 const AHEAD: usize = 8;
 
+/// Asks the CPU to bring `x` into its cache (only a hint: it cannot fault).
 #[inline(always)]
-fn prefetch<T>(x: &T) {
+pub(super) fn prefetch<T>(x: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint (it cannot fault), and SSE is part of x86_64.
     #[allow(unused_unsafe)]

@@ -7,12 +7,17 @@
 //! taken on the hot path, memory is fixed (4 MiB per thread), and the table belongs to one
 //! tokenizer at a time (a thread that switches tokenizers starts its table afresh).
 //!
-//! (A two-way set-associative table of the same size, and looking pretokens up in batches with
-//! their entries prefetched first, both measured slower: the core overlaps the independent
-//! lookups of consecutive pretokens on its own.)
+//! The table is larger than the core's L2 cache and the text and ids stream through that cache
+//! too, so a lookup often waits on memory. Pretokens therefore go through a short pipeline
+//! (`Pipeline`): each is hashed and its entry prefetched when the scanner finds it, and looked
+//! up `DEPTH` pretokens later, by when the entry has arrived (+16% on English prose).
+//!
+//! (A two-way set-associative table of the same size measured slower: which way hits is a
+//! branch the core cannot predict.)
 
 use std::cell::RefCell;
 
+use super::bpe::prefetch;
 use super::sink::Sink;
 use crate::shortkey::ShortKey;
 
@@ -60,29 +65,95 @@ pub fn with_cache<R>(owner: u64, f: impl FnOnce(&mut PieceCache) -> R) -> R {
     })
 }
 
+/// How many pretokens a `Pipeline` holds back: their entries are fetched while the ones before
+/// them are copied out.
+pub const DEPTH: usize = 16;
+
+/// Pretokens whose entries have been prefetched, oldest first: a ring of `DEPTH` of
+/// `(start, end, key, slot)` (key 0: a long pretoken, not cached).
+pub struct Pipeline {
+    ring: [(usize, usize, u128, usize); DEPTH],
+    head: usize,
+    len: usize,
+}
+
+impl Pipeline {
+    pub fn new() -> Self {
+        Pipeline {
+            ring: [(0, 0, 0, 0); DEPTH],
+            head: 0,
+            len: 0,
+        }
+    }
+}
+
 impl PieceCache {
-    /// Appends the ids of the pretoken `text[start..end]` to `sink`, from the table or by
-    /// `merge` (whose result is then remembered when it is short enough).
+    /// `encode`, `DEPTH` pretokens late: this pretoken is hashed and its entry prefetched now,
+    /// and the oldest one held back is encoded. `finish` encodes the rest.
     #[inline(always)]
-    pub fn encode(
+    pub fn encode_later(
         &mut self,
+        pipe: &mut Pipeline,
         text: &[u8],
         start: usize,
         end: usize,
         sink: &mut Sink<'_>,
         merge: impl Fn(&[u8], &mut Vec<u32>),
     ) {
-        let Some(key) = ShortKey::new(text, start, end) else {
+        let (key, slot) = match ShortKey::new(text, start, end) {
+            Some(key) => {
+                let slot = key.slot(BITS);
+                if let Some(entry) = self.entries.get(slot) {
+                    prefetch(entry);
+                }
+                (key.0, slot)
+            }
+            None => (0, 0),
+        };
+        let new = (start, end, key, slot);
+        if pipe.len == DEPTH {
+            let oldest = std::mem::replace(&mut pipe.ring[pipe.head % DEPTH], new);
+            pipe.head = (pipe.head + 1) % DEPTH;
+            self.encode_keyed(text, oldest, sink, merge);
+        } else {
+            pipe.ring[(pipe.head + pipe.len) % DEPTH] = new;
+            pipe.len += 1;
+        }
+    }
+
+    /// Encodes the pretokens `pipe` still holds.
+    pub fn finish(
+        &mut self,
+        pipe: &mut Pipeline,
+        text: &[u8],
+        sink: &mut Sink<'_>,
+        merge: impl Fn(&[u8], &mut Vec<u32>),
+    ) {
+        for k in 0..pipe.len {
+            let held = pipe.ring[(pipe.head + k) % DEPTH];
+            self.encode_keyed(text, held, sink, &merge);
+        }
+        pipe.len = 0;
+    }
+
+    #[inline(always)]
+    fn encode_keyed(
+        &mut self,
+        text: &[u8],
+        (start, end, key, slot): (usize, usize, u128, usize),
+        sink: &mut Sink<'_>,
+        merge: impl Fn(&[u8], &mut Vec<u32>),
+    ) {
+        if key == 0 {
             merge(&text[start..end], sink.vec());
             sink.sync();
             return;
-        };
-        let slot = key.slot(BITS);
+        }
         let entry = &self.entries[slot];
-        if entry.key & KEY_MASK == key.0 {
+        if entry.key & KEY_MASK == key {
             sink.push(&entry.ids, (entry.key >> COUNT_SHIFT) as usize);
         } else {
-            self.miss(slot, key.0, &text[start..end], sink, merge);
+            self.miss(slot, key, &text[start..end], sink, merge);
         }
     }
 
