@@ -13,6 +13,7 @@ pub mod files;
 pub mod flat;
 pub mod format;
 pub mod parallel;
+pub mod prefetch;
 pub mod pretokenize;
 pub mod progress;
 pub mod shortkey;

@@ -53,6 +53,9 @@ thread_local! {
     static ID_BUFFER: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// How many ids ahead `id_list` prefetches the int objects.
+const PREFETCH_IDS: usize = 16;
+
 /// Most ids `ID_BUFFER` keeps between calls (4 MiB).
 const ID_BUFFER_KEEP: usize = 1 << 20;
 
@@ -230,8 +233,21 @@ impl CoreTokenizer {
         if ints.len() as u64 != n {
             return PyList::new(py, ids);
         }
-        // Every id an encoder produces is below n_vocab.
-        PyList::new(py, ids.iter().map(|&i| ints[i as usize].clone_ref(py)))
+        // Every id an encoder produces is below n_vocab. Taking a reference writes to the int
+        // object, which for a rare id is far away in memory: fetch those a few ids ahead.
+        let ahead = |k: usize| {
+            ids.get(k + PREFETCH_IDS)
+                .and_then(|&i| ints.get(i as usize))
+        };
+        PyList::new(
+            py,
+            ids.iter().enumerate().map(|(k, &i)| {
+                if let Some(obj) = ahead(k) {
+                    crate::prefetch::prefetch(obj.as_ptr());
+                }
+                ints[i as usize].clone_ref(py)
+            }),
+        )
     }
 }
 

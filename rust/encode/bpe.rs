@@ -20,6 +20,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use crate::prefetch::prefetch;
 use crate::vocab::Vocab;
 
 /// Pieces up to this many bytes use the direct loop.
@@ -185,21 +186,6 @@ thread_local! {
 /// How many candidates ahead of the one taken to fetch into the cache: a rank's candidates lie
 /// all over a long piece, so without this nearly every one taken is a cache miss.
 const AHEAD: usize = 8;
-
-/// Asks the CPU to bring `x` into its cache (only a hint: it cannot fault).
-#[inline(always)]
-pub(super) fn prefetch<T>(x: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint (it cannot fault), and SSE is part of x86_64.
-    #[allow(unused_unsafe)]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (x as *const T).cast(),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
-}
 
 /// The long-piece version. Parts are identified by their start offset `s`: `next[s]` is the start
 /// of the next part (`n` at the end), `ids[s]` the part's token id and `joins[s]` the rank of

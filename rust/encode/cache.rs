@@ -17,8 +17,8 @@
 
 use std::cell::RefCell;
 
-use super::bpe::prefetch;
 use super::sink::Sink;
+use crate::prefetch::prefetch;
 use crate::shortkey::ShortKey;
 
 /// log2 of the number of entries.
