@@ -396,7 +396,7 @@ impl CoreTokenizer {
                 texts
                     .par_iter()
                     .map(|t| {
-                        let mut out = Vec::with_capacity(t.len() / 4 + 1);
+                        let mut out = Vec::with_capacity(t.len() / 3 + 1);
                         self.inner.encode_with(t, allowed, &disallowed, &mut out)?;
                         Ok(out)
                     })
