@@ -23,6 +23,7 @@ use crate::shortkey::ShortKey;
 
 /// log2 of the number of entries.
 const BITS: u32 = 17;
+const SLOTS: usize = 1 << BITS;
 /// Most ids an entry holds.
 const MAX_IDS: usize = 4;
 
@@ -43,13 +44,17 @@ struct Entry {
 /// One thread's table.
 pub struct PieceCache {
     owner: u64,
-    entries: Box<[Entry]>,
+    /// Fixed-size, so that an index masked to `SLOTS` needs no bounds check.
+    entries: Box<[Entry; SLOTS]>,
 }
 
 thread_local! {
     static CACHE: RefCell<PieceCache> = RefCell::new(PieceCache {
         owner: 0,
-        entries: vec![Entry::default(); 1 << BITS].into_boxed_slice(),
+        entries: vec![Entry::default(); SLOTS]
+            .into_boxed_slice()
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("the vector has SLOTS entries")),
     });
 }
 
@@ -69,20 +74,27 @@ pub fn with_cache<R>(owner: u64, f: impl FnOnce(&mut PieceCache) -> R) -> R {
 /// them are copied out.
 pub const DEPTH: usize = 16;
 
-/// Pretokens whose entries have been prefetched, oldest first: a ring of `DEPTH` of
-/// `(start, end, key, slot)` (key 0: a long pretoken, not cached).
+/// A pretoken held back in a `Pipeline` (32 bytes): its key, the slot of its entry and where it
+/// starts; it ends where its key's length says. Key 0 is a pretoken too long to cache, which
+/// ends at `slot`; key 0 with `slot == start` is nothing.
+#[derive(Clone, Copy, Default)]
+struct Held {
+    key: u128,
+    slot: usize,
+    start: usize,
+}
+
+/// Pretokens whose entries have been prefetched: a ring of `DEPTH`, the oldest at `head`.
 pub struct Pipeline {
-    ring: [(usize, usize, u128, usize); DEPTH],
+    ring: [Held; DEPTH],
     head: usize,
-    len: usize,
 }
 
 impl Pipeline {
     pub fn new() -> Self {
         Pipeline {
-            ring: [(0, 0, 0, 0); DEPTH],
+            ring: [Held::default(); DEPTH],
             head: 0,
-            len: 0,
         }
     }
 }
@@ -102,26 +114,19 @@ impl PieceCache {
     ) {
         let (key, slot) = match ShortKey::new(text, start, end) {
             Some(key) => {
-                let slot = key.slot(BITS);
-                if let Some(entry) = self.entries.get(slot) {
-                    prefetch(entry);
-                }
+                let slot = key.slot(BITS) & (SLOTS - 1);
+                prefetch(&self.entries[slot]);
                 (key.0, slot)
             }
-            None => (0, 0),
+            None => (0, end),
         };
-        let new = (start, end, key, slot);
-        if pipe.len == DEPTH {
-            let oldest = std::mem::replace(&mut pipe.ring[pipe.head % DEPTH], new);
-            pipe.head = (pipe.head + 1) % DEPTH;
-            self.encode_keyed(text, oldest, sink, merge);
-        } else {
-            pipe.ring[(pipe.head + pipe.len) % DEPTH] = new;
-            pipe.len += 1;
-        }
+        let new = Held { key, slot, start };
+        let oldest = std::mem::replace(&mut pipe.ring[pipe.head % DEPTH], new);
+        pipe.head = pipe.head.wrapping_add(1);
+        self.encode_keyed(text, oldest, sink, merge);
     }
 
-    /// Encodes the pretokens `pipe` still holds.
+    /// Encodes the pretokens `pipe` still holds, and empties it.
     pub fn finish(
         &mut self,
         pipe: &mut Pipeline,
@@ -129,30 +134,32 @@ impl PieceCache {
         sink: &mut Sink<'_>,
         merge: impl Fn(&[u8], &mut Vec<u32>),
     ) {
-        for k in 0..pipe.len {
-            let held = pipe.ring[(pipe.head + k) % DEPTH];
+        for k in 0..DEPTH {
+            let held = std::mem::take(&mut pipe.ring[pipe.head.wrapping_add(k) % DEPTH]);
             self.encode_keyed(text, held, sink, &merge);
         }
-        pipe.len = 0;
     }
 
     #[inline(always)]
     fn encode_keyed(
         &mut self,
         text: &[u8],
-        (start, end, key, slot): (usize, usize, u128, usize),
+        Held { key, slot, start }: Held,
         sink: &mut Sink<'_>,
         merge: impl Fn(&[u8], &mut Vec<u32>),
     ) {
         if key == 0 {
-            merge(&text[start..end], sink.vec());
-            sink.sync();
+            if start < slot {
+                merge(&text[start..slot], sink.vec());
+                sink.sync();
+            }
             return;
         }
-        let entry = &self.entries[slot];
+        let entry = &self.entries[slot & (SLOTS - 1)];
         if entry.key & KEY_MASK == key {
             sink.push(&entry.ids, (entry.key >> COUNT_SHIFT) as usize);
         } else {
+            let end = start + (key >> 120) as usize;
             self.miss(slot, key, &text[start..end], sink, merge);
         }
     }
@@ -171,7 +178,7 @@ impl PieceCache {
         merge(piece, out);
         let ids = &out[start..];
         if (1..=MAX_IDS).contains(&ids.len()) {
-            let entry = &mut self.entries[slot];
+            let entry = &mut self.entries[slot & (SLOTS - 1)];
             entry.key = key | (ids.len() as u128) << COUNT_SHIFT;
             entry.ids = [0; MAX_IDS];
             entry.ids[..ids.len()].copy_from_slice(ids);
