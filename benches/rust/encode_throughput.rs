@@ -1,11 +1,22 @@
 //! Single-thread throughput of the Rust encoder, without Python (for profiling; not a test).
 //!
-//!     cargo run --release --example encode_throughput -- TOKENIZER.json TEXT [REPEAT]
+//!     cargo run --release --example encode_throughput -- TOKENIZER.json TEXT [REPEAT] [MODE]
 //!
-//! Encodes TEXT one document at a time (documents end after each `<|endoftext|>`, as in
-//! `bench_encode.py`), REPEAT times on one warm thread, and then the worst cases of
-//! `bench_encode.py` (1 MB of text, one letter, two letters, random Latin-1, random letters),
-//! each on a fresh thread so that no pretoken cache is carried over. Prints MB/s.
+//! TOKENIZER.json is an lmforge tokenizer file (`Tokenizer.save`). MODE (default `all`):
+//!
+//! - `text`: encodes TEXT one document at a time (documents end after each `<|endoftext|>`, as
+//!   in `bench_encode.py`), REPEAT times on one thread; MB/s of the best pass and of the first
+//!   (whose pretokens all miss the cache once).
+//! - `worst` (or `worst:CASE`): the worst cases of `bench_encode.py` (1 MB of text, one letter,
+//!   two letters, random Latin-1, random letters), each on a fresh thread so that no pretoken
+//!   cache is carried over; time per byte against the text's.
+//! - `miss`: every distinct pretoken of TEXT encoded once (all cache misses), then again.
+//! - `scan`, `hash`, `table`: the scanner alone, plus each pretoken's key and hash, plus a load
+//!   from a table of the cache's size: where the time goes.
+//! - `all`: `text` and `worst`.
+//!
+//! Deterministic comparisons (instruction counts, simulated cache misses) come from running it
+//! under `valgrind --tool=cachegrind` with `text` and two values of REPEAT.
 
 use std::time::Instant;
 
