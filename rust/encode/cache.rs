@@ -112,13 +112,15 @@ impl PieceCache {
         sink: &mut Sink<'_>,
         merge: impl Fn(&[u8], &mut Vec<u32>),
     ) {
+        // An empty pretoken (a custom regex may match the empty string) has key 0 and is held
+        // as nothing.
         let (key, slot) = match ShortKey::new(text, start, end) {
-            Some(key) => {
+            Some(key) if key.0 != 0 => {
                 let slot = key.slot(BITS) & (SLOTS - 1);
                 prefetch(&self.entries[slot]);
                 (key.0, slot)
             }
-            None => (0, end),
+            _ => (0, end),
         };
         let new = Held { key, slot, start };
         let oldest = std::mem::replace(&mut pipe.ring[pipe.head % DEPTH], new);

@@ -269,6 +269,19 @@ mod tests {
         assert!(t.decode_bytes(&[999]).is_err());
     }
 
+    /// A custom regex may match the empty string; those matches give no ids (as in tiktoken),
+    /// however many pretokens the cache's pipeline holds around them.
+    #[test]
+    fn empty_regex_matches_give_nothing() {
+        let mut bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        bytes.push(b"aa".to_vec()); // 256
+        let vocab = Vocab::from_training(bytes, vec![(97, 97)], &[]).unwrap();
+        let t = Tokenizer::new(vocab, Pattern::new("a*").unwrap()).unwrap();
+        let text = "baab".repeat(40);
+        // Per "baab": "" at b, "aa", "" at b (and one "" at the very end).
+        assert_eq!(t.encode(&text), vec![256; 40]);
+    }
+
     #[test]
     fn stream_equals_whole() {
         let t = tiny();
