@@ -47,6 +47,29 @@ pyo3::create_exception!(
     "The training input holds no text."
 );
 
+thread_local! {
+    /// The ids of a single-text `encode`, kept between calls: a call then writes into memory
+    /// already mapped and warm instead of a fresh allocation that grows (and copies) as it fills.
+    static ID_BUFFER: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// How many ids ahead `id_list` prefetches the int objects.
+const PREFETCH_IDS: usize = 16;
+
+/// Most ids `ID_BUFFER` keeps between calls (4 MiB).
+const ID_BUFFER_KEEP: usize = 1 << 20;
+
+/// Runs `f` with this thread's id buffer, empty.
+fn with_id_buffer<R>(f: impl FnOnce(&mut Vec<u32>) -> R) -> R {
+    let mut buf = ID_BUFFER.take();
+    buf.clear();
+    let result = f(&mut buf);
+    buf.clear();
+    buf.shrink_to(ID_BUFFER_KEEP);
+    ID_BUFFER.set(buf);
+    result
+}
+
 fn to_py_err(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
@@ -210,8 +233,21 @@ impl CoreTokenizer {
         if ints.len() as u64 != n {
             return PyList::new(py, ids);
         }
-        // Every id an encoder produces is below n_vocab.
-        PyList::new(py, ids.iter().map(|&i| ints[i as usize].clone_ref(py)))
+        // Every id an encoder produces is below n_vocab. Taking a reference writes to the int
+        // object, which for a rare id is far away in memory: fetch those a few ids ahead.
+        let ahead = |k: usize| {
+            ids.get(k + PREFETCH_IDS)
+                .and_then(|&i| ints.get(i as usize))
+        };
+        PyList::new(
+            py,
+            ids.iter().enumerate().map(|(k, &i)| {
+                if let Some(obj) = ahead(k) {
+                    crate::prefetch::prefetch(obj.as_ptr());
+                }
+                ints[i as usize].clone_ref(py)
+            }),
+        )
     }
 }
 
@@ -333,13 +369,14 @@ impl CoreTokenizer {
         allowed: Option<Vec<String>>,
         disallowed: Vec<String>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        py.detach(|| {
-            self.inner
-                .encode_with(text, allowed_of(&allowed), &disallowed, &mut out)
+        with_id_buffer(|out| {
+            py.detach(|| {
+                self.inner
+                    .encode_with(text, allowed_of(&allowed), &disallowed, out)
+            })
+            .map_err(to_py_err)?;
+            self.id_list(py, out)
         })
-        .map_err(to_py_err)?;
-        self.id_list(py, &out)
     }
 
     /// Encodes many texts in parallel on `num_threads` threads.
@@ -359,7 +396,7 @@ impl CoreTokenizer {
                 texts
                     .par_iter()
                     .map(|t| {
-                        let mut out = Vec::with_capacity(t.len() / 4 + 1);
+                        let mut out = Vec::with_capacity(t.len() / 3 + 1);
                         self.inner.encode_with(t, allowed, &disallowed, &mut out)?;
                         Ok(out)
                     })
@@ -472,12 +509,10 @@ impl CoreTokenizer {
 
     /// Encodes `text` treating special-token strings as plain text.
     fn encode_ordinary<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyList>> {
-        let ids = py.detach(|| {
-            let mut out = Vec::new();
-            self.inner.encode_ordinary_into(text, &mut out);
-            out
-        });
-        self.id_list(py, &ids)
+        with_id_buffer(|out| {
+            py.detach(|| self.inner.encode_ordinary_into(text, out));
+            self.id_list(py, out)
+        })
     }
 
     /// The bytes of `ids` concatenated.

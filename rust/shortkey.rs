@@ -20,16 +20,12 @@ impl ShortKey {
         if len > 15 {
             return None;
         }
-        let word = match text.get(start..start + 16).map(<[u8; 16]>::try_from) {
-            Some(Ok(block)) => u128::from_le_bytes(block),
-            _ => {
-                let mut block = [0u8; 16];
-                block[..len].copy_from_slice(&text[start..end]);
-                u128::from_le_bytes(block)
-            }
+        let word = match text.get(start..).and_then(<[u8]>::first_chunk::<16>) {
+            Some(block) => u128::from_le_bytes(*block),
+            None => tail_word(&text[start..end]),
         };
-        let mask = (1u128 << (8 * len)) - 1;
-        Some(ShortKey(word & mask | (len as u128) << 120))
+        // A table rather than `(1 << 8 * len) - 1`, which on a `u128` is a dozen instructions.
+        Some(ShortKey(word & LOW_BYTES[len] | (len as u128) << 120))
     }
 
     /// The key's slot in a direct-mapped cache of `2^bits` slots (top bits of its hash).
@@ -43,6 +39,27 @@ impl ShortKey {
     pub fn to_bytes(self) -> ([u8; 16], usize) {
         (self.0.to_le_bytes(), (self.0 >> 120) as usize)
     }
+}
+
+/// `LOW_BYTES[n]`: the low `n` bytes of a `u128` set.
+static LOW_BYTES: [u128; 16] = {
+    let mut masks = [0u128; 16];
+    let mut n = 1;
+    while n < 16 {
+        masks[n] = (1u128 << (8 * n)) - 1;
+        n += 1;
+    }
+    masks
+};
+
+/// `bytes` (at most 15) zero-padded to 16, little-endian: the last few pretokens of a text,
+/// kept out of line so that the common path stays small enough to inline.
+#[cold]
+#[inline(never)]
+fn tail_word(bytes: &[u8]) -> u128 {
+    let mut block = [0u8; 16];
+    block[..bytes.len()].copy_from_slice(bytes);
+    u128::from_le_bytes(block)
 }
 
 impl std::hash::Hash for ShortKey {

@@ -9,6 +9,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
+use crate::flat::FlatTable;
 use crate::shortkey::{FoldHasher, ShortKey};
 
 type ShortMap = hashbrown::HashMap<ShortKey, (u32, u32), std::hash::BuildHasherDefault<FoldHasher>>;
@@ -39,6 +40,11 @@ pub struct Vocab {
     pairs: PairTable,
     /// and for those of 3 to 15 bytes, keyed inline (no pointer to chase on a lookup).
     short: ShortMap,
+    /// The same by the ids of any two tokens whose bytes concatenate to the merged token (every
+    /// such split, not only the merge that made it), keyed `a << 32 | b`. BPE only ever joins
+    /// two parts that are tokens, so the encoder looks joins up by the parts' ids, with no key
+    /// built from bytes and no length limit, and gets exactly the byte rule's answer.
+    joins: FlatTable<u64>,
     /// Merges as pairs of ids, in rank order.
     merges: Vec<(u32, u32)>,
     /// The id each merge produces, in rank order.
@@ -129,6 +135,15 @@ impl Vocab {
                 ));
             }
         }
+        let mut splits = Vec::new();
+        for (bytes, &(rank, id)) in &merged {
+            for k in 1..bytes.len() {
+                if let (Some(&a), Some(&b)) = (ids.get(&bytes[..k]), ids.get(&bytes[k..])) {
+                    splits.push((u64::from(a) << 32 | u64::from(b), rank, id));
+                }
+            }
+        }
+        let joins = FlatTable::new(splits.into_iter(), true);
         let ordinary = tokens.keys().copied().max();
         let special = specials.iter().map(|&(_, id)| id).max();
         let n_vocab = ordinary.max(special).map_or(0, |m| u64::from(m) + 1);
@@ -138,6 +153,7 @@ impl Vocab {
             merged,
             pairs,
             short,
+            joins,
             merges: merge_ids,
             merge_results,
             specials,
@@ -215,6 +231,13 @@ impl Vocab {
     pub fn merged_pair(&self, a: u8, b: u8) -> Option<(u32, u32)> {
         let found = self.pairs.0[usize::from(a) << 8 | usize::from(b)];
         (found != NO_PAIR).then_some(found)
+    }
+
+    /// `(rank, id)` of the merged token whose bytes are those of tokens `a` and `b` joined, if
+    /// there is one (equal to `merged` of the joined bytes).
+    #[inline]
+    pub fn joined(&self, a: u32, b: u32) -> Option<(u32, u32)> {
+        self.joins.get(u64::from(a) << 32 | u64::from(b))
     }
 
     /// The id of the token that merge `rank` produces.
@@ -295,6 +318,34 @@ mod tests {
         assert_eq!(v.merged_in(&text, 19, 21), Some((19, 300)));
         assert_eq!(v.merged_pair(b'b', b'a'), None);
         assert_eq!(v.merged(b"aab"), None);
+    }
+
+    /// `joined` equals `merged` of the concatenated bytes for every pair of tokens, including
+    /// splits other than the merge that made a token ("a" + "aa" for "aaa", made as "aa" + "a").
+    #[test]
+    fn joined_equals_merged_of_the_bytes() {
+        let mut tokens = bytes_vocab();
+        let mut merges = Vec::new();
+        for len in 2..=20usize {
+            tokens.insert(254 + len as u32, vec![b'a'; len]);
+            merges.push((vec![b'a'; len - 1], b"a".to_vec()));
+        }
+        tokens.insert(300, b"ab".to_vec());
+        merges.push((b"a".to_vec(), b"b".to_vec()));
+        tokens.insert(301, b"aab".to_vec());
+        merges.push((b"aa".to_vec(), b"b".to_vec()));
+        let v = Vocab::new(tokens, merges, vec![]).unwrap();
+        let all: Vec<(u32, Vec<u8>)> = v.tokens().iter().map(|(&i, b)| (i, b.clone())).collect();
+        let mut found = 0;
+        for (a, x) in &all {
+            for (b, y) in &all {
+                let want = v.merged(&[x.as_slice(), y.as_slice()].concat());
+                assert_eq!(v.joined(*a, *b), want, "{x:?} + {y:?}");
+                found += usize::from(want.is_some());
+            }
+        }
+        // "a" * n splits n - 1 ways, "ab" one way, "aab" two ways ("a" + "ab", "aa" + "b").
+        assert_eq!(found, (2..=20).map(|n| n - 1).sum::<usize>() + 1 + 2);
     }
 
     #[test]

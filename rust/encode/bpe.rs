@@ -13,13 +13,14 @@
 //!
 //! A long piece costs what its memory traffic costs, so the per-offset state is three `u32`
 //! arrays (12 bytes a byte), reused per thread; the candidates about to be taken are prefetched
-//! (a rank's candidates are spread over the whole piece); and joins are looked up through the
-//! vocabulary's inline-keyed tables (`Vocab::merged_in`), with no per-piece memo to fill.
+//! (a rank's candidates are spread over the whole piece); and joins are looked up by the parts'
+//! ids in the vocabulary's join table (`Vocab::joined`), with no per-piece memo to fill.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use crate::prefetch::prefetch;
 use crate::vocab::Vocab;
 
 /// Pieces up to this many bytes use the direct loop.
@@ -42,36 +43,23 @@ pub fn merge_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     }
 }
 
-fn push_part(vocab: &Vocab, part: &[u8], out: &mut Vec<u32>) {
-    out.push(match part {
-        [b] => vocab.byte_id(*b),
-        // Every part is a byte or the result of a merge, so the lookup succeeds.
-        _ => vocab.merged(part).map_or(u32::MAX, |(_, id)| id),
-    });
-}
-
-/// The direct loop, on the stack: `bounds[i]..bounds[i + 1]` are the parts, `ranks[i]` the rank
-/// of joining parts `i` and `i + 1`.
+/// The direct loop, on the stack: `ids[i]` are the parts' token ids, `ranks[i]` and
+/// `joined[i]` the rank and id of joining parts `i` and `i + 1` (`u32::MAX`: they form no token).
+/// Joins are looked up by the parts' ids (`Vocab::joined`), one probe of one table each.
 fn merge_short(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
-    let mut bounds = [0u8; SHORT + 1];
+    let mut ids = [0u32; SHORT];
     let mut ranks = [u32::MAX; SHORT];
-    let mut parts = piece.len();
-    for (i, b) in bounds.iter_mut().enumerate().take(parts + 1) {
-        *b = i as u8;
+    let mut joined = [u32::MAX; SHORT];
+    let mut parts = piece.len().min(SHORT);
+    for (i, &b) in piece.iter().take(parts).enumerate() {
+        ids[i] = vocab.byte_id(b);
     }
-    let rank_at = |bounds: &[u8], parts: usize, i: usize| {
-        if i + 1 < parts {
-            let (start, end) = (bounds[i] as usize, bounds[i + 2] as usize);
-            vocab
-                .merged_in(piece, start, end)
-                .map_or(u32::MAX, |(rank, _)| rank)
-        } else {
-            u32::MAX
+    for i in 0..parts.saturating_sub(1) {
+        if let Some((rank, id)) = vocab.merged_pair(piece[i], piece[i + 1]) {
+            (ranks[i], joined[i]) = (rank, id);
         }
-    };
-    for (i, r) in ranks.iter_mut().enumerate().take(parts) {
-        *r = rank_at(&bounds, parts, i);
     }
+    let join = |a: u32, b: u32| vocab.joined(a, b).unwrap_or((u32::MAX, u32::MAX));
     loop {
         let (mut best, mut r) = (0, u32::MAX);
         for (i, &candidate) in ranks[..parts].iter().enumerate() {
@@ -83,17 +71,21 @@ fn merge_short(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
             break;
         }
         // Join parts `best` and `best + 1`.
-        bounds.copy_within(best + 2..parts + 1, best + 1);
+        ids[best] = joined[best];
+        ids.copy_within(best + 2..parts, best + 1);
         ranks.copy_within(best + 2..parts, best + 1);
+        joined.copy_within(best + 2..parts, best + 1);
         parts -= 1;
-        ranks[best] = rank_at(&bounds, parts, best);
+        (ranks[best], joined[best]) = if best + 1 < parts {
+            join(ids[best], ids[best + 1])
+        } else {
+            (u32::MAX, u32::MAX)
+        };
         if best > 0 {
-            ranks[best - 1] = rank_at(&bounds, parts, best - 1);
+            (ranks[best - 1], joined[best - 1]) = join(ids[best - 1], ids[best]);
         }
     }
-    for w in bounds[..parts + 1].windows(2) {
-        push_part(vocab, &piece[w[0] as usize..w[1] as usize], out);
-    }
+    out.extend_from_slice(&ids[..parts]);
 }
 
 /// Candidate joins of one rank: start offsets of their left parts. `items[read..]` are pending;
@@ -195,20 +187,6 @@ thread_local! {
 /// all over a long piece, so without this nearly every one taken is a cache miss.
 const AHEAD: usize = 8;
 
-#[inline(always)]
-fn prefetch<T>(x: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint (it cannot fault), and SSE is part of x86_64.
-    #[allow(unused_unsafe)]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (x as *const T).cast(),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
-}
-
 /// The long-piece version. Parts are identified by their start offset `s`: `next[s]` is the start
 /// of the next part (`n` at the end), `ids[s]` the part's token id and `joins[s]` the rank of
 /// joining it with its successor (`NONE` when they form no token, at the last part, and at
@@ -273,14 +251,19 @@ fn merge_long_with(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>, scratch: &mu
         }
     }
     // The rank of joining the part at `s` with its successor.
-    let join = |next: &[u32], s: usize| -> u32 {
+    let join = |next: &[u32], ids: &[u32], s: usize| -> u32 {
         let m = next[s] as usize;
         if m >= n {
             return NONE;
         }
-        vocab
-            .merged_in(piece, s, next[m] as usize)
-            .map_or(NONE, |(r, _)| r)
+        let after = next[m] as usize;
+        let joined = if after == s + 2 {
+            // Two single bytes: the vocabulary's two-byte table is smaller, so likelier cached.
+            vocab.merged_pair(piece[s], piece[s + 1])
+        } else {
+            vocab.joined(ids[s], ids[m])
+        };
+        joined.map_or(NONE, |(r, _)| r)
     };
     while let Some((r, s, ahead)) = candidates.pop() {
         if let Some(a) = ahead {
@@ -304,7 +287,7 @@ fn merge_long_with(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>, scratch: &mu
         ids[s] = vocab.merge_result(r);
         next[s] = after;
         next[after as usize - 1] = s as u32;
-        joins[s] = join(next, s);
+        joins[s] = join(next, ids, s);
         if joins[s] != NONE {
             candidates.push(joins[s], s as u32);
         }
@@ -313,7 +296,7 @@ fn merge_long_with(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>, scratch: &mu
             // one (its `next` slot holds that part's start).
             let q = next[s - 1] as usize;
             let p = if q == s { s - 1 } else { q };
-            joins[p] = join(next, p);
+            joins[p] = join(next, ids, p);
             if joins[p] != NONE {
                 candidates.push(joins[p], p as u32);
             }
@@ -370,7 +353,10 @@ mod tests {
         }
         let mut out = Vec::new();
         for p in parts {
-            push_part(vocab, &p, &mut out);
+            out.push(match p[..] {
+                [b] => vocab.byte_id(b),
+                _ => vocab.merged(&p).map_or(u32::MAX, |(_, id)| id),
+            });
         }
         out
     }

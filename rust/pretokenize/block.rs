@@ -177,11 +177,12 @@ impl Block {
 /// The scanners' driver. Where an ASCII window loads at a pretoken start `i`, `starts` gives its
 /// start bitmap and the bound below which the bits are exact, and the window's pretokens are
 /// emitted at once; elsewhere, or when a window completes no pretoken, `token_end` takes one
-/// pretoken the general way.
+/// pretoken the general way. `f` gets each pretoken as its byte range `start, end` of `text`
+/// (both char boundaries, by construction).
 #[inline(always)]
-pub(crate) fn scan_windows<'a>(
-    text: &'a str,
-    f: &mut impl FnMut(&'a str),
+pub(crate) fn scan_windows(
+    text: &str,
+    f: &mut impl FnMut(usize, usize),
     starts: impl Fn(&Block, &[u8], usize) -> (u64, u32),
     token_end: impl Fn(&[u8], usize) -> usize,
 ) {
@@ -190,14 +191,14 @@ pub(crate) fn scan_windows<'a>(
     while i < b.len() {
         if let Some(blk) = Block::load(b, i) {
             let (bits, limit) = starts(&blk, b, i);
-            let done = emit(text, i, bits, limit, f);
+            let done = emit(i, bits, limit, f);
             if done > 0 {
                 i += done;
                 continue;
             }
         }
         let end = token_end(b, i);
-        f(&text[i..end]);
+        f(i, end);
         i = end;
     }
 }
@@ -209,19 +210,13 @@ pub(crate) fn scan_windows<'a>(
 /// the caller passes `limit` such that every start bit below it is exact; the pretoken after
 /// the last trusted start is left for the next window.
 #[inline(always)]
-pub(crate) fn emit<'a>(
-    text: &'a str,
-    i: usize,
-    starts: u64,
-    limit: u32,
-    f: &mut impl FnMut(&'a str),
-) -> usize {
+pub(crate) fn emit(i: usize, starts: u64, limit: u32, f: &mut impl FnMut(usize, usize)) -> usize {
     let trusted = starts & low_bits(limit);
     let mut rest = trusted & !1;
     let mut from = i;
     while rest != 0 {
         let to = i + rest.trailing_zeros() as usize;
-        f(&text[from..to]);
+        f(from, to);
         from = to;
         rest &= rest - 1;
     }

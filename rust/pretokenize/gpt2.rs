@@ -12,8 +12,9 @@ use super::classes::{
     lane_is_non_ascii, load8, run_end, LETTER, NUMBER, PUNCT, SPACE,
 };
 
-/// Calls `f` with every pretoken of `text` (they tile `text`), as `regex.findall` would.
-pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
+/// Calls `f` with the byte range of every pretoken of `text` (they tile `text`), as
+/// `regex.findall` would find them.
+pub(crate) fn scan(text: &str, mut f: impl FnMut(usize, usize)) {
     // Each start bit depends on the byte after it, so it is exact below `valid - 1`.
     let starts = |blk: &Block, b: &[u8], i: usize| (starts(blk, b, i), blk.valid.saturating_sub(1));
     scan_windows(text, &mut f, starts, token_end);
@@ -162,7 +163,7 @@ mod tests {
 
     fn split(text: &str) -> Vec<&str> {
         let mut v = Vec::new();
-        scan(text, |p| v.push(p));
+        scan(text, |start, end| v.push(&text[start..end]));
         v
     }
 

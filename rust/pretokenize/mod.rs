@@ -95,7 +95,15 @@ impl Pattern {
     /// For the built-in patterns the pretokens tile `text` exactly. A custom regex that fails
     /// at run time (e.g. backtracking limit) stops the scan at that point.
     #[inline]
-    pub fn for_each<'a>(&self, text: &'a str, f: impl FnMut(&'a str)) {
+    pub fn for_each<'a>(&self, text: &'a str, mut f: impl FnMut(&'a str)) {
+        self.for_each_range(text, |start, end| f(&text[start..end]));
+    }
+
+    /// `for_each` with each pretoken as its byte range `start, end` of `text` (char
+    /// boundaries): what the encoder wants, without a slice (and its boundary checks) per
+    /// pretoken.
+    #[inline(always)]
+    pub fn for_each_range(&self, text: &str, f: impl FnMut(usize, usize)) {
         match self {
             Pattern::Gpt2 => gpt2::scan(text, f),
             Pattern::Cl100k => cl100k::scan(text, f),
@@ -104,7 +112,7 @@ impl Pattern {
                 let mut f = f;
                 for m in regex.find_iter(text) {
                     match m {
-                        Ok(m) => f(m.as_str()),
+                        Ok(m) => f(m.start(), m.end()),
                         Err(_) => break,
                     }
                 }

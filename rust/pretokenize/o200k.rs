@@ -21,8 +21,9 @@ const B: u8 = LOWER | LETTER_OTHER | MARK;
 /// The characters in both A and B.
 const AB: u8 = A & B;
 
-/// Calls `f` with every pretoken of `text` (they tile `text`), as `regex.findall` would.
-pub(crate) fn scan<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
+/// Calls `f` with the byte range of every pretoken of `text` (they tile `text`), as
+/// `regex.findall` would find them.
+pub(crate) fn scan(text: &str, mut f: impl FnMut(usize, usize)) {
     scan_windows(text, &mut f, starts, token_end);
 }
 
@@ -228,7 +229,7 @@ mod tests {
 
     fn split(text: &str) -> Vec<&str> {
         let mut v = Vec::new();
-        scan(text, |p| v.push(p));
+        scan(text, |start, end| v.push(&text[start..end]));
         v
     }
 

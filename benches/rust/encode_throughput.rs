@@ -1,0 +1,198 @@
+//! Single-thread throughput of the Rust encoder, without Python (for profiling; not a test).
+//!
+//!     cargo run --release --example encode_throughput -- TOKENIZER.json TEXT [REPEAT] [MODE]
+//!
+//! TOKENIZER.json is an lmforge tokenizer file (`Tokenizer.save`). MODE (default `all`):
+//!
+//! - `text`: encodes TEXT one document at a time (documents end after each `<|endoftext|>`, as
+//!   in `bench_encode.py`), REPEAT times on one thread; MB/s of the best pass and of the first
+//!   (whose pretokens all miss the cache once).
+//! - `worst` (or `worst:CASE`): the worst cases of `bench_encode.py` (1 MB of text, one letter,
+//!   two letters, random Latin-1, random letters), each on a fresh thread so that no pretoken
+//!   cache is carried over; time per byte against the text's.
+//! - `miss`: every distinct pretoken of TEXT encoded once (all cache misses), then again.
+//! - `scan`, `hash`, `table`: the scanner alone, plus each pretoken's key and hash, plus a load
+//!   from a table of the cache's size: where the time goes.
+//! - `all`: `text` and `worst`.
+//!
+//! Deterministic comparisons (instruction counts, simulated cache misses) come from running it
+//! under `valgrind --tool=cachegrind` with `text` and two values of REPEAT.
+
+use std::time::Instant;
+
+use lmforge::format;
+
+fn mb_per_s(bytes: usize, seconds: f64) -> f64 {
+    bytes as f64 / seconds / 1e6
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(tok_path), Some(text_path)) = (args.get(1), args.get(2)) else {
+        return Err("usage: encode_throughput TOKENIZER.json TEXT [REPEAT] [MODE]".into());
+    };
+    let repeat: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
+    let mode = args.get(4).map_or("all", String::as_str);
+    let tok = format::load(std::path::Path::new(tok_path))?;
+    let raw = std::fs::read(text_path)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let sep = "<|endoftext|>";
+    let docs: Vec<&str> = text.split_inclusive(sep).collect();
+    if mode == "all" || mode == "text" {
+        let mut best = f64::INFINITY;
+        let mut first = 0.0;
+        let mut tokens = 0;
+        for r in 0..repeat {
+            let t0 = Instant::now();
+            tokens = 0;
+            for d in &docs {
+                tokens += tok.encode(d).len();
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            if r == 0 {
+                first = dt;
+            }
+            best = best.min(dt);
+        }
+        println!(
+            "text: {} bytes, {} docs, {} tokens, best {:.4} s, {:.1} MB/s (first pass {:.1} MB/s)",
+            text.len(),
+            docs.len(),
+            tokens,
+            best,
+            mb_per_s(text.len(), best),
+            mb_per_s(text.len(), first)
+        );
+    }
+    if mode == "miss" {
+        // Every distinct pretoken once (all cache misses), then again (all hits).
+        let mut seen = std::collections::HashSet::new();
+        let mut pieces = Vec::new();
+        for d in &docs {
+            tok.pattern().for_each(d, |p| {
+                if seen.insert(p) {
+                    pieces.push(p);
+                }
+            });
+        }
+        let mut out = Vec::new();
+        for pass in ["miss", "hit"] {
+            let t0 = Instant::now();
+            for p in &pieces {
+                out.clear();
+                tok.encode_ordinary_into(p, &mut out);
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            println!(
+                "{pass}: {} distinct pretokens, {:.1} ns each",
+                pieces.len(),
+                dt / pieces.len() as f64 * 1e9
+            );
+        }
+    }
+    if mode == "hash" || mode == "table" {
+        let table = vec![[0u128; 2]; 1 << 17];
+        let mut best = f64::INFINITY;
+        let mut acc = 0u128;
+        for _ in 0..repeat {
+            let t0 = Instant::now();
+            for d in &docs {
+                let b = d.as_bytes();
+                let base = d.as_ptr() as usize;
+                tok.pattern().for_each(d, |p| {
+                    let start = p.as_ptr() as usize - base;
+                    if let Some(k) = lmforge::shortkey::ShortKey::new(b, start, start + p.len()) {
+                        let slot = k.slot(17);
+                        acc = acc.wrapping_add(if mode == "table" {
+                            table[slot][0]
+                        } else {
+                            slot as u128
+                        });
+                    }
+                });
+            }
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        println!(
+            "{mode}: {acc} best {best:.4} s, {:.1} MB/s",
+            mb_per_s(text.len(), best)
+        );
+    }
+    if mode == "scan" {
+        let mut best = f64::INFINITY;
+        let mut pieces = 0;
+        for _ in 0..repeat {
+            let t0 = Instant::now();
+            pieces = 0;
+            for d in &docs {
+                tok.pattern().for_each(d, |p| pieces += p.len() & 1);
+            }
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        println!(
+            "scan only: {pieces} odd pieces, best {best:.4} s, {:.1} MB/s",
+            mb_per_s(text.len(), best)
+        );
+    }
+    if mode == "all" || mode.starts_with("worst") {
+        let n = 1_000_000;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let letters = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let mut head = text.len().min(n);
+        while !text.is_char_boundary(head) {
+            head -= 1;
+        }
+        let cases: Vec<(&str, String)> = vec![
+            ("text", text[..head].to_string()),
+            ("one_char", "a".repeat(n)),
+            ("two_chars", "ab".repeat(n / 2)),
+            (
+                "random_latin1",
+                (0..n).map(|_| char::from(next() as u8)).collect(),
+            ),
+            (
+                "random_letters",
+                (0..n)
+                    .map(|_| char::from(letters[(next() % 52) as usize]))
+                    .collect(),
+            ),
+        ];
+        let mut base = 0.0;
+        let only = mode.strip_prefix("worst:");
+        for (name, s) in cases
+            .iter()
+            .filter(|(n, _)| only.map_or(true, |o| o == *n || *n == "text"))
+        {
+            let mut best = f64::INFINITY;
+            for _ in 0..repeat {
+                let dt = std::thread::scope(|sc| {
+                    sc.spawn(|| {
+                        let t0 = Instant::now();
+                        let ids = tok.encode(s);
+                        (t0.elapsed().as_secs_f64(), ids.len())
+                    })
+                    .join()
+                })
+                .map_err(|_| "encoder thread panicked")?;
+                best = best.min(dt.0);
+            }
+            let per_byte = best / s.len() as f64;
+            if *name == "text" {
+                base = per_byte;
+            }
+            println!(
+                "{name:>15}: {:.1} MB/s, {:.2} ns/byte, {:.2}x text",
+                mb_per_s(s.len(), best),
+                per_byte * 1e9,
+                per_byte / base
+            );
+        }
+    }
+    Ok(())
+}
