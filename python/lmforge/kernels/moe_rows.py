@@ -74,15 +74,17 @@ def gather_sum(src: Tensor, idx: Tensor, weights: Tensor | None) -> Tensor:
     """``out[t] = Σ_j weights[t, j] · src[idx[t, j]]`` (float32 sums, ``src``' dtype).
 
     Args:
-        src: ``(R, d)`` contiguous rows.
-        idx: int64 ``(N, k)`` contiguous row indices into ``src``.
-        weights: ``(N, k)`` contiguous, or ``None`` for plain sums.
+        src: ``(R, d)`` rows.
+        idx: int64 ``(N, k)`` row indices into ``src``.
+        weights: ``(N, k)``, or ``None`` for plain sums.
 
     Returns:
         ``(N, d)`` in ``src``' dtype.
     """
     n, k = idx.shape
     d = src.shape[1]
+    src, idx = src.contiguous(), idx.contiguous()
+    weights = weights.contiguous() if weights is not None else None
     out = src.new_empty(n, d)
     if n == 0 or d == 0:
         return out
@@ -103,16 +105,17 @@ def combine_backward(hs: Tensor, gates: Tensor, idx: Tensor, grad: Tensor) -> tu
     """The gradients of ``y[t] = Σ_j gates[t, j] · hs[idx[t, j]]``.
 
     Args:
-        hs: ``(N·k, d)`` contiguous rows; ``idx`` a permutation of them.
-        gates: ``(N, k)`` contiguous.
-        idx: int64 ``(N, k)`` contiguous.
-        grad: ``(N, d)`` contiguous, d(loss)/dy.
+        hs: ``(N·k, d)`` rows; ``idx`` a permutation of them.
+        gates: ``(N, k)``.
+        idx: int64 ``(N, k)``.
+        grad: ``(N, d)``, d(loss)/dy.
 
     Returns:
         ``(d hs, d gates)``: ``(N·k, d)`` in ``hs``' dtype and ``(N, k)`` in ``gates``' dtype.
     """
     n, k = idx.shape
     d = hs.shape[1]
+    hs, gates, idx, grad = (t.contiguous() for t in (hs, gates, idx, grad))
     dhs = torch.empty_like(hs)
     dg = torch.empty_like(gates)
     if n == 0:
