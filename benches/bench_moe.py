@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import lzma
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ from _common import (  # noqa: E402
     run_child,
     write_json,
 )
-from bench_model import write_profile  # noqa: E402
+from bench_model import run_baseline, write_profile  # noqa: E402
 
 CONFIGS: dict[str, list[str]] = {
     "dense": [],
@@ -174,22 +173,6 @@ def child(a: argparse.Namespace) -> None:
     )
 
 
-def run_baseline(baseline: Path, batch: int, steps: int) -> dict | None:
-    import json
-
-    from lmforge.train.config import load_run_config
-
-    cfg = load_run_config(PRESET, ["train.train_data=unused"]).model
-    cmd = [sys.executable, str(baseline), "--d", str(cfg.d_model), "--layers", str(cfg.n_layers)]
-    cmd += ["--heads", str(cfg.n_heads), "--seq", str(cfg.context_length), "--batch", str(batch)]
-    cmd += ["--vocab", str(cfg.vocab_size), "--steps", str(steps)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        print(out.stderr[-3000:], file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 HEADERS = ["model", "active M", "stored M", "tokens/s", "MFU", "step ms", "mem GB", "max/mean"]
 
 
@@ -256,7 +239,7 @@ def main() -> None:
     results: dict[str, dict | None] = {}
     rows = []
     if not a.skip_baseline:
-        results["baseline"] = run_baseline(a.baseline, a.batch, a.steps)
+        results["baseline"] = run_baseline(a.baseline, "124M", a.batch, a.steps)  # gpt2-124M
         rows.append(table_row("baseline", results["baseline"]))
     for name in names:
         cmd = [sys.executable, __file__, "--child", name, "--configs", name]

@@ -57,6 +57,8 @@ _COMPILE_MODES = (
     "max-autotune",
     "max-autotune-no-cudagraphs",
 )
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""The ``torch.compile`` modes that replay CUDA graphs."""
 _OBJECTIVES = ("clm", "mlm")
 
 
@@ -157,7 +159,7 @@ class TrainConfig:
     def cuda_graphs(self) -> bool:
         """Whether ``compile_mode`` asks for CUDA graphs explicitly (``"auto"`` decides in the
         trainer, where the world size is known)."""
-        return self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
+        return self.compile and self.compile_mode in GRAPH_MODES
 
     def __post_init__(self) -> None:
         paths = self.train_paths

@@ -61,7 +61,7 @@ from lmforge.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from lmforge.train.config import RunConfig, to_toml
+from lmforge.train.config import GRAPH_MODES, RunConfig, to_toml
 from lmforge.train.data_files import (
     mixture_line,
     open_run_data,
@@ -201,7 +201,7 @@ class Trainer:
                 "hooks of DDP/FSDP cannot run in: use train.compile_mode=default under torchrun"
             )
         mode = resolve_compile_mode(self.config, ctx.world_size, self.device.type)
-        self.cuda_graphs = tc.compile and mode in ("reduce-overhead", "max-autotune")
+        self.cuda_graphs = tc.compile and mode in GRAPH_MODES
         self.cuda_graphs &= self.device.type == "cuda"
         self.step_model = torch.compile(self.wrapped, mode=mode) if tc.compile else self.wrapped
         self.token_bytes = (

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmforge.model.moe.balance import expert_counts
-from lmforge.model.moe.permute import combine_rows, gather_rows, sort_maps
+from lmforge.model.moe.permute import combine_rows, gather_rows, sort_maps, sum_dtype
 from lmforge.model.moe.routers import ExpertRouting, TokenRouting
 
 __all__ = [
@@ -84,11 +84,6 @@ def grouped_mm_supported(x: Tensor, w: Tensor, device_ok: bool | None = None) ->
     if x.shape[-1] % 8 or w.shape[-2] % 8:
         return False
     return device_has_grouped_mm(x.device) if device_ok is None else device_ok
-
-
-def _combine_dtype(h: Tensor, gates: Tensor) -> torch.dtype:
-    """Float32, or wider when the expert outputs or the gates are (float64 tests)."""
-    return torch.promote_types(torch.promote_types(h.dtype, torch.float32), gates.dtype)
 
 
 def _group_positions(counts: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
@@ -216,7 +211,7 @@ def dispatch_expert_choice(
     grouped = x[flat].view(n_experts, capacity, -1)
     h = F.silu(torch.bmm(grouped, w1.mT)) * torch.bmm(grouped, w3.mT)
     out = torch.bmm(h, w2.mT)
-    out_dtype = _combine_dtype(out, routing.gates)
+    out_dtype = sum_dtype(out.dtype, routing.gates.dtype)
     weighted = out.to(out_dtype) * routing.gates.to(out_dtype).unsqueeze(-1)
     y = weighted.new_zeros(x.shape[0], out.shape[-1])
     y = y.index_add(0, flat, weighted.reshape(-1, out.shape[-1]))

@@ -50,6 +50,11 @@ def sort_maps(order: Tensor, n_tokens: int, k: int) -> tuple[Tensor, Tensor]:
     return token_of_row, inverse.view(k, n_tokens).t().contiguous()
 
 
+def sum_dtype(values: torch.dtype, gates: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype the weighted sums accumulate in: float32, or wider when an input is."""
+    return torch.promote_types(torch.promote_types(values, torch.float32), gates)
+
+
 def _kernel_ok(rows: Tensor, gates: Tensor | None = None) -> bool:
     """Whether :mod:`lmforge.kernels.moe_rows` takes these tensors (CUDA, Triton on; float32
     sums, so float64 stays on the PyTorch path)."""
@@ -66,8 +71,8 @@ def _fused() -> bool:
 def _sum_rows(src: Tensor, rows_of_token: Tensor, out_dtype: torch.dtype) -> Tensor:
     """``Σ_j src[rows_of_token[t, j]]`` per token, accumulated in float32 (or wider)."""
     if _kernel_ok(src):
-        return moe_rows.gather_sum(src.contiguous(), rows_of_token, None).to(out_dtype)
-    acc = torch.promote_types(src.dtype, torch.float32)
+        return moe_rows.gather_sum(src, rows_of_token, None).to(out_dtype)
+    acc = sum_dtype(src.dtype)
     if _fused():
         return src[rows_of_token].to(acc).sum(1).to(out_dtype)
     ones = src.new_ones(rows_of_token.shape[0], 1, rows_of_token.shape[1])
@@ -93,8 +98,8 @@ class _CombineRows(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(hs, gates, token_of_row, rows_of_token)
         if _kernel_ok(hs, gates):
-            return moe_rows.gather_sum(hs.contiguous(), rows_of_token, gates.contiguous())
-        acc = torch.promote_types(torch.promote_types(hs.dtype, torch.float32), gates.dtype)
+            return moe_rows.gather_sum(hs, rows_of_token, gates)
+        acc = sum_dtype(hs.dtype, gates.dtype)
         if _fused():
             y = (hs[rows_of_token].to(acc) * gates.to(acc).unsqueeze(-1)).sum(1)
         else:
@@ -105,11 +110,9 @@ class _CombineRows(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         hs, gates, token_of_row, rows_of_token = ctx.saved_tensors
         if _kernel_ok(hs, gates):
-            dhs, dg = moe_rows.combine_backward(
-                hs.contiguous(), gates.contiguous(), rows_of_token, grad.contiguous()
-            )
+            dhs, dg = moe_rows.combine_backward(hs, gates, rows_of_token, grad)
             return dhs, dg, None, None
-        acc = torch.promote_types(torch.promote_types(hs.dtype, torch.float32), gates.dtype)
+        acc = sum_dtype(hs.dtype, gates.dtype)
         grad_hs = grad_gates = None
         if ctx.needs_input_grad[0]:
             gate_of_row = torch.empty_like(gates.reshape(-1))
