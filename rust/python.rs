@@ -70,6 +70,23 @@ fn with_id_buffer<R>(f: impl FnOnce(&mut Vec<u32>) -> R) -> R {
     result
 }
 
+/// A new bytearray of `len` bytes whose contents are not initialised (no zero-filling pass
+/// over a buffer that the caller overwrites anyway). The caller must write every byte before
+/// the object reaches Python code.
+fn uninit_bytearray(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyByteArray>> {
+    let len = pyo3::ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| PyValueError::new_err(format!("output of {len} bytes is too large")))?;
+    // SAFETY: a null source asks CPython for an uninitialised buffer of `len` bytes; the
+    // returned reference is owned (or null with an exception set, which becomes the error).
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len),
+        )
+        .map(|o| o.cast_into_unchecked())
+    }
+}
+
 fn to_py_err(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
@@ -425,32 +442,40 @@ impl CoreTokenizer {
                 pool.install(|| {
                     let allowed = allowed_of(&allowed);
                     self.inner
-                        .encode_parallel(text, allowed, &disallowed, 1 << 20, |ids| ids)
+                        .encode_parallel(text, allowed, &disallowed, |ids| ids)
                 })
             })
             .map_err(to_py_err)?;
         let total: usize = parts.iter().map(Vec::len).sum();
-        PyByteArray::new_with(py, total * 4, |buf| {
-            // The new bytearray is not visible to Python yet, so its buffer can be filled
-            // by the pool without the GIL, each piece into its own slice.
-            py.detach(|| {
-                let mut slices = Vec::with_capacity(parts.len());
-                let mut rest = buf;
-                for part in &parts {
-                    let (head, tail) = rest.split_at_mut(part.len() * 4);
-                    slices.push(head);
-                    rest = tail;
-                }
-                pool.install(|| {
-                    slices.into_par_iter().zip(&parts).for_each(|(dst, ids)| {
-                        for (d, id) in dst.chunks_exact_mut(4).zip(ids) {
-                            d.copy_from_slice(&id.to_le_bytes());
-                        }
-                    })
-                });
+        let out = uninit_bytearray(py, total * 4)?;
+        // The new bytearray is not visible to Python yet, so the pool may fill it without the
+        // GIL, each part into its own range; its pages are first touched here, in parallel.
+        let base = out.data() as usize;
+        let mut offsets = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for part in &parts {
+            offsets.push(at);
+            at += part.len() * 4;
+        }
+        py.detach(|| {
+            pool.install(|| {
+                parts.par_iter().zip(offsets).for_each(|(ids, offset)| {
+                    // SAFETY: `base..base + total * 4` is the bytearray's buffer, the ranges
+                    // `offset..offset + ids.len() * 4` are disjoint and inside it, and nothing
+                    // else reads or writes it until this returns.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (base + offset) as *mut std::mem::MaybeUninit<[u8; 4]>,
+                            ids.len(),
+                        )
+                    };
+                    for (d, id) in dst.iter_mut().zip(ids) {
+                        d.write(id.to_le_bytes());
+                    }
+                })
             });
-            Ok(())
-        })
+        });
+        Ok(out)
     }
 
     /// Encodes files into `out` (uint16 when `width` is 2, uint32 when 4), appending `eot` after

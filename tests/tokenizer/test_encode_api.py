@@ -67,10 +67,13 @@ def test_encode_batch_equals_encode(tok, texts):
 
 
 def test_encode_to_numpy_equals_encode_on_a_large_text(tok, sample_corpus):
-    text = sample_corpus.read_text(encoding="utf-8")  # ~1.9 MB: several parallel pieces
-    ids = tok.encode_to_numpy(text, num_threads=2)
-    assert ids.dtype == np.dtype("<u4")
-    assert ids.tolist() == tok.encode(text)
+    text = sample_corpus.read_text(encoding="utf-8")  # ~1.9 MB
+    expected = tok.encode(text)
+    # Pieces are sized by the thread count: 2 pieces of 1 MB on one thread, ~30 of 64 KB on 16.
+    for threads in (1, 2, 16):
+        ids = tok.encode_to_numpy(text, num_threads=threads)
+        assert ids.dtype == np.dtype("<u4")
+        assert ids.tolist() == expected, threads
     assert tok.encode_to_numpy("").size == 0
 
 
