@@ -47,9 +47,11 @@ Notes, each a property of PyTorch the count relies on:
 6. Only with ``normalize_gates`` (the default for ``top_k > 1``); otherwise the gates are the
    selected probabilities times a constant, which saves nothing.
 7. The routed experts' weights are cast to c in ``GroupedExperts`` at every call (autocast does
-   not cover the grouped GEMM), ``3·E·d·f`` per layer, saved by the GEMMs; they count with the
-   weight copies (:func:`moe_weight_copies`) but, not being autocast's cached casts, die with
-   each block's forward under activation checkpointing.
+   not cover the grouped GEMM), ``3·E·d·f`` per layer, saved by the GEMMs, with ``w1`` and
+   ``w3`` stacked into one ``(E, 2f, d)`` copy for their single GEMM (without a cast that stack
+   is the only copy, ``2·E·d·f``); they count with the weight copies
+   (:func:`moe_weight_copies`) but, not being autocast's cached casts, die with each block's
+   forward under activation checkpointing.
 
 Under ``torch.compile`` (Inductor's min-cut partition, as for the dense MLP in
 :mod:`.activations`): the float32 router input is recomputed from the residual and the inverse
@@ -296,6 +298,9 @@ def moe_weight_copies(
     if param != compute:
         routed = 3 * d * f * moe.n_routed_experts
         rows.append(TensorGroup("casts of the routed experts' weights", routed, compute))
+    else:  # no cast, but w1 and w3 are stacked into one copy for their single GEMM (note 7)
+        routed = 2 * d * f * moe.n_routed_experts
+        rows.append(TensorGroup("routed experts' w1 and w3, stacked", routed, compute))
     if param != "fp32" and moe.router != "hash":
         router = moe.n_routed_experts * d
         rows.append(TensorGroup("float32 copy of the router weight", router, "fp32"))

@@ -95,6 +95,25 @@ def _group_positions(counts: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
     return expert_of_row, pos
 
 
+def _gate_up(w1: Tensor, w3: Tensor) -> Tensor:
+    """``w1`` and ``w3`` stacked along the output: ``(E, 2·d_ff, d_model)``.
+
+    One GEMM then gives both halves of the SwiGLU input, and in the backward pass the input's
+    gradient is one GEMM over ``2·d_ff`` instead of two GEMMs whose ``(A, d_model)`` outputs are
+    added (for 64 experts top-8 at ``gpt2-124M`` batch 32 that add moved 1.2 GB per layer).
+    The parameters stay separate (checkpoints, upcycling and Muon see ``w1`` and ``w3``); the
+    copy is of the weights, not of the tokens, and under ``torch.compile`` it fuses with their
+    cast to the compute dtype.
+    """
+    return torch.cat([w1, w3], dim=1)
+
+
+def _swiglu(h13: Tensor) -> Tensor:
+    """``silu(gate) * up`` of ``[gate | up]`` rows (the output of :func:`_gate_up`'s GEMM)."""
+    gate, up = h13.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 def _padded_swiglu(
     xs: Tensor, expert_of_row: Tensor, pos: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, rows: int
 ) -> Tensor:
@@ -103,7 +122,7 @@ def _padded_swiglu(
     slot = torch.where(pos < rows, expert_of_row * rows + pos, n_experts * rows)
     buf = xs.new_zeros(n_experts * rows + 1, d).index_add(0, slot, xs)  # the last row: dropped
     grouped = buf[:-1].view(n_experts, rows, d)
-    h = F.silu(torch.bmm(grouped, w1.mT)) * torch.bmm(grouped, w3.mT)
+    h = _swiglu(torch.bmm(grouped, _gate_up(w1, w3).mT))
     out = torch.bmm(h, w2.mT).reshape(n_experts * rows, -1)
     return torch.cat([out, out.new_zeros(1, out.shape[-1])])[slot]
 
@@ -134,8 +153,7 @@ def expert_swiglu(
         if not hasattr(torch, "_grouped_mm"):
             raise ValueError("impl='grouped_mm' needs a PyTorch with torch._grouped_mm (>= 2.8)")
         offs = counts.cumsum(0).to(torch.int32)
-        h = F.silu(torch._grouped_mm(xs, w1.mT, offs=offs))
-        h = h * torch._grouped_mm(xs, w3.mT, offs=offs)
+        h = _swiglu(torch._grouped_mm(xs, _gate_up(w1, w3).mT, offs=offs))
         return torch._grouped_mm(h, w2.mT, offs=offs)
     n_rows = xs.shape[0]
     expert_of_row, pos = _group_positions(counts, n_rows)
@@ -209,7 +227,7 @@ def dispatch_expert_choice(
     n_experts, capacity = routing.tokens.shape
     flat = routing.tokens.reshape(-1)
     grouped = x[flat].view(n_experts, capacity, -1)
-    h = F.silu(torch.bmm(grouped, w1.mT)) * torch.bmm(grouped, w3.mT)
+    h = _swiglu(torch.bmm(grouped, _gate_up(w1, w3).mT))
     out = torch.bmm(h, w2.mT)
     out_dtype = sum_dtype(out.dtype, routing.gates.dtype)
     weighted = out.to(out_dtype) * routing.gates.to(out_dtype).unsqueeze(-1)
