@@ -71,6 +71,9 @@ CONFIGS: dict[str, list[str]] = {
 
 PRESET = "gpt2-124M"
 
+LOAD_EVERY = 25
+"""Warm-up steps between two readings of the max/mean expert load (``load_curve`` in the JSON)."""
+
 
 def load_tokens(text: Path, gpt2: Path, megabytes: float, cache: Path) -> Path:
     """The first ``megabytes`` MB of ``text`` (plain or ``.xz``) as GPT-2 token ids (``.npy``),
@@ -137,7 +140,12 @@ def child(a: argparse.Namespace) -> None:
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    losses = [one()[0] for _ in range(a.warmup)]
+    losses, load_curve = [], []
+    for i in range(a.warmup):
+        loss, ratio = one()
+        losses.append(loss)
+        if ratio is not None and (i + 1) % LOAD_EVERY == 0:
+            load_curve.append([i + 1, round(float(ratio), 3)])  # one sync per LOAD_EVERY steps
     sync()
     warm_s = time.perf_counter() - t0
     if device.type == "cuda":
@@ -165,6 +173,8 @@ def child(a: argparse.Namespace) -> None:
             warmup_s=warm_s,
             loss_first=float(losses[0]),
             loss_last=float(losses[-1]),
+            loss_timed_mean=sum(float(loss) for loss, _ in timed) / max(len(timed), 1),
+            load_curve=load_curve,
             max_load_ratio=max(ratios) if ratios else None,
             mean_max_load_ratio=sum(ratios) / len(ratios) if ratios else None,
             device=name,
@@ -173,12 +183,22 @@ def child(a: argparse.Namespace) -> None:
     )
 
 
-HEADERS = ["model", "active M", "stored M", "tokens/s", "MFU", "step ms", "mem GB", "max/mean"]
+HEADERS = [
+    "model",
+    "active M",
+    "stored M",
+    "tokens/s",
+    "MFU",
+    "step ms",
+    "mem GB",
+    "max/mean",
+    "loss",
+]
 
 
 def table_row(name: str, r: dict | None) -> list[str]:
     if r is None:
-        return [name, "failed", "", "", "", "", "", ""]
+        return [name, "failed", *[""] * (len(HEADERS) - 2)]
 
     def fmt(key: str, spec: str) -> str:
         v = r.get(key)
@@ -193,6 +213,7 @@ def table_row(name: str, r: dict | None) -> list[str]:
         f"{r['step_ms']:.1f}",
         fmt("mem_gb", ".1f"),
         fmt("max_load_ratio", ".2f"),
+        fmt("loss_timed_mean", ".3f"),
     ]
 
 
