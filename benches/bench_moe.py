@@ -22,7 +22,11 @@ load balance is then not a statement about text). Each child first trains ``--wa
 fresh batches (the balancing bias and losses act; compile happens here), then times ``--steps``
 steps and reports the routers' worst max/mean expert load over the timed steps (``moe/
 max_load_ratio``: the busiest expert's assignments over the mean, worst layer) — the issue's
-balance target is ≤ 1.3 after warm-up.
+balance target is ≤ 1.3 after warm-up — and, over ``--steps`` more untimed steps, the same ratio
+of the loads summed over those steps (``summed_load_ratio``: the imbalance that persists from
+batch to batch, which is what a bias or a balance loss can correct; the per-step ratio adds the
+noise of which experts one batch's documents favour). ``load_curve`` samples the per-step ratio
+every 25 warm-up steps.
 
     python benches/bench_moe.py [--configs dense,a,b] [--batch 32] [--warmup 200] [--steps 30]
         [--text .device/train.txt.xz] [--gpt2 .device/gpt2] [--out PATH.json]
@@ -103,7 +107,7 @@ def child(a: argparse.Namespace) -> None:
     from lmforge.data import get_batch
     from lmforge.model import Transformer
     from lmforge.optim import OptimConfig, build_optimizer, clip_grad_norm_
-    from lmforge.train.config import load_run_config
+    from lmforge.train.config import GRAPH_MODES, load_run_config
 
     overrides = ["train.train_data=unused", *CONFIGS[a.child], *a.set]
     cfg = load_run_config(PRESET, overrides).model
@@ -124,8 +128,12 @@ def child(a: argparse.Namespace) -> None:
     gen = np.random.default_rng(1)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
-    def one() -> tuple[torch.Tensor, torch.Tensor | None]:
+    graphs = device.type == "cuda" and not a.no_compile and a.compile_mode in GRAPH_MODES
+
+    def train_step():  # the model's output: loss, losses, metrics
         x, y = get_batch(tokens, B, T, device, generator=gen)
+        if graphs:  # as the trainer: the last replay's outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype, enabled=device.type == "cuda"):
             out = step_model(x, y, return_logits=False)
         out.loss.backward()
@@ -133,7 +141,25 @@ def child(a: argparse.Namespace) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.after_optimizer_step()
-        return out.loss.detach(), out.metrics.get("moe/max_load_ratio")
+        return out
+
+    def one() -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = train_step()
+        ratio = out.metrics.get("moe/max_load_ratio")
+        # kept past the next replay: copied out of a CUDA graph's memory (a 0-d copy each)
+        return out.loss.detach().clone(), None if ratio is None else ratio.clone()
+
+    def expert_loads() -> torch.Tensor:
+        """One more training step; each MoE layer's share of assignments per expert,
+        ``(layers, experts)``."""
+        m = train_step().metrics
+        layers = sorted({k.split("/")[1] for k in m if "/load/e" in k})
+        return torch.stack(
+            [
+                torch.stack([m[f"moe/{ly}/load/e{j}"] for j in range(cfg.moe.n_routed_experts)])
+                for ly in layers
+            ]
+        ).float()
 
     def sync() -> None:
         if device.type == "cuda":
@@ -156,6 +182,9 @@ def child(a: argparse.Namespace) -> None:
     dt = (time.perf_counter() - t) / a.steps
     if a.profile is not None:
         write_profile(a.profile / f"profile-moe-{a.child}.txt", one)
+    load_sum = None
+    if cfg.moe is not None:  # a.steps more steps, not timed
+        load_sum = summed_load_ratio([expert_loads() for _ in range(a.steps)])
     ratios = [float(r) for _, r in timed if r is not None]
     losses += [loss for loss, _ in timed]
     counts = accounting.count_params(cfg)
@@ -176,11 +205,20 @@ def child(a: argparse.Namespace) -> None:
             loss_timed_mean=sum(float(loss) for loss, _ in timed) / max(len(timed), 1),
             load_curve=load_curve,
             max_load_ratio=max(ratios) if ratios else None,
+            summed_load_ratio=load_sum,
             mean_max_load_ratio=sum(ratios) / len(ratios) if ratios else None,
             device=name,
             torch=torch.__version__,
         )
     )
+
+
+def summed_load_ratio(loads: list) -> float:
+    """The worst layer's max/mean of per-step expert loads (each ``(layers, experts)``) summed
+    over steps: the imbalance that persists from batch to batch (what a bias or a loss corrects),
+    without the noise of which experts one batch's documents favour."""
+    total = sum(loads[1:], loads[0])
+    return float((total.amax(dim=1) / total.mean(dim=1)).max())
 
 
 HEADERS = [
@@ -192,6 +230,7 @@ HEADERS = [
     "step ms",
     "mem GB",
     "max/mean",
+    "summed",
     "loss",
 ]
 
@@ -213,6 +252,7 @@ def table_row(name: str, r: dict | None) -> list[str]:
         f"{r['step_ms']:.1f}",
         fmt("mem_gb", ".1f"),
         fmt("max_load_ratio", ".2f"),
+        fmt("summed_load_ratio", ".2f"),
         fmt("loss_timed_mean", ".3f"),
     ]
 
