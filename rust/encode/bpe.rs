@@ -23,8 +23,12 @@ use std::collections::BinaryHeap;
 use crate::prefetch::prefetch;
 use crate::vocab::Vocab;
 
-/// Pieces up to this many bytes use the direct loop.
+/// Pieces up to this many bytes use the direct loop (when the vocabulary has no backtracking
+/// tables, or the piece is at most `BACKTRACK_AFTER` bytes).
 const SHORT: usize = 48;
+
+/// Pieces longer than this use backtracking BPE when the vocabulary has its tables.
+pub const BACKTRACK_AFTER: usize = 24;
 
 /// Appends the token ids of `piece` to `out`.
 pub fn merge_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
@@ -34,7 +38,15 @@ pub fn merge_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
         _ => {
             if let Some((_, id)) = vocab.merged(piece) {
                 out.push(id);
-            } else if piece.len() <= SHORT {
+                return;
+            }
+            if piece.len() > BACKTRACK_AFTER {
+                let tables = vocab.backtracks();
+                if tables.is_some_and(|tables| tables.encode(vocab, piece, out)) {
+                    return;
+                }
+            }
+            if piece.len() <= SHORT {
                 merge_short(vocab, piece, out);
             } else {
                 merge_long(vocab, piece, out);
@@ -197,7 +209,7 @@ const AHEAD: usize = 8;
 /// A candidate `(rank, s)` is current iff `joins[s] == rank`. The joined bytes at a given `s`
 /// only ever grow (the part or its successor absorbs its neighbour), so each rank appears at `s`
 /// at most once and a stale candidate never matches again.
-fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
+pub fn merge_long(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         merge_long_with(vocab, piece, out, &mut scratch);
