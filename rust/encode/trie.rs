@@ -1,118 +1,221 @@
 //! A byte trie over token strings, for "the longest token that starts this text".
 //!
-//! Backtracking BPE asks this once per token it places, so the walk must touch little memory:
-//! nodes are laid out breadth first, each node's children are one contiguous run of sorted
-//! labels (a linear scan for a few children, a binary search for many), and the root's children
-//! are a 256-entry table (every byte is a token, and the first step is the widest).
+//! Backtracking BPE asks this once per token it places, so a step must be one load: the trie is
+//! a double array (Aoe's layout). Each node is a cell; the child of node `s` along byte `c` is
+//! the cell `base(s) + c`, and it belongs to `s` iff its `check` is `s`. A cell holds its own
+//! base and value next to its check, so walking a step reads one 12-byte cell. Bases are found
+//! first-fit over the free cells (a union-find of "next free cell" keeps that search short), in
+//! breadth-first order, so the nodes near the root, the most visited, sit close together.
 
-/// A node: its children are `labels[first..first + count]` / `children[..]` (same range), and
-/// `value` is the value of the string that ends here (`NONE`: no string ends here).
+/// Marks "no value", "no parent" and a free cell.
+pub const NONE: u32 = u32::MAX;
+
+/// One node: `check` is its parent's cell (`NONE`: the cell is free or the root), `base` where
+/// its children start, `value` the value of the string that ends here (`NONE`: none).
 #[derive(Clone, Copy, Debug)]
-struct Node {
-    first: u32,
-    count: u32,
+struct Cell {
+    base: u32,
+    check: u32,
     value: u32,
 }
 
-/// Marks "no value" and "no child".
-pub const NONE: u32 = u32::MAX;
-
-/// Children runs up to this long are scanned; longer ones are binary searched.
-const SCAN: usize = 8;
+const FREE: Cell = Cell {
+    base: 0,
+    check: NONE,
+    value: NONE,
+};
 
 /// A fixed set of byte strings, each with a `u32` value.
 #[derive(Clone)]
 pub struct Trie {
-    nodes: Vec<Node>,
-    labels: Vec<u8>,
-    children: Vec<u32>,
-    /// The root's child for each byte (`NONE`: none).
-    root: [u32; 256],
+    /// Cell 0 is the root. Every base is at most `len - 256`, so `base + byte` is always a cell.
+    cells: Vec<Cell>,
 }
 
 impl std::fmt::Debug for Trie {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Trie({} nodes)", self.nodes.len())
+        let used = self.cells.iter().filter(|c| c.check != NONE).count() + 1;
+        write!(f, "Trie({used} nodes in {} cells)", self.cells.len())
+    }
+}
+
+/// The smallest free cell at or after each cell, with path halving.
+struct FreeCells {
+    next: Vec<u32>,
+    /// No cell before this one is free.
+    first: usize,
+}
+
+impl FreeCells {
+    fn find(&mut self, mut p: usize) -> usize {
+        while p < self.next.len() && self.next[p] as usize != p {
+            let up = self.next[p] as usize;
+            if up < self.next.len() {
+                self.next[p] = self.next[up];
+            }
+            p = up;
+        }
+        p
+    }
+
+    /// Marks cell `p` used (growing the set so that `p` and the cell after it exist).
+    fn take(&mut self, p: usize) {
+        while self.next.len() < p + 2 {
+            self.next.push(self.next.len() as u32);
+        }
+        self.next[p] = p as u32 + 1;
+    }
+}
+
+/// Holes tried for a node before it is placed past the end.
+const TRIES: usize = 16;
+
+/// The first base (at least 1) at which every child label of a node lands on a free cell,
+/// first fit; those cells are then taken. `None` for a node without children.
+fn place(free: &mut FreeCells, labels: &[(u8, usize, usize)]) -> Option<usize> {
+    let first = usize::from(labels.first()?.0);
+    // Every cell before the first free one is taken: start there, not at the array's start.
+    free.first = free.find(free.first);
+    let mut p = free.find((first + 1).max(free.first));
+    let mut tries = 0;
+    let base = loop {
+        let base = p - first;
+        let fits = labels.iter().all(|&(c, _, _)| {
+            let q = base + usize::from(c);
+            q >= free.next.len() || free.next[q] as usize == q
+        });
+        if fits {
+            break base;
+        }
+        // A wide node rarely fits the scattered holes: after a few tries, past the end (the
+        // holes it skips are filled by the many one-child nodes that follow).
+        tries += 1;
+        p = if tries < TRIES {
+            free.find(p + 1)
+        } else {
+            p.max(free.next.len())
+        };
+    };
+    for &(c, _, _) in labels {
+        free.take(base + usize::from(c));
+    }
+    Some(base)
+}
+
+/// Strings sorted and copied end to end, so that building reads them in order from one buffer.
+struct Sorted {
+    bytes: Vec<u8>,
+    /// String `i` is `bytes[starts[i]..starts[i + 1]]`.
+    starts: Vec<usize>,
+    values: Vec<u32>,
+}
+
+impl Sorted {
+    fn new(mut entries: Vec<(&[u8], u32)>) -> Self {
+        // Most comparisons are settled by the first eight bytes as one big-endian number
+        // (zero-padded, so a prefix never sorts after its extensions); ties compare the bytes.
+        let head = |b: &[u8]| {
+            let mut word = [0u8; 8];
+            let n = b.len().min(8);
+            word[..n].copy_from_slice(&b[..n]);
+            u64::from_be_bytes(word)
+        };
+        let mut keyed: Vec<(u64, &[u8], u32)> =
+            entries.drain(..).map(|(b, v)| (head(b), b, v)).collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        keyed.dedup_by(|a, b| a.1 == b.1);
+        let mut sorted = Sorted {
+            bytes: Vec::with_capacity(keyed.iter().map(|e| e.1.len()).sum()),
+            starts: Vec::with_capacity(keyed.len() + 1),
+            values: Vec::with_capacity(keyed.len()),
+        };
+        for (_, b, v) in keyed {
+            sorted.starts.push(sorted.bytes.len());
+            sorted.bytes.extend_from_slice(b);
+            sorted.values.push(v);
+        }
+        sorted.starts.push(sorted.bytes.len());
+        sorted
+    }
+
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    fn string(&self, i: usize) -> &[u8] {
+        &self.bytes[self.starts[i]..self.starts[i + 1]]
     }
 }
 
 impl Trie {
-    /// The trie of `entries` (non-empty strings, each given once; a value must not be `NONE`).
-    pub fn new(mut entries: Vec<(&[u8], u32)>) -> Self {
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        entries.dedup_by(|a, b| a.0 == b.0);
+    /// The trie of `entries` (non-empty strings; of repeated strings one is kept).
+    pub fn new(entries: Vec<(&[u8], u32)>) -> Self {
+        let sorted = Sorted::new(entries);
         let mut trie = Trie {
-            nodes: vec![Node {
-                first: 0,
-                count: 0,
-                value: NONE,
-            }],
-            labels: Vec::new(),
-            children: Vec::new(),
-            root: [NONE; 256],
+            cells: vec![FREE; 256],
         };
-        // Breadth first: (node, depth, range of `entries` whose strings pass through it). In a
+        let mut free = FreeCells {
+            next: Vec::new(),
+            first: 0,
+        };
+        free.take(0);
+        let mut labels = Vec::with_capacity(256);
+        // Breadth first: (cell, depth, range of sorted strings that pass through it). In a
         // node's range the string ending at the node, if any, sorts first.
-        let mut queue = std::collections::VecDeque::from([(0usize, 0usize, 0, entries.len())]);
-        while let Some((node, depth, mut lo, hi)) = queue.pop_front() {
-            if lo < hi && entries[lo].0.len() == depth {
-                trie.nodes[node].value = entries[lo].1;
+        let mut queue = std::collections::VecDeque::from([(0usize, 0usize, 0, sorted.len())]);
+        while let Some((cell, depth, mut lo, hi)) = queue.pop_front() {
+            if lo < hi && sorted.string(lo).len() == depth {
+                trie.cells[cell].value = sorted.values[lo];
                 lo += 1;
             }
-            trie.nodes[node].first = trie.labels.len() as u32;
+            // The children: one label and range each (strings are scanned in order, so the
+            // walk over all nodes reads the sorted bytes a few times, not at random).
+            labels.clear();
             while lo < hi {
-                let byte = entries[lo].0[depth];
-                let end = lo + entries[lo..hi].partition_point(|e| e.0[depth] == byte);
-                let child = trie.nodes.len();
-                trie.nodes.push(Node {
-                    first: 0,
-                    count: 0,
-                    value: NONE,
-                });
-                trie.labels.push(byte);
-                trie.children.push(child as u32);
-                trie.nodes[node].count += 1;
-                if node == 0 {
-                    trie.root[usize::from(byte)] = child as u32;
+                let byte = sorted.string(lo)[depth];
+                let mut end = lo + 1;
+                while end < hi && sorted.string(end)[depth] == byte {
+                    end += 1;
                 }
-                queue.push_back((child, depth + 1, lo, end));
+                labels.push((byte, lo, end));
                 lo = end;
+            }
+            let Some(base) = place(&mut free, &labels) else {
+                continue;
+            };
+            trie.cells[cell].base = base as u32;
+            if trie.cells.len() < base + 256 {
+                trie.cells.resize(base + 256, FREE);
+            }
+            for &(c, lo, end) in &labels {
+                let child = base + usize::from(c);
+                trie.cells[child].check = cell as u32;
+                queue.push_back((child, depth + 1, lo, end));
             }
         }
         trie
     }
 
-    /// The child of `node` along `byte`, or `NONE`.
+    /// The child of cell `s` along `byte`, if there is one.
     #[inline(always)]
-    fn child(&self, node: usize, byte: u8) -> u32 {
-        if node == 0 {
-            return self.root[usize::from(byte)];
-        }
-        let Node { first, count, .. } = self.nodes[node];
-        let (first, count) = (first as usize, count as usize);
-        let labels = &self.labels[first..first + count];
-        let found = if count <= SCAN {
-            labels.iter().position(|&l| l == byte)
-        } else {
-            labels.binary_search(&byte).ok()
-        };
-        found.map_or(NONE, |i| self.children[first + i])
+    fn child(&self, s: usize, byte: u8) -> Option<(usize, Cell)> {
+        let t = self.cells[s].base as usize + usize::from(byte);
+        let cell = *self.cells.get(t)?;
+        (cell.check as usize == s && t != 0).then_some((t, cell))
     }
 
     /// `(value, length)` of the longest string in the trie that is a prefix of `text`.
     #[inline]
     pub fn longest_prefix(&self, text: &[u8]) -> Option<(u32, usize)> {
         let mut best = None;
-        let mut node = 0;
+        let mut s = 0;
         for (i, &byte) in text.iter().enumerate() {
-            let next = self.child(node, byte);
-            if next == NONE {
+            let Some((t, cell)) = self.child(s, byte) else {
                 break;
-            }
-            node = next as usize;
-            let value = self.nodes[node].value;
-            if value != NONE {
-                best = Some((value, i + 1));
+            };
+            s = t;
+            if cell.value != NONE {
+                best = Some((cell.value, i + 1));
             }
         }
         best
@@ -121,25 +224,20 @@ impl Trie {
     /// The values of the strings in the trie that are prefixes of `text`, shortest first, with
     /// their lengths.
     pub fn prefixes<'a>(&'a self, text: &'a [u8]) -> impl Iterator<Item = (u32, usize)> + 'a {
-        let mut node = 0;
+        let mut s = 0;
         text.iter()
             .enumerate()
             .map_while(move |(i, &byte)| {
-                let next = self.child(node, byte);
-                (next != NONE).then(|| {
-                    node = next as usize;
-                    (self.nodes[node].value, i + 1)
-                })
+                let (t, cell) = self.child(s, byte)?;
+                s = t;
+                Some((cell.value, i + 1))
             })
             .filter(|&(value, _)| value != NONE)
     }
 
     /// Bytes of memory the trie holds.
     pub fn memory(&self) -> usize {
-        self.nodes.len() * std::mem::size_of::<Node>()
-            + self.labels.len()
-            + self.children.len() * 4
-            + std::mem::size_of_val(&self.root)
+        self.cells.len() * std::mem::size_of::<Cell>()
     }
 }
 

@@ -1,14 +1,15 @@
 //! Building the backtracking tables from a vocabulary, once, in `Vocab::new`.
 //!
-//! Each merged token's bytes are encoded by the rank rule (a small quadratic loop: tokens are
-//! short), which says whether the token encodes to itself and, if it does, which two tokens its
-//! last merge joined: its split, the edge of the merge tree that `Backtracks::is_valid_pair`
-//! walks down. Tokens that do not encode to themselves can never be output, so they are left
-//! out of the trie. The validity walk orders merges by rank, which is only right when every
-//! split's parts rank below the token; if any does not, there are no tables and the encoder
-//! keeps the heap-based merge.
+//! Each merged token needs to know whether its bytes encode to itself by the rank rule and, if
+//! they do, which two tokens the last merge joined: its split, the edge of the merge tree that
+//! `stands` walks down. In rank order, a token's own merge is checked first with that same walk
+//! (nearly always the answer); only when it fails are the token's bytes encoded in full (a small
+//! quadratic loop: tokens are short). Tokens that do not encode to themselves can never be
+//! output, so they are left out of the trie. The walk orders merges by rank, which is only
+//! right when every split's parts rank below the token; if any does not, there are no tables
+//! and the encoder keeps the heap-based merge.
 
-use super::{Backtracks, NONE};
+use super::{stands, Backtracks, NONE};
 use crate::encode::trie::Trie;
 use crate::vocab::Vocab;
 
@@ -21,33 +22,21 @@ impl Backtracks {
             .filter(|&n| n < NONE)?;
         let mut ids: Vec<u32> = (0..=255u8).map(|b| vocab.byte_id(b)).collect();
         ids.extend((0..n - 256).map(|r| vocab.merge_result(r)));
-        let mut lens = Vec::with_capacity(n as usize);
-        let mut splits: Vec<(u32, u32)> = (0..256).map(|b| (b, b)).collect();
-        splits.resize(n as usize, (NONE, NONE));
-        let mut encoder = TokenEncoder::default();
-        for k in 0..n {
-            let bytes = vocab.token_bytes(ids[k as usize])?;
-            lens.push(u32::try_from(bytes.len()).ok()?);
-            if k < 256 {
-                continue;
-            }
-            if let Some((left, right)) = encoder.last_merge(vocab, &ids, bytes) {
-                if left >= k || right >= k {
-                    return None;
-                }
-                splits[k as usize] = (left, right);
-            }
-        }
+        let bytes = ids
+            .iter()
+            .map(|&id| vocab.token_bytes(id))
+            .collect::<Option<Vec<&[u8]>>>()?;
+        let lens = (bytes.iter().map(|b| u32::try_from(b.len()).ok())).collect::<Option<_>>()?;
+        let splits = splits(vocab, &ids, &bytes)?;
         let entries = (0..n)
             .filter(|&k| splits[k as usize].0 != NONE)
-            .filter_map(|k| Some((vocab.token_bytes(ids[k as usize])?, k)))
+            .map(|k| (bytes[k as usize], k))
             .collect();
         let trie = Trie::new(entries);
-        let shorter = (0..n as usize)
-            .map(|k| {
-                let bytes = vocab.token_bytes(ids[k]).unwrap_or_default();
-                trie.prefixes(bytes)
-                    .take_while(|&(_, len)| len < bytes.len())
+        let shorter = (bytes.iter())
+            .map(|&b| {
+                trie.prefixes(b)
+                    .take_while(|&(_, len)| len < b.len())
                     .last()
                     .map_or(NONE, |(value, _)| value)
             })
@@ -60,6 +49,35 @@ impl Backtracks {
             shorter,
         })
     }
+}
+
+/// Each token's split (`(NONE, NONE)`: it does not encode to itself), or `None` if a split's
+/// part ranks at or after the token. Most tokens are checked in one walk: a token encodes to
+/// itself by its own merge `(l, r)` if `l` and `r` do and BPE on their bytes reaches `l`, `r`
+/// before the merge's own rank (`stands`). Only the others are encoded in full.
+fn splits(vocab: &Vocab, ids: &[u32], bytes: &[&[u8]]) -> Option<Vec<(u32, u32)>> {
+    let mut number = vec![NONE; usize::try_from(vocab.n_vocab()).ok()?];
+    for (k, &id) in ids.iter().enumerate() {
+        *number.get_mut(id as usize)? = k as u32;
+    }
+    let mut splits: Vec<(u32, u32)> = (0..256).map(|b| (b, b)).collect();
+    let mut encoder = TokenEncoder::default();
+    for (r, &(l, right)) in vocab.merges().iter().enumerate() {
+        let k = 256 + r as u32;
+        let (l, right) = (number[l as usize], number[right as usize]);
+        let known = |t: u32| t < k && splits[t as usize].0 != NONE;
+        let split = if known(l) && known(right) && stands(vocab, ids, &splits, l, right, k) {
+            Some((l, right))
+        } else {
+            encoder.last_merge(vocab, ids, bytes[k as usize])
+        };
+        match split {
+            Some((a, b)) if a >= k || b >= k => return None,
+            Some(split) => splits.push(split),
+            None => splits.push((NONE, NONE)),
+        }
+    }
+    Some(splits)
 }
 
 /// The rank rule on one token's bytes, with its buffers kept from token to token.

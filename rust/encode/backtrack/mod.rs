@@ -148,36 +148,8 @@ impl Backtracks {
     }
 
     /// Whether BPE run on the bytes of token `a` then token `b` leaves exactly `a`, `b`.
-    ///
-    /// Before their last merges, the boundary between them was between `a`'s right part and
-    /// `b`, or `a` and `b`'s left part, and so on down their merge trees; the later-made token
-    /// (the larger number) was made last, so it is undone first. A boundary pair that forms a
-    /// token `c` would have been joined while it stood if `c` ranks below the merge that ended
-    /// it (`limit`): strictly below for the left token's merge, which is left of the pair, and
-    /// at or below for the right token's, where the pair is the leftmost. The final pair stands
-    /// for ever (no limit).
-    fn is_valid_pair(&self, vocab: &Vocab, mut a: u32, mut b: u32) -> bool {
-        let mut limit = NONE;
-        loop {
-            if let Some((rank, _)) = vocab.joined(self.ids[a as usize], self.ids[b as usize]) {
-                if rank.saturating_add(256) < limit {
-                    return false;
-                }
-            }
-            if a > b {
-                if a < 256 {
-                    return true;
-                }
-                limit = a;
-                a = self.splits[a as usize].1;
-            } else {
-                if b < 256 {
-                    return true;
-                }
-                limit = b + 1;
-                b = self.splits[b as usize].0;
-            }
-        }
+    fn is_valid_pair(&self, vocab: &Vocab, a: u32, b: u32) -> bool {
+        stands(vocab, &self.ids, &self.splits, a, b, NONE)
     }
 
     /// Bytes of memory the tables hold.
@@ -185,6 +157,40 @@ impl Backtracks {
         self.trie.memory()
             + 4 * (self.ids.len() + self.lens.len() + self.shorter.len())
             + 8 * self.splits.len()
+    }
+}
+
+/// Whether BPE on the bytes of tokens `a` then `b` (both encoding to themselves) reaches `a`,
+/// `b` with no merge across their boundary before a merge of rank number `limit`.
+///
+/// Before their last merges, the boundary between them was between `a`'s right part and `b`,
+/// or `a` and `b`'s left part, and so on down their merge trees; the later-made token (the
+/// larger number) was made last, so it is undone first. A boundary pair that forms a token `c`
+/// would have been joined while it stood if `c` ranks below the merge that ended it: strictly
+/// below for the left token's merge, which is left of the pair, and at or below for the right
+/// token's, where the pair is the leftmost. The final pair stands until `limit` (`NONE`: for
+/// ever, the question `is_valid_pair` asks).
+fn stands(vocab: &Vocab, ids: &[u32], splits: &[(u32, u32)], a: u32, b: u32, limit: u32) -> bool {
+    let (mut a, mut b, mut limit) = (a, b, limit);
+    loop {
+        if let Some((rank, _)) = vocab.joined(ids[a as usize], ids[b as usize]) {
+            if rank.saturating_add(256) < limit {
+                return false;
+            }
+        }
+        if a > b {
+            if a < 256 {
+                return true;
+            }
+            limit = a;
+            a = splits[a as usize].1;
+        } else {
+            if b < 256 {
+                return true;
+            }
+            limit = b + 1;
+            b = splits[b as usize].0;
+        }
     }
 }
 
