@@ -42,7 +42,7 @@ pub fn merge_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
             }
             if piece.len() > BACKTRACK_AFTER {
                 let tables = vocab.backtracks();
-                if tables.is_some_and(|tables| tables.encode(vocab, piece, out)) {
+                if tables.is_some_and(|tables| tables.encode(piece, out)) {
                     return;
                 }
             }

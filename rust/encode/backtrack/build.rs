@@ -11,6 +11,7 @@
 
 use super::{stands, Backtracks, NONE};
 use crate::encode::trie::Trie;
+use crate::flat::FlatTable;
 use crate::vocab::Vocab;
 
 impl Backtracks {
@@ -41,12 +42,18 @@ impl Backtracks {
                     .map_or(NONE, |(value, _)| value)
             })
             .collect();
+        let pairs = (256..n).filter(|&k| splits[k as usize].0 != NONE).map(|k| {
+            let (a, b) = splits[k as usize];
+            (u64::from(a) << 32 | u64::from(b), k, k)
+        });
+        let pairs = FlatTable::new(pairs.collect::<Vec<_>>().into_iter(), true);
         Some(Backtracks {
             trie,
             ids,
             lens,
             splits,
             shorter,
+            pairs,
         })
     }
 }
@@ -62,11 +69,18 @@ fn splits(vocab: &Vocab, ids: &[u32], bytes: &[&[u8]]) -> Option<Vec<(u32, u32)>
     }
     let mut splits: Vec<(u32, u32)> = (0..256).map(|b| (b, b)).collect();
     let mut encoder = TokenEncoder::default();
+    // Every join, not only splits (those of later tokens are not known yet): the walk only
+    // counts joins ranked below `k`, and any join is a merge BPE would make.
+    let join = |x: u32, y: u32| {
+        vocab
+            .joined(ids[x as usize], ids[y as usize])
+            .map(|(rank, _)| (rank.saturating_add(256), 0))
+    };
     for (r, &(l, right)) in vocab.merges().iter().enumerate() {
         let k = 256 + r as u32;
         let (l, right) = (number[l as usize], number[right as usize]);
         let known = |t: u32| t < k && splits[t as usize].0 != NONE;
-        let split = if known(l) && known(right) && stands(vocab, ids, &splits, l, right, k) {
+        let split = if known(l) && known(right) && stands(join, &splits, l, right, k) {
             Some((l, right))
         } else {
             encoder.last_merge(vocab, ids, bytes[k as usize])

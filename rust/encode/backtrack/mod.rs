@@ -25,7 +25,7 @@ mod memo;
 use std::cell::RefCell;
 
 use crate::encode::trie::Trie;
-use crate::vocab::Vocab;
+use crate::flat::FlatTable;
 use memo::Memo;
 
 /// Marks "no token".
@@ -45,6 +45,12 @@ pub struct Backtracks {
     splits: Vec<(u32, u32)>,
     /// The longest token in the trie that is a proper prefix of each token (`NONE`: none).
     shorter: Vec<u32>,
+    /// `a << 32 | b` -> the number of the token split into `a`, `b`. Two neighbours BPE
+    /// leaves standing can only ever join into the token that splits into them (were it made
+    /// otherwise, BPE on its own bytes would have crossed their boundary, and so would BPE on
+    /// any text where they stand side by side), so the splits are all the joins the validity
+    /// walk needs: a table of one entry a token instead of one per way to cut it.
+    pairs: FlatTable<u64>,
 }
 
 impl std::fmt::Debug for Backtracks {
@@ -72,10 +78,10 @@ impl Backtracks {
     /// Appends the ids of `piece` to `out`, as the rank rule would, and returns true; false
     /// (and nothing appended) if the search fails, which BPE's theory rules out (the caller
     /// then uses the heap-based merge rather than panic).
-    pub fn encode(&self, vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) -> bool {
+    pub fn encode(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let found = self.search(vocab, piece, &mut scratch);
+            let found = self.search(piece, &mut scratch);
             if found {
                 out.extend(scratch.tokens.iter().map(|&k| self.ids[k as usize]));
             }
@@ -87,7 +93,7 @@ impl Backtracks {
     }
 
     /// Leaves the tokens of `piece`, by number, in `scratch.tokens`; false on failure.
-    fn search(&self, vocab: &Vocab, piece: &[u8], scratch: &mut Scratch) -> bool {
+    fn search(&self, piece: &[u8], scratch: &mut Scratch) -> bool {
         let Scratch {
             tokens,
             alive,
@@ -109,7 +115,7 @@ impl Backtracks {
                 let end = pos + self.lens[token as usize] as usize;
                 let fits = is_alive(alive, end)
                     && tokens.last().map_or(true, |&last| {
-                        memo.get_or(last, token, || self.is_valid_pair(vocab, last, token))
+                        memo.get_or(last, token, || self.is_valid_pair(last, token))
                     });
                 if fits {
                     tokens.push(token);
@@ -148,8 +154,9 @@ impl Backtracks {
     }
 
     /// Whether BPE run on the bytes of token `a` then token `b` leaves exactly `a`, `b`.
-    fn is_valid_pair(&self, vocab: &Vocab, a: u32, b: u32) -> bool {
-        stands(vocab, &self.ids, &self.splits, a, b, NONE)
+    fn is_valid_pair(&self, a: u32, b: u32) -> bool {
+        let join = |x: u32, y: u32| self.pairs.get(u64::from(x) << 32 | u64::from(y));
+        stands(join, &self.splits, a, b, NONE)
     }
 
     /// Bytes of memory the tables hold.
@@ -161,7 +168,8 @@ impl Backtracks {
 }
 
 /// Whether BPE on the bytes of tokens `a` then `b` (both encoding to themselves) reaches `a`,
-/// `b` with no merge across their boundary before a merge of rank number `limit`.
+/// `b` with no merge across their boundary before a merge of rank number `limit`. `join(x, y)`
+/// gives the number of the token that `x` and `y` form, if BPE could ever join them.
 ///
 /// Before their last merges, the boundary between them was between `a`'s right part and `b`,
 /// or `a` and `b`'s left part, and so on down their merge trees; the later-made token (the
@@ -170,13 +178,17 @@ impl Backtracks {
 /// below for the left token's merge, which is left of the pair, and at or below for the right
 /// token's, where the pair is the leftmost. The final pair stands until `limit` (`NONE`: for
 /// ever, the question `is_valid_pair` asks).
-fn stands(vocab: &Vocab, ids: &[u32], splits: &[(u32, u32)], a: u32, b: u32, limit: u32) -> bool {
+fn stands(
+    join: impl Fn(u32, u32) -> Option<(u32, u32)>,
+    splits: &[(u32, u32)],
+    a: u32,
+    b: u32,
+    limit: u32,
+) -> bool {
     let (mut a, mut b, mut limit) = (a, b, limit);
     loop {
-        if let Some((rank, _)) = vocab.joined(ids[a as usize], ids[b as usize]) {
-            if rank.saturating_add(256) < limit {
-                return false;
-            }
+        if join(a, b).is_some_and(|(c, _)| c < limit) {
+            return false;
         }
         if a > b {
             if a < 256 {

@@ -10,6 +10,7 @@ use rustc_hash::FxHashMap;
 
 use super::*;
 use crate::encode::bpe::merge_long;
+use crate::vocab::Vocab;
 
 /// A fixed-seed generator (xorshift64), so failures reproduce.
 struct Rng(u64);
@@ -48,7 +49,7 @@ fn assert_agrees(vocab: &Vocab, piece: &[u8]) {
     let tables = vocab.backtracks().expect("rank-ordered vocabulary");
     let (mut expected, mut got) = (Vec::new(), Vec::new());
     merge_long(vocab, piece, &mut expected);
-    assert!(tables.encode(vocab, piece, &mut got));
+    assert!(tables.encode(piece, &mut got));
     assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(piece));
 }
 
