@@ -9,7 +9,7 @@
 //! right when every split's parts rank below the token; if any does not, there are no tables
 //! and the encoder keeps the heap-based merge.
 
-use super::{stands, Backtracks, NONE};
+use super::{stands, Backtracks, Token, NONE};
 use crate::encode::trie::Trie;
 use crate::flat::FlatTable;
 use crate::vocab::Vocab;
@@ -27,21 +27,26 @@ impl Backtracks {
             .iter()
             .map(|&id| vocab.token_bytes(id))
             .collect::<Option<Vec<&[u8]>>>()?;
-        let lens = (bytes.iter().map(|b| u32::try_from(b.len()).ok())).collect::<Option<_>>()?;
         let splits = splits(vocab, &ids, &bytes)?;
         let entries = (0..n)
             .filter(|&k| splits[k as usize].0 != NONE)
             .map(|k| (bytes[k as usize], k))
             .collect();
         let trie = Trie::new(entries);
-        let shorter = (bytes.iter())
-            .map(|&b| {
-                trie.prefixes(b)
+        let tokens = (bytes.iter().zip(&splits))
+            .map(|(&b, &split)| {
+                let shorter = (trie.prefixes(b))
                     .take_while(|&(_, len)| len < b.len())
                     .last()
-                    .map_or(NONE, |(value, _)| value)
+                    .map_or(NONE, |(value, _)| value);
+                let len = u32::try_from(b.len()).ok()?;
+                Some(Token {
+                    len,
+                    shorter,
+                    split,
+                })
             })
-            .collect();
+            .collect::<Option<_>>()?;
         let pairs = (256..n).filter(|&k| splits[k as usize].0 != NONE).map(|k| {
             let (a, b) = splits[k as usize];
             (u64::from(a) << 32 | u64::from(b), k, k)
@@ -50,9 +55,7 @@ impl Backtracks {
         Some(Backtracks {
             trie,
             ids,
-            lens,
-            splits,
-            shorter,
+            tokens,
             pairs,
         })
     }
@@ -80,7 +83,8 @@ fn splits(vocab: &Vocab, ids: &[u32], bytes: &[&[u8]]) -> Option<Vec<(u32, u32)>
         let k = 256 + r as u32;
         let (l, right) = (number[l as usize], number[right as usize]);
         let known = |t: u32| t < k && splits[t as usize].0 != NONE;
-        let split = if known(l) && known(right) && stands(join, &splits, l, right, k) {
+        let split = if known(l) && known(right) && stands(join, |t| splits[t as usize], l, right, k)
+        {
             Some((l, right))
         } else {
             encoder.last_merge(vocab, ids, bytes[k as usize])

@@ -88,7 +88,7 @@ fn tokens_that_do_not_encode_to_themselves_are_left_out() {
     let v = vocab_of(&[(b"a", b"b"), (b"b", b"c"), (b"bc", b"d"), (b"a", b"bcd")]);
     let tables = v.backtracks().unwrap();
     assert_eq!(tables.longest(b"abcd"), Some(256));
-    assert_eq!(tables.splits[256 + 3], (NONE, NONE));
+    assert_eq!(tables.tokens[256 + 3].split, (NONE, NONE));
     check_many(&v, &[b"abcd", b"abd", b"bcd"], 100, 20);
 }
 
@@ -182,7 +182,10 @@ fn trained(merges: usize) -> Vocab {
 fn agrees_on_a_trained_vocabulary() {
     let v = trained(300);
     let tables = v.backtracks().expect("trained merges are rank-ordered");
-    let left_out = tables.splits[256..].iter().filter(|s| s.0 == NONE).count();
+    let left_out = tables.tokens[256..]
+        .iter()
+        .filter(|t| t.split.0 == NONE)
+        .count();
     eprintln!("{left_out} of 300 tokens do not encode to themselves");
     check_many(&v, &[b"ab", b"abc", b"abcde", b"abcdefg"], 150, 10);
     let mut rng = Rng(5);
@@ -236,7 +239,10 @@ fn agrees_with_gpt2_ranks() {
         return;
     };
     let tables = v.backtracks().expect("GPT-2's merges are rank-ordered");
-    let left_out = tables.splits[256..].iter().filter(|s| s.0 == NONE).count();
+    let left_out = tables.tokens[256..]
+        .iter()
+        .filter(|t| t.split.0 == NONE)
+        .count();
     eprintln!("GPT-2: {left_out} tokens do not encode to themselves");
     let lower: Vec<u8> = (b'a'..=b'z').collect();
     let letters: Vec<u8> = (b'a'..=b'z').chain(b'A'..=b'Z').collect();
