@@ -148,8 +148,10 @@ impl Sorted {
 }
 
 impl Trie {
-    /// The trie of `entries` (non-empty strings; of repeated strings one is kept).
-    pub fn new(entries: Vec<(&[u8], u32)>) -> Self {
+    /// The trie of `entries` (non-empty strings; of repeated strings one is kept), and for each
+    /// string's value the value of its longest proper prefix in the set (`NONE`: none), found
+    /// on the way down.
+    pub fn new(entries: Vec<(&[u8], u32)>) -> (Self, Vec<(u32, u32)>) {
         let sorted = Sorted::new(entries);
         let mut trie = Trie {
             cells: vec![FREE; 256],
@@ -160,12 +162,17 @@ impl Trie {
         };
         free.take(0);
         let mut labels = Vec::with_capacity(256);
-        // Breadth first: (cell, depth, range of sorted strings that pass through it). In a
-        // node's range the string ending at the node, if any, sorts first.
-        let mut queue = std::collections::VecDeque::from([(0usize, 0usize, 0, sorted.len())]);
-        while let Some((cell, depth, mut lo, hi)) = queue.pop_front() {
+        let mut prefixes = Vec::with_capacity(sorted.len());
+        // Breadth first: (cell, depth, range of sorted strings that pass through it, value of
+        // the longest string ending above it). In a node's range the string ending at the
+        // node, if any, sorts first.
+        let mut queue = std::collections::VecDeque::from([(0usize, 0usize, 0, sorted.len(), NONE)]);
+        while let Some((cell, depth, mut lo, hi, mut above)) = queue.pop_front() {
             if lo < hi && sorted.string(lo).len() == depth {
-                trie.cells[cell].value = sorted.values[lo];
+                let value = sorted.values[lo];
+                trie.cells[cell].value = value;
+                prefixes.push((value, above));
+                above = value;
                 lo += 1;
             }
             // The children: one label and range each (strings are scanned in order, so the
@@ -190,10 +197,10 @@ impl Trie {
             for &(c, lo, end) in &labels {
                 let child = base + usize::from(c);
                 trie.cells[child].check = cell as u32;
-                queue.push_back((child, depth + 1, lo, end));
+                queue.push_back((child, depth + 1, lo, end, above));
             }
         }
-        trie
+        (trie, prefixes)
     }
 
     /// The child of cell `s` along `byte`, if there is one.
@@ -221,20 +228,6 @@ impl Trie {
         best
     }
 
-    /// The values of the strings in the trie that are prefixes of `text`, shortest first, with
-    /// their lengths.
-    pub fn prefixes<'a>(&'a self, text: &'a [u8]) -> impl Iterator<Item = (u32, usize)> + 'a {
-        let mut s = 0;
-        text.iter()
-            .enumerate()
-            .map_while(move |(i, &byte)| {
-                let (t, cell) = self.child(s, byte)?;
-                s = t;
-                Some((cell.value, i + 1))
-            })
-            .filter(|&(value, _)| value != NONE)
-    }
-
     /// Bytes of memory the trie holds.
     pub fn memory(&self) -> usize {
         self.cells.len() * std::mem::size_of::<Cell>()
@@ -245,40 +238,47 @@ impl Trie {
 mod tests {
     use super::*;
 
-    #[test]
-    fn longest_prefix_and_prefixes() {
-        let words: Vec<&[u8]> = vec![b"a", b"ab", b"abcd", b"b", b"bc", b"abcde", b"x"];
-        let trie = Trie::new(
+    fn trie_of(words: &[&[u8]]) -> (Trie, Vec<(u32, u32)>) {
+        Trie::new(
             words
                 .iter()
                 .enumerate()
                 .map(|(i, w)| (*w, i as u32))
                 .collect(),
-        );
+        )
+    }
+
+    #[test]
+    fn longest_prefix_and_shorter_prefixes() {
+        let (trie, mut shorter) = trie_of(&[b"a", b"ab", b"abcd", b"b", b"bc", b"abcde", b"x"]);
         assert_eq!(trie.longest_prefix(b"abcx"), Some((1, 2)));
         assert_eq!(trie.longest_prefix(b"abcdef"), Some((5, 5)));
         assert_eq!(trie.longest_prefix(b"bcd"), Some((4, 2)));
         assert_eq!(trie.longest_prefix(b"c"), None);
         assert_eq!(trie.longest_prefix(b""), None);
-        let found: Vec<_> = trie.prefixes(b"abcdez").collect();
-        assert_eq!(found, [(0, 1), (1, 2), (2, 4), (5, 5)]);
+        shorter.sort_unstable();
+        let expected = [
+            (0, NONE),
+            (1, 0),
+            (2, 1),
+            (3, NONE),
+            (4, 3),
+            (5, 2),
+            (6, NONE),
+        ];
+        assert_eq!(shorter, expected);
     }
 
-    /// Wide nodes (binary searched) and narrow ones (scanned) find the same strings.
+    /// A node with every byte as a child, beside narrow ones (bases placed past the holes).
     #[test]
     fn every_string_is_found_under_a_wide_node() {
         let words: Vec<Vec<u8>> = (0..=255u8)
-            .flat_map(|b| [vec![b'q', b], vec![b'q', b, b'r']])
+            .flat_map(|b| [vec![b'q', b], vec![b'q', b, b'r'], vec![b, b'z', b'z']])
             .collect();
-        let trie = Trie::new(
-            words
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (&w[..], i as u32))
-                .collect(),
-        );
+        let refs: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+        let (trie, _) = trie_of(&refs);
         for (i, w) in words.iter().enumerate() {
-            assert_eq!(trie.longest_prefix(w), Some((i as u32, w.len())));
+            assert_eq!(trie.longest_prefix(w), Some((i as u32, w.len())), "{w:?}");
         }
         assert_eq!(trie.longest_prefix(b"q"), None);
     }

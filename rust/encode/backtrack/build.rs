@@ -9,6 +9,8 @@
 //! right when every split's parts rank below the token; if any does not, there are no tables
 //! and the encoder keeps the heap-based merge.
 
+use rustc_hash::FxHashMap;
+
 use super::{stands, Backtracks, Token, NONE};
 use crate::encode::trie::Trie;
 use crate::flat::FlatTable;
@@ -32,13 +34,13 @@ impl Backtracks {
             .filter(|&k| splits[k as usize].0 != NONE)
             .map(|k| (bytes[k as usize], k))
             .collect();
-        let trie = Trie::new(entries);
-        let tokens = (bytes.iter().zip(&splits))
-            .map(|(&b, &split)| {
-                let shorter = (trie.prefixes(b))
-                    .take_while(|&(_, len)| len < b.len())
-                    .last()
-                    .map_or(NONE, |(value, _)| value);
+        let (trie, prefixes) = Trie::new(entries);
+        let mut shorter = vec![NONE; n as usize];
+        for (k, prefix) in prefixes {
+            shorter[k as usize] = prefix;
+        }
+        let tokens = (bytes.iter().zip(&splits).zip(shorter))
+            .map(|((b, &split), shorter)| {
                 let len = u32::try_from(b.len()).ok()?;
                 Some(Token {
                     len,
@@ -72,17 +74,19 @@ fn splits(vocab: &Vocab, ids: &[u32], bytes: &[&[u8]]) -> Option<Vec<(u32, u32)>
     }
     let mut splits: Vec<(u32, u32)> = (0..256).map(|b| (b, b)).collect();
     let mut encoder = TokenEncoder::default();
-    // Every join, not only splits (those of later tokens are not known yet): the walk only
-    // counts joins ranked below `k`, and any join is a merge BPE would make.
-    let join = |x: u32, y: u32| {
-        vocab
-            .joined(ids[x as usize], ids[y as usize])
-            .map(|(rank, _)| (rank.saturating_add(256), 0))
-    };
+    // The splits found so far, as the walk's joins (as in encoding, the splits are all the
+    // joins it needs, and it only counts joins ranked below `k`, all of them known by then).
+    let mut joins: FxHashMap<u64, u32> = FxHashMap::default();
+    joins.reserve(vocab.merges().len());
     for (r, &(l, right)) in vocab.merges().iter().enumerate() {
         let k = 256 + r as u32;
         let (l, right) = (number[l as usize], number[right as usize]);
         let known = |t: u32| t < k && splits[t as usize].0 != NONE;
+        let join = |x: u32, y: u32| {
+            joins
+                .get(&(u64::from(x) << 32 | u64::from(y)))
+                .map(|&c| (c, 0))
+        };
         let split = if known(l) && known(right) && stands(join, |t| splits[t as usize], l, right, k)
         {
             Some((l, right))
@@ -91,7 +95,10 @@ fn splits(vocab: &Vocab, ids: &[u32], bytes: &[&[u8]]) -> Option<Vec<(u32, u32)>
         };
         match split {
             Some((a, b)) if a >= k || b >= k => return None,
-            Some(split) => splits.push(split),
+            Some((a, b)) => {
+                splits.push((a, b));
+                joins.insert(u64::from(a) << 32 | u64::from(b), k);
+            }
             None => splits.push((NONE, NONE)),
         }
     }

@@ -168,7 +168,10 @@ impl Backtracks {
 
     /// Bytes of memory the tables hold.
     pub fn memory(&self) -> usize {
-        self.trie.memory() + 4 * self.ids.len() + std::mem::size_of::<Token>() * self.tokens.len()
+        self.trie.memory()
+            + 4 * self.ids.len()
+            + std::mem::size_of::<Token>() * self.tokens.len()
+            + self.pairs.memory()
     }
 }
 
