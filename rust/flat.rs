@@ -100,6 +100,11 @@ impl<K: FlatKey> FlatTable<K> {
         }
     }
 
+    /// Bytes of memory the table holds.
+    pub fn memory(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot<K>>() + self.filter.len() * 8
+    }
+
     /// How many keys the table holds.
     pub fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.rank != u32::MAX).count()

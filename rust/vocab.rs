@@ -8,6 +8,7 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::encode::Backtracks;
 use crate::error::{Error, Result};
 use crate::flat::FlatTable;
 use crate::shortkey::{FoldHasher, ShortKey};
@@ -53,6 +54,8 @@ pub struct Vocab {
     specials: Vec<(String, u32)>,
     /// Largest id + 1.
     n_vocab: u64,
+    /// The tables of backtracking BPE for long pieces (`None`: merge trees not rank-ordered).
+    backtracks: Option<Backtracks>,
 }
 
 impl Vocab {
@@ -147,7 +150,7 @@ impl Vocab {
         let ordinary = tokens.keys().copied().max();
         let special = specials.iter().map(|&(_, id)| id).max();
         let n_vocab = ordinary.max(special).map_or(0, |m| u64::from(m) + 1);
-        Ok(Vocab {
+        let mut vocab = Vocab {
             tokens,
             byte_ids,
             merged,
@@ -158,7 +161,10 @@ impl Vocab {
             merge_results,
             specials,
             n_vocab,
-        })
+            backtracks: None,
+        };
+        vocab.backtracks = Backtracks::build(&vocab);
+        Ok(vocab)
     }
 
     /// The canonical layout made by training: bytes 0..=255, merged tokens in merge order,
@@ -249,6 +255,13 @@ impl Vocab {
     /// The merges as pairs of ids, in rank order.
     pub fn merges(&self) -> &[(u32, u32)] {
         &self.merges
+    }
+
+    /// The tables of backtracking BPE, the encoder's merge for long pieces; `None` when the
+    /// merge trees are not rank-ordered (a token made from a later-ranked one, possible in a
+    /// vocabulary loaded from files), and long pieces then take the heap-based merge.
+    pub fn backtracks(&self) -> Option<&Backtracks> {
+        self.backtracks.as_ref()
     }
 
     /// The special tokens and their ids, in the order given.

@@ -8,7 +8,7 @@
 //!   in `bench_encode.py`), REPEAT times on one thread; MB/s of the best pass and of the first
 //!   (whose pretokens all miss the cache once).
 //! - `worst` (or `worst:CASE`): the worst cases of `bench_encode.py` (1 MB of text, one letter,
-//!   two letters, random Latin-1, random letters), each on a fresh thread so that no pretoken
+//!   two letters, random Latin-1, random letters, random lowercase), each on a fresh thread so that no pretoken
 //!   cache is carried over; time per byte against the text's.
 //! - `miss`: every distinct pretoken of TEXT encoded once (all cache misses), then again.
 //! - `scan`, `hash`, `table`: the scanner alone, plus each pretoken's key and hash, plus a load
@@ -160,6 +160,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "random_letters",
                 (0..n)
                     .map(|_| char::from(letters[(next() % 52) as usize]))
+                    .collect(),
+            ),
+            (
+                "random_lower",
+                (0..n)
+                    .map(|_| char::from(letters[(next() % 26) as usize]))
                     .collect(),
             ),
         ];

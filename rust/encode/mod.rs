@@ -1,13 +1,18 @@
 //! Applying a vocabulary's merges to text.
 //!
 //! Text is split on special tokens, pretokenized by the pattern's scanner, and each pretoken is
-//! looked up in a per-thread cache (`cache`) or merged by tiktoken's rank rule (`bpe`), so the
+//! looked up in a per-thread cache (`cache`) or merged by tiktoken's rank rule (`bpe`; long pieces
+//! by backtracking over the vocabulary's trie, `backtrack`), so the
 //! ids equal tiktoken's for the same ranks. Large texts and batches are encoded in parallel,
 //! cut at the same provably safe points as the trainer's chunks (`corpus::Cutter`).
 
+mod backtrack;
 mod bpe;
 mod cache;
 mod sink;
+mod trie;
+
+pub use backtrack::Backtracks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

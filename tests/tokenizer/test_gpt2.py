@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import string
 
 import pytest
 import tiktoken
@@ -81,4 +83,40 @@ def test_version_line_is_skipped(gpt2_files, tmp_path, ours):
 )
 def test_pathological_pieces(ours, theirs, text):
     """Very long pretokens take the bucketed long-piece merge; ids must still match."""
+    assert ours.encode(text) == theirs.encode(text, allowed_special="all")
+
+
+def _random_text(case: str, n: int) -> str:
+    rng = random.Random(f"{case}-{n}")
+    if case == "random-lowercase":
+        return "".join(rng.choices(string.ascii_lowercase, k=n))
+    if case == "random-letters":
+        return "".join(rng.choices(string.ascii_letters, k=n))
+    if case == "random-latin1":
+        return rng.randbytes(n).decode("latin-1")
+    if case == "random-ab":
+        return "".join(rng.choices("ab", k=n))
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("n", [49, 50, 200, 5_000, 200_000])
+@pytest.mark.parametrize(
+    "case", ["random-lowercase", "random-letters", "random-latin1", "random-ab"]
+)
+def test_long_random_pretokens(ours, theirs, case, n):
+    """Pretokens over 48 bytes take backtracking BPE: same ids as tiktoken on one huge word."""
+    text = _random_text(case, n)
+    assert ours.encode(text) == theirs.encode(text, allowed_special="all")
+
+
+@pytest.mark.parametrize("unit", ["a", "ab", "aab", "xyz", "é", "ab ", "0"])
+def test_long_runs(ours, theirs, unit):
+    """Runs of a short unit, across the short/backtracking boundary and far past it."""
+    for count in [1, 47, 48, 49, 50, 97, 1000, 100_003]:
+        text = unit * (count // len(unit) + 1)
+        assert ours.encode(text) == theirs.encode(text, allowed_special="all"), count
+
+
+@given(st.text(alphabet=st.sampled_from("aabcé"), min_size=49, max_size=3000))
+def test_long_words_over_small_alphabets(ours, theirs, text):
     assert ours.encode(text) == theirs.encode(text, allowed_special="all")
