@@ -29,7 +29,14 @@ Design choices and defaults:
   selection only).
 * **Router-dependent defaults** (``None`` resolves on construction, and the resolved value is
   what is saved): ``token_choice`` balances with the Switch loss at 0.01; ``sigmoid`` follows
-  DeepSeek-V3 (bias rate 0.001, sequence-wise loss 1e-4, no other loss); the others use none.
+  DeepSeek-V3 (sequence-wise loss 1e-4, no other loss) except for the bias rate, 0.01 rather
+  than its 0.001; the others use none. Both routers collapse at initialisation (every token on
+  the same ``k`` experts within ~25 steps: the router input is soon dominated by one direction
+  shared by every position), and the bias rate sets how fast the load recovers. At the
+  ``gpt2-124M`` shape with 64 experts top-8 (``benches/bench_moe.py``, one H200) the worst
+  layer's max/mean load was 1.9 after 100 steps at γ = 0.01 against 2.35 after 400 at 0.001,
+  with an equal or lower loss (``benches/NOTES-model.md``); DeepSeek-V3's rate suits runs of
+  hundreds of thousands of steps.
   ``normalize_gates`` defaults to ``top_k > 1`` (with one expert a normalised gate is always 1
   and the router would get no gradient from the LM loss).
 * **Capacity**: ``capacity_factor=None`` is dropless (MegaBlocks, Gale et al. 2023); a number
@@ -79,7 +86,7 @@ class MoEConfig:
         seq_aux_loss_weight: DeepSeek-V3 sequence-wise balance loss; ``None``: 1e-4 for
             ``sigmoid``, else 0.
         z_loss_weight: router z-loss weight.
-        bias_update_rate: γ of auxiliary-loss-free balancing (0 disables it); ``None``: 0.001
+        bias_update_rate: γ of auxiliary-loss-free balancing (0 disables it); ``None``: 0.01
             for ``sigmoid``, else 0.
         router_init_std: std of the router weight's truncated-normal init; ``None`` means the
             model's ``init_std``.
@@ -145,7 +152,7 @@ class MoEConfig:
         resolved = {
             "aux_loss_weight": 0.01 if self.router == "token_choice" else 0.0,
             "seq_aux_loss_weight": 1e-4 if self.router == "sigmoid" else 0.0,
-            "bias_update_rate": 1e-3 if self.router == "sigmoid" else 0.0,
+            "bias_update_rate": 1e-2 if self.router == "sigmoid" else 0.0,
             "normalize_gates": self.top_k > 1,
             "capacity_factor": 1.0 if self.router == "expert_choice" else None,
         }
