@@ -63,7 +63,7 @@ def test_layer_placement() -> None:
 
 def test_model_config_round_trip() -> None:
     cfg = ModelConfig(**BASE, moe={"n_routed_experts": 4, "router": "sigmoid"})
-    assert isinstance(cfg.moe, MoEConfig) and cfg.moe.bias_update_rate == 1e-3
+    assert isinstance(cfg.moe, MoEConfig) and cfg.moe.bias_update_rate == 1e-2
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert ModelConfig.from_dict({**BASE}).moe is None  # configs saved before MoE still load
     with pytest.raises(ValueError, match="moe must be an MoEConfig"):
