@@ -11,9 +11,7 @@ use rustc_hash::FxHashMap;
 use crate::encode::Backtracks;
 use crate::error::{Error, Result};
 use crate::flat::FlatTable;
-use crate::shortkey::{FoldHasher, ShortKey};
-
-type ShortMap = hashbrown::HashMap<ShortKey, (u32, u32), std::hash::BuildHasherDefault<FoldHasher>>;
+use crate::shortkey::ShortKey;
 
 /// (rank, id) of each two-byte merged token; `NO_PAIR` where two bytes form no token.
 #[derive(Clone)]
@@ -39,8 +37,9 @@ pub struct Vocab {
     merged: FxHashMap<Vec<u8>, (u32, u32)>,
     /// The same for the two-byte tokens, indexed by `first << 8 | second`,
     pairs: PairTable,
-    /// and for those of 3 to 15 bytes, keyed inline (no pointer to chase on a lookup).
-    short: ShortMap,
+    /// and for those of 3 to 15 bytes, keyed inline (no pointer to chase on a lookup). Its
+    /// filter answers most pieces that are not tokens (random text's) from the L2 cache.
+    short: FlatTable<ShortKey>,
     /// The same by the ids of any two tokens whose bytes concatenate to the merged token (every
     /// such split, not only the merge that made it), keyed `a << 32 | b`. BPE only ever joins
     /// two parts that are tokens, so the encoder looks joins up by the parts' ids, with no key
@@ -95,7 +94,7 @@ impl Vocab {
         let mut merged = FxHashMap::default();
         merged.reserve(merges.len());
         let mut pairs = PairTable(vec![NO_PAIR; 1 << 16].into_boxed_slice());
-        let mut short = ShortMap::default();
+        let mut short = Vec::new();
         let mut merge_ids = Vec::with_capacity(merges.len());
         let mut merge_results = Vec::with_capacity(merges.len());
         for (rank, (left, right)) in merges.iter().enumerate() {
@@ -114,7 +113,7 @@ impl Vocab {
             if let [a, b] = joined[..] {
                 pairs.0[usize::from(a) << 8 | usize::from(b)] = (rank, id);
             } else if let Some(key) = ShortKey::new(&joined, 0, joined.len()) {
-                short.insert(key, (rank, id));
+                short.push((key, rank, id));
             }
             if let Some((first, _)) = merged.insert(joined, (rank, id)) {
                 return bad(format!(
@@ -147,6 +146,7 @@ impl Vocab {
             }
         }
         let joins = FlatTable::new(splits.into_iter(), true);
+        let short = FlatTable::new(short.into_iter(), true);
         let ordinary = tokens.keys().copied().max();
         let special = specials.iter().map(|&(_, id)| id).max();
         let n_vocab = ordinary.max(special).map_or(0, |m| u64::from(m) + 1);
@@ -227,7 +227,7 @@ impl Vocab {
             return self.merged_pair(text[start], text[start + 1]);
         }
         match ShortKey::new(text, start, end) {
-            Some(key) => self.short.get(&key).copied(),
+            Some(key) => self.short.get(key),
             None => self.merged.get(&text[start..end]).copied(),
         }
     }
