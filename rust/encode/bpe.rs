@@ -31,6 +31,10 @@ use crate::vocab::Vocab;
 /// ns/byte at 48; 52 against 35 at 64).
 const SHORT: usize = 48;
 
+/// Pieces up to this many bytes (most pieces of random text) use the direct loop on arrays
+/// of this size: a piece's fixed cost is then not setting 48-element arrays.
+const TINY: usize = 8;
+
 /// Appends the token ids of `piece` to `out`.
 pub fn merge_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
     match piece {
@@ -41,8 +45,10 @@ pub fn merge_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
                 out.push(id);
                 return;
             }
-            if piece.len() <= SHORT {
-                merge_short(vocab, piece, out);
+            if piece.len() <= TINY {
+                merge_short::<TINY>(vocab, piece, out);
+            } else if piece.len() <= SHORT {
+                merge_short::<SHORT>(vocab, piece, out);
             } else if !vocab
                 .backtracks()
                 .is_some_and(|tables| tables.encode(piece, out))
@@ -56,11 +62,11 @@ pub fn merge_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
 /// The direct loop, on the stack: `ids[i]` are the parts' token ids, `ranks[i]` and
 /// `joined[i]` the rank and id of joining parts `i` and `i + 1` (`u32::MAX`: they form no token).
 /// Joins are looked up by the parts' ids (`Vocab::joined`), one probe of one table each.
-fn merge_short(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
-    let mut ids = [0u32; SHORT];
-    let mut ranks = [u32::MAX; SHORT];
-    let mut joined = [u32::MAX; SHORT];
-    let mut parts = piece.len().min(SHORT);
+fn merge_short<const N: usize>(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) {
+    let mut ids = [0u32; N];
+    let mut ranks = [u32::MAX; N];
+    let mut joined = [u32::MAX; N];
+    let mut parts = piece.len().min(N);
     for (i, &b) in piece.iter().take(parts).enumerate() {
         ids[i] = vocab.byte_id(b);
     }
@@ -387,9 +393,14 @@ mod tests {
                 let mut long = Vec::new();
                 merge_long(&v, &piece, &mut long);
                 assert_eq!(long, expected, "{:?}", String::from_utf8_lossy(&piece));
+                if len <= TINY {
+                    let mut tiny = Vec::new();
+                    merge_short::<TINY>(&v, &piece, &mut tiny);
+                    assert_eq!(tiny, expected, "{:?}", String::from_utf8_lossy(&piece));
+                }
                 if len <= SHORT {
                     let mut short = Vec::new();
-                    merge_short(&v, &piece, &mut short);
+                    merge_short::<SHORT>(&v, &piece, &mut short);
                     assert_eq!(short, expected, "{:?}", String::from_utf8_lossy(&piece));
                 }
             }
