@@ -77,8 +77,11 @@ fn merge_short<const N: usize>(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) 
     }
     let join = |a: u32, b: u32| vocab.joined(a, b).unwrap_or((u32::MAX, u32::MAX));
     loop {
+        // Slots from `parts - 1` on hold no join, so a tiny piece scans and shifts its whole
+        // arrays: fixed-length loops, where `copy_within` was three `memmove` calls a merge.
+        let scan = if N <= TINY { N } else { parts };
         let (mut best, mut r) = (0, u32::MAX);
-        for (i, &candidate) in ranks[..parts].iter().enumerate() {
+        for (i, &candidate) in ranks[..scan].iter().enumerate() {
             if candidate < r {
                 (best, r) = (i, candidate);
             }
@@ -88,9 +91,19 @@ fn merge_short<const N: usize>(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) 
         }
         // Join parts `best` and `best + 1`.
         ids[best] = joined[best];
-        ids.copy_within(best + 2..parts, best + 1);
-        ranks.copy_within(best + 2..parts, best + 1);
-        joined.copy_within(best + 2..parts, best + 1);
+        if N <= TINY {
+            for j in 1..N - 1 {
+                if j > best {
+                    ids[j] = ids[j + 1];
+                    ranks[j] = ranks[j + 1];
+                    joined[j] = joined[j + 1];
+                }
+            }
+        } else {
+            ids.copy_within(best + 2..parts, best + 1);
+            ranks.copy_within(best + 2..parts, best + 1);
+            joined.copy_within(best + 2..parts, best + 1);
+        }
         parts -= 1;
         (ranks[best], joined[best]) = if best + 1 < parts {
             join(ids[best], ids[best + 1])
@@ -101,7 +114,15 @@ fn merge_short<const N: usize>(vocab: &Vocab, piece: &[u8], out: &mut Vec<u32>) 
             (ranks[best - 1], joined[best - 1]) = join(ids[best - 1], ids[best]);
         }
     }
-    out.extend_from_slice(&ids[..parts]);
+    if N <= TINY {
+        // Element by element: a call to `memcpy` costs more than a few stores.
+        out.reserve(N);
+        for &id in &ids[..parts] {
+            out.push(id);
+        }
+    } else {
+        out.extend_from_slice(&ids[..parts]);
+    }
 }
 
 /// Candidate joins of one rank: start offsets of their left parts. `items[read..]` are pending;
