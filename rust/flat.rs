@@ -2,9 +2,8 @@
 //!
 //! A slot holds the key and the value together and probing is linear from the key's home slot,
 //! at most half the slots full: a lookup is nearly always one cache line, and a key is one
-//! multiply to hash. It holds the joins and the 3..15-byte tokens (keyed by `ShortKey`; hashbrown
-//! was as fast on text, but on random text, where nearly every piece is no token, the filter
-//! answers without touching the table).
+//! multiply to hash. (For the 3..15-byte tokens keyed by `ShortKey`, hashbrown measured as fast:
+//! its control bytes are small enough to stay cached; this table is used for the joins.)
 //!
 //! A table may also keep a bitmap of its keys' hashes (`with_filter`), small enough to stay in
 //! the core's L2 cache: lookups that find nothing, most of them when BPE tries every pair of

@@ -11,7 +11,9 @@ use rustc_hash::FxHashMap;
 use crate::encode::Backtracks;
 use crate::error::{Error, Result};
 use crate::flat::FlatTable;
-use crate::shortkey::ShortKey;
+use crate::shortkey::{FoldHasher, ShortKey};
+
+type ShortMap = hashbrown::HashMap<ShortKey, (u32, u32), std::hash::BuildHasherDefault<FoldHasher>>;
 
 /// (rank, id) of each two-byte merged token; `NO_PAIR` where two bytes form no token.
 #[derive(Clone)]
@@ -37,9 +39,8 @@ pub struct Vocab {
     merged: FxHashMap<Vec<u8>, (u32, u32)>,
     /// The same for the two-byte tokens, indexed by `first << 8 | second`,
     pairs: PairTable,
-    /// and for those of 3 to 15 bytes, keyed inline (no pointer to chase on a lookup). Its
-    /// filter answers most pieces that are not tokens (random text's) from the L2 cache.
-    short: FlatTable<ShortKey>,
+    /// and for those of 3 to 15 bytes, keyed inline (no pointer to chase on a lookup).
+    short: ShortMap,
     /// The same by the ids of any two tokens whose bytes concatenate to the merged token (every
     /// such split, not only the merge that made it), keyed `a << 32 | b`. BPE only ever joins
     /// two parts that are tokens, so the encoder looks joins up by the parts' ids, with no key
@@ -94,7 +95,7 @@ impl Vocab {
         let mut merged = FxHashMap::default();
         merged.reserve(merges.len());
         let mut pairs = PairTable(vec![NO_PAIR; 1 << 16].into_boxed_slice());
-        let mut short = Vec::new();
+        let mut short = ShortMap::default();
         let mut merge_ids = Vec::with_capacity(merges.len());
         let mut merge_results = Vec::with_capacity(merges.len());
         for (rank, (left, right)) in merges.iter().enumerate() {
@@ -113,7 +114,7 @@ impl Vocab {
             if let [a, b] = joined[..] {
                 pairs.0[usize::from(a) << 8 | usize::from(b)] = (rank, id);
             } else if let Some(key) = ShortKey::new(&joined, 0, joined.len()) {
-                short.push((key, rank, id));
+                short.insert(key, (rank, id));
             }
             if let Some((first, _)) = merged.insert(joined, (rank, id)) {
                 return bad(format!(
@@ -146,7 +147,6 @@ impl Vocab {
             }
         }
         let joins = FlatTable::new(splits.into_iter(), true);
-        let short = FlatTable::new(short.into_iter(), true);
         let ordinary = tokens.keys().copied().max();
         let special = specials.iter().map(|&(_, id)| id).max();
         let n_vocab = ordinary.max(special).map_or(0, |m| u64::from(m) + 1);
@@ -227,7 +227,7 @@ impl Vocab {
             return self.merged_pair(text[start], text[start + 1]);
         }
         match ShortKey::new(text, start, end) {
-            Some(key) => self.short.get(key),
+            Some(key) => self.short.get(&key).copied(),
             None => self.merged.get(&text[start..end]).copied(),
         }
     }
