@@ -35,13 +35,46 @@ pub struct FlatTable<K> {
     slots: Box<[Slot<K>]>,
     /// 64 minus log2 of the number of slots.
     shift: u32,
-    /// Bit `h` is set when some key's hash has bits 24..44 equal to `h` (the home slot takes
-    /// the top bits, and no table has 2^20 slots). Empty: no filter.
-    filter: Box<[u64]>,
+    filter: Filter,
 }
 
 /// Size of a filter in bits (128 KiB).
 const FILTER_BITS: usize = 1 << 20;
+
+/// A bitmap of 64-bit hashes: bit `h` is set when some key's hash has bits 24..44 equal to `h`
+/// (a flat table's home slot takes the top bits, and no table has 2^20 slots). Empty: it
+/// filters nothing out.
+#[derive(Clone, Default)]
+pub struct Filter(Box<[u64]>);
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Filter({} bits)", self.0.len() * 64)
+    }
+}
+
+impl Filter {
+    /// The filter of `hashes`.
+    pub fn new(hashes: impl Iterator<Item = u64>) -> Self {
+        let mut words = vec![0u64; FILTER_BITS / 64].into_boxed_slice();
+        for h in hashes {
+            words[filter_bit(h) / 64] |= 1 << (filter_bit(h) % 64);
+        }
+        Filter(words)
+    }
+
+    /// False when no key has hash `h`.
+    #[inline(always)]
+    pub fn may_hold(&self, h: u64) -> bool {
+        self.0
+            .get(filter_bit(h) / 64)
+            .map_or(true, |&word| word >> (filter_bit(h) % 64) & 1 == 1)
+    }
+
+    fn memory(&self) -> usize {
+        self.0.len() * 8
+    }
+}
 
 impl<K: FlatKey> FlatTable<K> {
     /// The table of `entries` (`(key, rank, id)`, ranks below `u32::MAX`; a repeated key keeps
@@ -56,23 +89,26 @@ impl<K: FlatKey> FlatTable<K> {
             rank: u32::MAX,
             id: u32::MAX,
         };
-        let filter_words = if with_filter { FILTER_BITS / 64 } else { 0 };
         let mut table = FlatTable {
             slots: vec![empty; 1 << bits].into_boxed_slice(),
             shift: 64 - bits,
-            filter: vec![0; filter_words].into_boxed_slice(),
+            filter: Filter::default(),
         };
         let mask = table.slots.len() - 1;
+        let mut hashes = Vec::with_capacity(if with_filter { entries.len() } else { 0 });
         for (key, rank, id) in entries {
             let h = key.hash();
-            if let Some(word) = table.filter.get_mut(filter_bit(h) / 64) {
-                *word |= 1 << (filter_bit(h) % 64);
+            if with_filter {
+                hashes.push(h);
             }
             let mut i = (h >> table.shift) as usize;
             while table.slots[i].rank != u32::MAX && table.slots[i].key != key {
                 i = (i + 1) & mask;
             }
             table.slots[i] = Slot { key, rank, id };
+        }
+        if with_filter {
+            table.filter = Filter::new(hashes.into_iter());
         }
         table
     }
@@ -81,10 +117,8 @@ impl<K: FlatKey> FlatTable<K> {
     #[inline(always)]
     pub fn get(&self, key: K) -> Option<(u32, u32)> {
         let h = key.hash();
-        if let Some(&word) = self.filter.get(filter_bit(h) / 64) {
-            if word >> (filter_bit(h) % 64) & 1 == 0 {
-                return None;
-            }
+        if !self.filter.may_hold(h) {
+            return None;
         }
         let mask = self.slots.len() - 1;
         let mut i = (h >> self.shift) as usize;
@@ -102,7 +136,7 @@ impl<K: FlatKey> FlatTable<K> {
 
     /// Bytes of memory the table holds.
     pub fn memory(&self) -> usize {
-        self.slots.len() * std::mem::size_of::<Slot<K>>() + self.filter.len() * 8
+        self.slots.len() * std::mem::size_of::<Slot<K>>() + self.filter.memory()
     }
 
     /// How many keys the table holds.

@@ -8,7 +8,7 @@
 /// A pretoken of at most 15 bytes, stored inline with its length in the last byte: hashing and
 /// comparing it is two machine words, with no pointer to chase and no `memcmp` call. Nearly all
 /// pretokens of natural text are this short; longer ones go to a map of boxed bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ShortKey(pub u128);
 
 impl ShortKey {
@@ -60,6 +60,16 @@ fn tail_word(bytes: &[u8]) -> u128 {
     let mut block = [0u8; 16];
     block[..bytes.len()].copy_from_slice(bytes);
     u128::from_le_bytes(block)
+}
+
+impl crate::flat::FlatKey for ShortKey {
+    /// The same hash as `slot`'s and hashbrown's (`FoldHasher`).
+    #[inline(always)]
+    fn hash(self) -> u64 {
+        let mut h = FoldHasher::default();
+        std::hash::Hasher::write_u128(&mut h, self.0);
+        std::hash::Hasher::finish(&h)
+    }
 }
 
 impl std::hash::Hash for ShortKey {

@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 
 use crate::encode::Backtracks;
 use crate::error::{Error, Result};
-use crate::flat::FlatTable;
+use crate::flat::{Filter, FlatKey, FlatTable};
 use crate::shortkey::{FoldHasher, ShortKey};
 
 type ShortMap = hashbrown::HashMap<ShortKey, (u32, u32), std::hash::BuildHasherDefault<FoldHasher>>;
@@ -41,6 +41,10 @@ pub struct Vocab {
     pairs: PairTable,
     /// and for those of 3 to 15 bytes, keyed inline (no pointer to chase on a lookup).
     short: ShortMap,
+    /// A filter of their keys' hashes, small enough to stay in the L2 cache: the pieces of random
+    /// text, nearly none of them a token, are turned away without a probe of the map (on text,
+    /// where most pieces looked up are tokens, the map is the faster table when cold).
+    short_filter: Filter,
     /// The same by the ids of any two tokens whose bytes concatenate to the merged token (every
     /// such split, not only the merge that made it), keyed `a << 32 | b`. BPE only ever joins
     /// two parts that are tokens, so the encoder looks joins up by the parts' ids, with no key
@@ -147,6 +151,7 @@ impl Vocab {
             }
         }
         let joins = FlatTable::new(splits.into_iter(), true);
+        let short_filter = Filter::new(short.keys().map(|&key| key.hash()));
         let ordinary = tokens.keys().copied().max();
         let special = specials.iter().map(|&(_, id)| id).max();
         let n_vocab = ordinary.max(special).map_or(0, |m| u64::from(m) + 1);
@@ -156,6 +161,7 @@ impl Vocab {
             merged,
             pairs,
             short,
+            short_filter,
             joins,
             merges: merge_ids,
             merge_results,
@@ -227,7 +233,8 @@ impl Vocab {
             return self.merged_pair(text[start], text[start + 1]);
         }
         match ShortKey::new(text, start, end) {
-            Some(key) => self.short.get(&key).copied(),
+            Some(key) if self.short_filter.may_hold(key.hash()) => self.short.get(&key).copied(),
+            Some(_) => None,
             None => self.merged.get(&text[start..end]).copied(),
         }
     }
