@@ -2,12 +2,13 @@
 //!
 //! A slot holds the key and the value together and probing is linear from the key's home slot,
 //! at most half the slots full: a lookup is nearly always one cache line, and a key is one
-//! multiply to hash. (For the 3..15-byte tokens keyed by `ShortKey`, hashbrown measured as fast:
-//! its control bytes are small enough to stay cached; this table is used for the joins.)
+//! multiply to hash. (For the 3..15-byte tokens keyed by `ShortKey`, hashbrown measured faster on
+//! cold text, where most pieces looked up are tokens; this table is used for the joins.)
 //!
-//! A table may also keep a bitmap of its keys' hashes (`with_filter`), small enough to stay in
-//! the core's L2 cache: lookups that find nothing, most of them when BPE tries every pair of
-//! neighbours, are then answered without touching the table.
+//! A table may also keep a bitmap of its keys' hashes (`Filter`, `with_filter`), small enough
+//! to stay in the core's L2 cache: lookups that find nothing, most of them when BPE tries every
+//! pair of neighbours, are then answered without touching the table. The vocabulary puts one in
+//! front of its hashbrown map too, for the pieces of random text, nearly none of them a token.
 
 /// A key of a flat table: hashed to 64 bits whose top bits pick the home slot.
 pub trait FlatKey: Copy + Eq + Default {
