@@ -203,24 +203,22 @@ impl Trie {
         (trie, prefixes)
     }
 
-    /// The child of cell `s` along `byte`, if there is one.
-    #[inline(always)]
-    fn child(&self, s: usize, byte: u8) -> Option<(usize, Cell)> {
-        let t = self.cells[s].base as usize + usize::from(byte);
-        let cell = *self.cells.get(t)?;
-        (cell.check as usize == s && t != 0).then_some((t, cell))
-    }
-
     /// `(value, length)` of the longest string in the trie that is a prefix of `text`.
     #[inline]
     pub fn longest_prefix(&self, text: &[u8]) -> Option<(u32, usize)> {
         let mut best = None;
         let mut s = 0;
+        // The base of `s`, carried from the step that reached it rather than read again.
+        let mut base = self.cells.first().map_or(0, |root| root.base as usize);
         for (i, &byte) in text.iter().enumerate() {
-            let Some((t, cell)) = self.child(s, byte) else {
+            let t = base + usize::from(byte);
+            let Some(&cell) = self.cells.get(t) else {
                 break;
             };
-            s = t;
+            if cell.check as usize != s || t == 0 {
+                break;
+            }
+            (s, base) = (t, cell.base as usize);
             if cell.value != NONE {
                 best = Some((cell.value, i + 1));
             }
