@@ -107,13 +107,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     main_rank = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun, rank 0 speaks
     if not main_rank:
         logging.getLogger().setLevel(logging.WARNING)
+    finished = False
     try:
         result = Trainer(config, resume=args.resume).fit()
+        finished = True
     except TrainingError as err:
         print(f"lmforge: training stopped: {err}", file=sys.stderr)
         return 1
     finally:
-        teardown()
+        teardown(wait=finished)
     if main_rank:
         _print_train_result(result)
     return 0

@@ -128,9 +128,17 @@ def setup(device: str = "auto") -> DistContext:
     return DistContext(rank, world, local_rank, dev, rank == 0)
 
 
-def teardown() -> None:
-    """Leave the process group, if this process joined one."""
+def teardown(*, wait: bool = False) -> None:
+    """Leave the process group, if this process joined one.
+
+    Args:
+        wait: first wait for every rank to arrive here (after a run that ended normally), so no
+            rank tears down its connections while a peer still uses them — gloo aborted a rank
+            at exit now and then without it. Not after an error: a dead peer never arrives.
+    """
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
