@@ -96,12 +96,8 @@ impl<K: FlatKey> FlatTable<K> {
             filter: Filter::default(),
         };
         let mask = table.slots.len() - 1;
-        let mut hashes = Vec::with_capacity(if with_filter { entries.len() } else { 0 });
         for (key, rank, id) in entries {
             let h = key.hash();
-            if with_filter {
-                hashes.push(h);
-            }
             let mut i = (h >> table.shift) as usize;
             while table.slots[i].rank != u32::MAX && table.slots[i].key != key {
                 i = (i + 1) & mask;
@@ -109,7 +105,8 @@ impl<K: FlatKey> FlatTable<K> {
             table.slots[i] = Slot { key, rank, id };
         }
         if with_filter {
-            table.filter = Filter::new(hashes.into_iter());
+            let keys = table.slots.iter().filter(|s| s.rank != u32::MAX);
+            table.filter = Filter::new(keys.map(|s| s.key.hash()));
         }
         table
     }
