@@ -12,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod flat;
 pub mod format;
+pub mod hugepages;
 pub mod parallel;
 pub mod prefetch;
 pub mod pretokenize;

@@ -437,20 +437,21 @@ impl CoreTokenizer {
         num_threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyByteArray>> {
         let pool = thread_pool(num_threads).map_err(to_py_err)?;
-        let parts = py
+        let encoded = py
             .detach(|| {
                 pool.install(|| {
                     let allowed = allowed_of(&allowed);
-                    self.inner
-                        .encode_parallel(text, allowed, &disallowed, |ids| ids)
+                    self.inner.encode_parallel(text, allowed, &disallowed)
                 })
             })
             .map_err(to_py_err)?;
-        let total: usize = parts.iter().map(Vec::len).sum();
+        let parts = encoded.parts();
+        let total = encoded.len();
         let out = uninit_bytearray(py, total * 4)?;
         // The new bytearray is not visible to Python yet, so the pool may fill it without the
         // GIL, each part into its own range; its pages are first touched here, in parallel.
         let base = out.data() as usize;
+        crate::hugepages::advise(out.data(), total * 4);
         let mut offsets = Vec::with_capacity(parts.len());
         let mut at = 0;
         for part in &parts {
@@ -469,7 +470,7 @@ impl CoreTokenizer {
                             ids.len(),
                         )
                     };
-                    for (d, id) in dst.iter_mut().zip(ids) {
+                    for (d, id) in dst.iter_mut().zip(ids.iter()) {
                         d.write(id.to_le_bytes());
                     }
                 })

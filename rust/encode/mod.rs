@@ -8,6 +8,7 @@
 
 mod backtrack;
 mod bpe;
+mod buffers;
 mod cache;
 mod sink;
 mod trie;
@@ -15,6 +16,7 @@ mod trie;
 pub use backtrack::Backtracks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
@@ -155,25 +157,48 @@ impl Tokenizer {
     }
 
     /// Encodes `text` on the current rayon pool: cut at safe points into pieces (sized by
-    /// `piece_bytes` for the pool), encoded in parallel. Returns the pieces' ids, in order; `map`
-    /// turns each piece's ids into the caller's form on the same thread.
-    pub fn encode_parallel<T: Send>(
+    /// `piece_bytes` for the pool) and encoded in parallel, each thread appending its pieces'
+    /// ids to one buffer (taken from, and given back to, the buffers kept between calls).
+    pub fn encode_parallel(
         &self,
         text: &str,
         allowed: Allowed<'_>,
         disallowed: &[String],
-        map: impl Fn(Vec<u32>) -> T + Sync,
-    ) -> Result<Vec<T>> {
+    ) -> Result<Encoded> {
         self.check_disallowed(text, disallowed)?;
-        let chunk = piece_bytes(text.len(), rayon::current_num_threads());
-        self.cut_into(text, chunk)
+        let threads = rayon::current_num_threads().max(1);
+        let pieces = self.cut_into(text, piece_bytes(text.len(), threads));
+        let slots: Vec<Mutex<Vec<u32>>> = buffers::take(threads.min(pieces.len()).max(1))
+            .into_iter()
+            .map(Mutex::new)
+            .collect();
+        let spans = pieces
             .par_iter()
             .map(|piece| {
-                let mut out = Vec::with_capacity(piece.len() / 3 + 1);
-                self.encode_with(piece, allowed, &[], &mut out)?;
-                Ok(map(out))
+                // Each pool thread has its own slot, so the lock is never contended (and no
+                // rayon work runs while it is held).
+                let buffer = rayon::current_thread_index().unwrap_or(0) % slots.len();
+                let mut ids = slots[buffer].lock().unwrap_or_else(PoisonError::into_inner);
+                let start = ids.len();
+                ids.reserve(piece.len() / 3 + 1);
+                self.encode_with(piece, allowed, &[], &mut ids)?;
+                Ok(Span {
+                    buffer,
+                    start,
+                    end: ids.len(),
+                })
             })
-            .collect()
+            .collect::<Result<Vec<Span>>>();
+        let mut encoded = Encoded {
+            buffers: slots
+                .into_iter()
+                .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+                .collect(),
+            spans: Vec::new(),
+        };
+        // On an error the buffers still go back, when `encoded` is dropped.
+        encoded.spans = spans?;
+        Ok(encoded)
     }
 
     /// Splits `text` into consecutive pieces of about `chunk` bytes that encode independently.
@@ -231,6 +256,50 @@ pub fn piece_bytes(len: usize, threads: usize) -> usize {
     const MIN_PIECE: usize = 64 << 10;
     const MAX_PIECE: usize = 1 << 20;
     (len / (threads.max(1) * PIECES_PER_THREAD)).clamp(MIN_PIECE, MAX_PIECE)
+}
+
+/// The ids of a parallel encode: pieces in the text's order, each a range of one thread's
+/// buffer. The buffers go back to be reused when this is dropped.
+pub struct Encoded {
+    buffers: Vec<Vec<u32>>,
+    spans: Vec<Span>,
+}
+
+/// Where one piece's ids are: `buffers[buffer][start..end]`.
+struct Span {
+    buffer: usize,
+    start: usize,
+    end: usize,
+}
+
+impl Encoded {
+    /// The pieces' ids, in order.
+    pub fn parts(&self) -> Vec<&[u32]> {
+        self.spans
+            .iter()
+            .map(|s| &self.buffers[s.buffer][s.start..s.end])
+            .collect()
+    }
+
+    /// The number of ids.
+    pub fn len(&self) -> usize {
+        self.spans.iter().map(|s| s.end - s.start).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All ids in one vector.
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.parts().concat()
+    }
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        buffers::give_back(std::mem::take(&mut self.buffers));
+    }
 }
 
 /// Encodes a stream of text pieces as if they were one string, holding only the unfinished tail.
@@ -304,6 +373,37 @@ mod tests {
         let text = "baab".repeat(40);
         // Per "baab": "" at b, "aa", "" at b (and one "" at the very end).
         assert_eq!(t.encode(&text), vec![256; 40]);
+    }
+
+    /// Pieces encoded on several threads into reused buffers give the serial ids, in order,
+    /// call after call, also from two callers at once.
+    #[test]
+    fn parallel_equals_serial() {
+        let t = tiny();
+        let text: String = (0..120_000)
+            .map(|i| ["abc ", "ab<|e|>", "cab  ", "x\n", "abcabc "][i % 5])
+            .collect();
+        let want = t.encode(&text);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..3 {
+                        let got = pool
+                            .install(|| t.encode_parallel(&text, Allowed::All, &[]))
+                            .unwrap_or_else(|e| panic!("{e}"));
+                        assert!(got.parts().len() > 3);
+                        assert_eq!(got.len(), want.len());
+                        assert_eq!(got.to_vec(), want);
+                    }
+                });
+            }
+        });
+        let err = pool.install(|| t.encode_parallel(&text, Allowed::All, &["<|e|>".into()]));
+        assert!(err.is_err());
     }
 
     #[test]
