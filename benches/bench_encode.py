@@ -18,9 +18,12 @@ fresh child processes (this script re-invoked with ``--child``), so thread setti
 read at import (``RAYON_NUM_THREADS``) apply and peak RSS is one process's own:
 
 1. single thread: one encode call per document for each library (``LMFORGE_NUM_THREADS=1``,
-   ``RAYON_NUM_THREADS=1``; tiktoken's ``encode`` is single-threaded), in MB/s of UTF-8 text.
+   ``RAYON_NUM_THREADS=1``; tiktoken's ``encode`` is single-threaded), in MB/s of UTF-8 text;
+   then the whole text in one ``encode_to_numpy`` call (lmforge's and tiktoken's), where no
+   Python int is built (the "speed-up" of these two rows is against lmforge's array).
 2. thread scaling: ``encode_batch`` over all documents at each of ``--threads-list``, one child per
-   thread count; MB/s and efficiency = rate(t) / (t * rate(1)).
+   thread count; MB/s and efficiency = rate(t) / (t * rate(1)). Beside it, the machine's ceiling:
+   ``t`` independent single-threaded processes encoding their own 8 MB slices at once.
 3. worst case: 1 MB of ``"a"``, of ``"ab"``, of random bytes read as Latin-1, and one 1 MB word of
    random ASCII letters, beside 1 MB of the text, each timed on its first call in a fresh child
    per library and case (no pretoken cache carried over), killed after ``--worst-timeout`` seconds
@@ -297,6 +300,41 @@ def child_single(spec: dict) -> dict:
             r |= {"checked_against": ref_lib, **count_mismatches(ref, ids)}
         results[lib] = r
         del ids
+    results |= whole_text_arrays(spec, docs, n_bytes)
+    return results
+
+
+def whole_text_arrays(spec: dict, docs: list[str], n_bytes: int) -> dict:
+    """The whole text in one call into a NumPy array (no Python ints), on one thread, for each
+    library that has such a call (``encode_to_numpy``: lmforge's and tiktoken's); best of 3."""
+    import numpy as np
+
+    text = "".join(docs)
+    results: dict[str, Any] = {}
+    ref = None
+    for lib in ("tiktoken", "lmforge"):
+        if lib not in spec["libs"]:
+            continue
+        if lib == "lmforge":
+            tok = load_lmforge(spec)
+            if not hasattr(tok, "encode_to_numpy"):
+                continue
+            encode = lambda t, tok=tok: tok.encode_to_numpy(t, num_threads=1)  # noqa: E731
+        else:
+            enc = build_tiktoken(spec)
+            if not hasattr(enc, "encode_to_numpy"):
+                continue
+            encode = lambda t, enc=enc: enc.encode_to_numpy(t, allowed_special="all")  # noqa: E731
+        encode(text[: 1 << 20])
+        seconds, ids = timed(lambda encode=encode: encode(text), repeat=3)
+        r: dict[str, Any] = {"seconds": seconds, "mb_per_s": n_bytes / 1e6 / seconds}
+        r["tokens"] = int(ids.size)
+        if ref is None:
+            ref = ids
+        else:
+            same = ids.size == ref.size and bool(np.array_equal(ids, ref))
+            r |= {"checked_against": "tiktoken-numpy", "mismatched_docs": int(not same)}
+        results[f"{lib}-numpy"] = r
     return results
 
 
@@ -344,6 +382,30 @@ def numpy_scaling(spec: dict, docs: list[str], n_bytes: int, threads: int, ref: 
             "mismatched_docs": int(not np.array_equal(flat, ids)),
         }
     return r
+
+
+def child_solo(spec: dict) -> dict:
+    """One of ``t`` processes started together, each encoding its own slice of the text on one
+    thread (``encode_to_numpy``, three passes from ``start_at``): with nothing shared between
+    them, ``t`` of these bound what ``t`` threads of one process can reach on this machine (cores
+    shared with hyper-threads, lower clocks with more cores busy, memory bandwidth)."""
+    tok = load_lmforge(spec)
+    with open(spec["text_path"], encoding="utf-8") as f:
+        f.seek(0)
+        text = f.read()
+    size = spec["slice_chars"]
+    k = spec["index"] % max(1, len(text) // size)
+    part = text[k * size : (k + 1) * size]
+    del text
+    n_bytes = len(part.encode("utf-8"))
+    tok.encode_to_numpy(part, num_threads=1)
+    time.sleep(max(0.0, spec["start_at"] - time.time()))
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        tok.encode_to_numpy(part, num_threads=1)
+        rates.append(n_bytes / 1e6 / (time.perf_counter() - start))
+    return {"bytes": n_bytes, "mb_per_s": max(rates)}
 
 
 def child_worst(spec: dict) -> dict:
@@ -424,6 +486,7 @@ CHILDREN = {
     "single": child_single,
     "batch": child_batch,
     "worst": child_worst,
+    "solo": child_solo,
     "tiny": child_tiny,
     "files": child_files,
 }
@@ -522,18 +585,25 @@ def part_single(vocabs: dict, ctx: dict) -> dict:
         r = run_measurement("single", spec | {"libs": spec["libs"]}, single_thread_env())
         out[name] = r
         lm = r.get("lmforge", {})
-        for lib in spec["libs"]:
+        for lib in [*spec["libs"], "tiktoken-numpy", "lmforge-numpy"]:
             x = r.get(lib, {})
             if "seconds" not in x:
-                rows.append([name, lib, status_of(r) or "failed", "-", "-", "-", "-"])
+                if "numpy" not in lib:
+                    rows.append([name, lib, status_of(r) or "failed", "-", "-", "-", "-"])
                 continue
-            ratio = x["seconds"] / lm["seconds"] if "seconds" in lm else None
+            ref = r.get("lmforge-numpy", {}) if "numpy" in lib else lm
+            ratio = x["seconds"] / ref["seconds"] if "seconds" in ref else None
             bpt = r["bytes"] / x["tokens"] if x["tokens"] else None
             row = [name, lib, fmt(x["mb_per_s"]), fmt(x["seconds"], 2), fmt(bpt, 2)]
             rows.append(row + [fmt_x(ratio), check_text(x)])
         for other in ("tiktoken", "hf"):
             if "seconds" in lm and "seconds" in r.get(other, {}):
                 r[f"lmforge_speedup_vs_{other}"] = r[other]["seconds"] / lm["seconds"]
+        lm_np, tt_np = r.get("lmforge-numpy", {}), r.get("tiktoken-numpy", {})
+        if "seconds" in lm_np and "seconds" in tt_np:
+            r["lmforge_numpy_speedup_vs_tiktoken_numpy"] = tt_np["seconds"] / lm_np["seconds"]
+        if "seconds" in lm_np and "seconds" in r.get("tiktoken", {}):
+            r["lmforge_numpy_speedup_vs_tiktoken"] = r["tiktoken"]["seconds"] / lm_np["seconds"]
     print_table(
         ["vocab", "library", "MB/s", "seconds", "bytes/token", "lmforge speed-up", "ids"], rows
     )
@@ -565,8 +635,51 @@ def part_batch(vocabs: dict, ctx: dict) -> dict:
                 eff = x["mb_per_s"] / (t * rate1) if rate1 else None
                 x["efficiency"] = eff
                 rows.append([name, lib, t, fmt(x["mb_per_s"]), fmt(eff, 2), check_text(x)])
-        out[name] = per_t
+        solo = independent_processes(spec, threads_list)
+        for t in threads_list:
+            x = solo[str(t)]
+            rows.append(
+                [
+                    name,
+                    "1-thread processes",
+                    t,
+                    fmt(x.get("mb_per_s")),
+                    fmt(x.get("efficiency"), 2),
+                    "-",
+                ]
+            )
+        out[name] = per_t | {"independent_processes": solo}
     print_table(["vocab", "library", "threads", "MB/s", "efficiency", "ids"], rows)
+    return out
+
+
+def independent_processes(
+    spec: dict, threads_list: list[int], slice_chars: int = 8_000_000
+) -> dict:
+    """The machine's own ceiling for the thread scaling: ``t`` single-threaded processes started
+    together (``child_solo``), each on its own slice; efficiency = mean rate / the lone rate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out: dict[str, Any] = {}
+    for t in threads_list:
+        print(f"  {spec['vocab']}, {t} independent process(es) ...", flush=True)
+        start_at = time.time() + 3.0 + 0.5 * t
+        specs = [
+            spec | {"index": i, "slice_chars": slice_chars, "start_at": start_at} for i in range(t)
+        ]
+        with ThreadPoolExecutor(t) as pool:
+            results = list(
+                pool.map(lambda s: run_measurement("solo", s, single_thread_env()), specs)
+            )
+        rates = [r["mb_per_s"] for r in results if "mb_per_s" in r]
+        if len(rates) < t:
+            out[str(t)] = {"error": "a process failed", "results": results}
+            continue
+        out[str(t)] = {"mb_per_s": sum(rates), "per_process": rates}
+    lone = out.get("1", {}).get("mb_per_s")
+    for t in threads_list:
+        if lone and "mb_per_s" in out[str(t)]:
+            out[str(t)]["efficiency"] = out[str(t)]["mb_per_s"] / (t * lone)
     return out
 
 
