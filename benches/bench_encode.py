@@ -358,40 +358,68 @@ def child_batch(spec: dict) -> dict:
             r |= {"checked_against": ref_lib, **count_mismatches(ref, ids)}
         results[lib] = r
         del ids
-    if "lmforge" in spec["libs"]:
-        results["lmforge-numpy"] = numpy_scaling(spec, docs, n_bytes, threads, ref)
     return results
 
 
-def numpy_scaling(spec: dict, docs: list[str], n_bytes: int, threads: int, ref: Any) -> dict:
-    """lmforge's ``encode_to_numpy`` on the whole text (no Python ints): the encoder's own
-    scaling, without the single-threaded building of Python lists that ``encode_batch`` needs."""
+def child_numpy_scaling(spec: dict) -> dict:
+    """lmforge's ``encode_to_numpy`` on the whole text (no Python ints) at every thread count of
+    ``threads_list``, in one process: the encoder's own scaling, without the single-threaded
+    building of Python lists that ``encode_batch`` needs. On a shared virtual machine one core's
+    speed drifts by tens of percent from second to second, so the thread counts take turns over
+    ``rounds`` rounds, each a window of repeated calls, and each rate is all the bytes of its
+    windows over all their time; the ids of every thread count are checked against one
+    thread's."""
     import numpy as np
 
     tok = load_lmforge(spec)
     if not hasattr(tok, "encode_to_numpy"):
         return {"skipped": "lmforge has no Tokenizer.encode_to_numpy"}
+    docs, n_bytes = read_docs(spec["text_path"])
     text = "".join(docs)
-    tok.encode_to_numpy(text[: 1 << 20], num_threads=threads)
-    seconds, ids = timed(lambda: tok.encode_to_numpy(text, num_threads=threads), repeat=3)
-    r: dict[str, Any] = {"seconds": seconds, "mb_per_s": n_bytes / 1e6 / seconds}
-    if ref is not None:
-        flat = np.fromiter((i for doc in ref for i in doc), dtype=np.uint32)
-        r |= {
-            "checked_against": "the per-document ids",
-            "mismatched_docs": int(not np.array_equal(flat, ids)),
+    del docs
+    threads_list = spec["threads_list"]
+    ref = tok.encode_to_numpy(text, num_threads=1)
+    totals = {t: [0, 0.0, 0] for t in threads_list}  # bytes, seconds, calls
+    mismatched = dict.fromkeys(threads_list, 0)
+    for t in threads_list:
+        ids = tok.encode_to_numpy(text, num_threads=t)  # the pool starts, buffers grow
+        mismatched[t] = int(not np.array_equal(ids, ref))
+        del ids
+    for _ in range(spec["rounds"]):
+        for t in threads_list:
+            window_start = time.perf_counter()
+            while True:
+                gc.disable()
+                start = time.perf_counter()
+                ids = tok.encode_to_numpy(text, num_threads=t)
+                seconds = time.perf_counter() - start
+                gc.enable()
+                del ids
+                totals[t][0] += n_bytes
+                totals[t][1] += seconds
+                totals[t][2] += 1
+                if time.perf_counter() - window_start >= spec["window_s"]:
+                    break
+    out: dict[str, Any] = {"bytes": n_bytes, "rounds": spec["rounds"], "window_s": spec["window_s"]}
+    for t in threads_list:
+        b, sec, calls = totals[t]
+        out[str(t)] = {
+            "mb_per_s": b / 1e6 / sec,
+            "calls": calls,
+            "checked_against": "1 thread",
+            "mismatched_docs": mismatched[t],
         }
-    return r
+    return out
 
 
 def child_solo(spec: dict) -> dict:
     """One of ``t`` processes started together, each encoding its own slice of the text on one
-    thread (``encode_to_numpy``, three passes from ``start_at``): with nothing shared between
-    them, ``t`` of these bound what ``t`` threads of one process can reach on this machine (cores
-    shared with hyper-threads, lower clocks with more cores busy, memory bandwidth)."""
+    thread (``encode_to_numpy``) over and over in the same wall-clock window: with nothing
+    shared between them, ``t`` of these bound what ``t`` threads of one process can reach on
+    this machine (cores shared with hyper-threads or other guests, lower clocks with more cores
+    busy, memory bandwidth). The rate counts the passes finished inside the window."""
     tok = load_lmforge(spec)
     with open(spec["text_path"], encoding="utf-8") as f:
-        f.seek(0)
         text = f.read()
     size = spec["slice_chars"]
     k = spec["index"] % max(1, len(text) // size)
@@ -399,13 +427,22 @@ def child_solo(spec: dict) -> dict:
     del text
     n_bytes = len(part.encode("utf-8"))
     tok.encode_to_numpy(part, num_threads=1)
-    time.sleep(max(0.0, spec["start_at"] - time.time()))
-    rates = []
-    for _ in range(3):
-        start = time.perf_counter()
+    start_at, end_at = spec["start_at"], spec["start_at"] + spec["window_s"]
+    time.sleep(max(0.0, start_at - time.time()))
+    passes, last = 0, time.time()
+    while True:
         tok.encode_to_numpy(part, num_threads=1)
-        rates.append(n_bytes / 1e6 / (time.perf_counter() - start))
-    return {"bytes": n_bytes, "mb_per_s": max(rates)}
+        now = time.time()
+        if now > end_at:
+            break
+        passes, last = passes + 1, now
+    if passes == 0:
+        return {"error": "no pass finished inside the window"}
+    return {
+        "bytes": n_bytes,
+        "passes": passes,
+        "mb_per_s": passes * n_bytes / 1e6 / (last - start_at),
+    }
 
 
 def child_worst(spec: dict) -> dict:
@@ -485,6 +522,7 @@ def child_files(spec: dict) -> dict:
 CHILDREN = {
     "single": child_single,
     "batch": child_batch,
+    "numpy_scaling": child_numpy_scaling,
     "worst": child_worst,
     "solo": child_solo,
     "tiny": child_tiny,
@@ -625,7 +663,7 @@ def part_batch(vocabs: dict, ctx: dict) -> dict:
             }
             per_t[str(t)] = run_measurement("batch", spec | {"threads": t}, env)
         base = per_t.get("1", {})
-        for lib in [*spec["libs"], "lmforge-numpy"]:
+        for lib in spec["libs"]:
             rate1 = base.get(lib, {}).get("mb_per_s")
             for t in threads_list:
                 x = per_t[str(t)].get(lib, {})
@@ -635,26 +673,30 @@ def part_batch(vocabs: dict, ctx: dict) -> dict:
                 eff = x["mb_per_s"] / (t * rate1) if rate1 else None
                 x["efficiency"] = eff
                 rows.append([name, lib, t, fmt(x["mb_per_s"]), fmt(eff, 2), check_text(x)])
+        numpy = {}
+        if "lmforge" in spec["libs"]:
+            print(f"  {name}, encode_to_numpy at every thread count, interleaved ...", flush=True)
+            spec_np = spec | {"threads_list": threads_list, "rounds": 3, "window_s": 1.0}
+            numpy = run_measurement("numpy_scaling", spec_np, {})
         solo = independent_processes(spec, threads_list)
-        for t in threads_list:
-            x = solo[str(t)]
-            rows.append(
-                [
-                    name,
-                    "1-thread processes",
-                    t,
-                    fmt(x.get("mb_per_s")),
-                    fmt(x.get("efficiency"), 2),
-                    "-",
-                ]
-            )
-        out[name] = per_t | {"independent_processes": solo}
+        for label, res in (("lmforge-numpy", numpy), ("1-thread processes", solo)):
+            rate1 = res.get("1", {}).get("mb_per_s")
+            for t in threads_list:
+                x = res.get(str(t), {})
+                if "mb_per_s" not in x:
+                    rows.append([name, label, t, status_of(x) or status_of(res) or "-", "-", "-"])
+                    continue
+                x["efficiency"] = x["mb_per_s"] / (t * rate1) if rate1 else None
+                rows.append(
+                    [name, label, t, fmt(x["mb_per_s"]), fmt(x["efficiency"], 2), check_text(x)]
+                )
+        out[name] = per_t | {"lmforge-numpy": numpy, "independent_processes": solo}
     print_table(["vocab", "library", "threads", "MB/s", "efficiency", "ids"], rows)
     return out
 
 
 def independent_processes(
-    spec: dict, threads_list: list[int], slice_chars: int = 8_000_000
+    spec: dict, threads_list: list[int], slice_chars: int = 2_000_000, window_s: float = 3.0
 ) -> dict:
     """The machine's own ceiling for the thread scaling: ``t`` single-threaded processes started
     together (``child_solo``), each on its own slice; efficiency = mean rate / the lone rate."""
@@ -665,7 +707,9 @@ def independent_processes(
         print(f"  {spec['vocab']}, {t} independent process(es) ...", flush=True)
         start_at = time.time() + 3.0 + 0.5 * t
         specs = [
-            spec | {"index": i, "slice_chars": slice_chars, "start_at": start_at} for i in range(t)
+            spec
+            | {"index": i, "slice_chars": slice_chars, "start_at": start_at, "window_s": window_s}
+            for i in range(t)
         ]
         with ThreadPoolExecutor(t) as pool:
             results = list(
@@ -676,10 +720,6 @@ def independent_processes(
             out[str(t)] = {"error": "a process failed", "results": results}
             continue
         out[str(t)] = {"mb_per_s": sum(rates), "per_process": rates}
-    lone = out.get("1", {}).get("mb_per_s")
-    for t in threads_list:
-        if lone and "mb_per_s" in out[str(t)]:
-            out[str(t)]["efficiency"] = out[str(t)]["mb_per_s"] / (t * lone)
     return out
 
 
