@@ -13,6 +13,11 @@
 //! - `miss`: every distinct pretoken of TEXT encoded once (all cache misses), then again.
 //! - `scan`, `hash`, `table`: the scanner alone, plus each pretoken's key and hash, plus a load
 //!   from a table of the cache's size: where the time goes.
+//! - `threads[:1,2,4]`: the parallel encode of the whole TEXT on pools of each size (default
+//!   1, 2, 4, 8, 16), REPEAT rounds in turn: its wall time, and an instrumented copy of it that
+//!   times the cutting and each piece on its thread, so that the wall time splits into the
+//!   threads' mean busy time (the encoding, slower per thread only if the cores slow down when
+//!   all are busy), their imbalance (busiest thread minus the mean) and the rest (serial work).
 //! - `all`: `text` and `worst`.
 //!
 //! Deterministic comparisons (instruction counts, simulated cache misses) come from running it
@@ -134,6 +139,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mb_per_s(text.len(), best)
         );
     }
+    if let Some(list) = mode.strip_prefix("threads") {
+        threads(&tok, &text, list.trim_start_matches(':'), repeat)?;
+    }
     if mode == "all" || mode.starts_with("worst") {
         let n = 1_000_000;
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -199,6 +207,88 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 per_byte / base
             );
         }
+    }
+    Ok(())
+}
+
+/// The `threads` mode (see the module's documentation).
+fn threads(
+    tok: &lmforge::Tokenizer,
+    text: &str,
+    list: &str,
+    repeat: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use rayon::prelude::*;
+    let counts: Vec<usize> = if list.is_empty() {
+        vec![1, 2, 4, 8, 16]
+    } else {
+        list.split(',').map(str::parse).collect::<Result<_, _>>()?
+    };
+    let pools = counts
+        .iter()
+        .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build())
+        .collect::<Result<Vec<_>, _>>()?;
+    // Per thread count: best wall of the real call; and of the instrumented copy, the sums over
+    // rounds of wall, cutting, mean busy and busiest thread.
+    let mut best = vec![f64::INFINITY; counts.len()];
+    let mut sums = vec![[0.0f64; 4]; counts.len()];
+    for round in 0..repeat + 1 {
+        for (k, (&n, pool)) in counts.iter().zip(&pools).enumerate() {
+            let t0 = Instant::now();
+            let encoded =
+                pool.install(|| tok.encode_parallel(text, lmforge::encode::Allowed::All, &[]))?;
+            let wall = t0.elapsed().as_secs_f64();
+            drop(encoded);
+            let t0 = Instant::now();
+            let chunk = lmforge::encode::piece_bytes(text.len(), n);
+            let pieces = tok.cut_into(text, chunk);
+            let cut = t0.elapsed().as_secs_f64();
+            let busy: Vec<(usize, f64)> = pool.install(|| {
+                pieces
+                    .par_iter()
+                    .map(|p| {
+                        let t = Instant::now();
+                        let mut ids = Vec::with_capacity(p.len() / 3 + 1);
+                        tok.encode_into(p, &mut ids);
+                        (
+                            rayon::current_thread_index().unwrap_or(0),
+                            t.elapsed().as_secs_f64(),
+                        )
+                    })
+                    .collect()
+            });
+            let copy_wall = t0.elapsed().as_secs_f64();
+            let mut per_thread = vec![0.0; n];
+            for (i, dt) in busy {
+                per_thread[i % n] += dt;
+            }
+            let mean = per_thread.iter().sum::<f64>() / n as f64;
+            let max = per_thread.iter().copied().fold(0.0, f64::max);
+            if round > 0 {
+                best[k] = best[k].min(wall);
+                for (acc, v) in sums[k].iter_mut().zip([copy_wall, cut, mean, max]) {
+                    *acc += v / repeat as f64;
+                }
+            }
+        }
+    }
+    let base_busy = sums[0][2] * counts[0] as f64;
+    println!(
+        "threads  MB/s(best)  eff   | instrumented, mean of rounds (ms): wall  cut  busy  imbalance  rest  busy x threads / 1-thread busy"
+    );
+    for (k, &n) in counts.iter().enumerate() {
+        let [wall, cut, mean, max] = sums[k];
+        let rate = mb_per_s(text.len(), best[k]);
+        println!(
+            "{n:>7}  {rate:>10.1}  {:.2}  | {:>6.1} {:>5.1} {:>6.1} {:>9.1} {:>5.1}  {:.2}",
+            rate / (n as f64 * mb_per_s(text.len(), best[0]) / counts[0] as f64),
+            wall * 1e3,
+            cut * 1e3,
+            mean * 1e3,
+            (max - mean) * 1e3,
+            (wall - max - cut) * 1e3,
+            mean * n as f64 / base_busy,
+        );
     }
     Ok(())
 }
