@@ -175,18 +175,19 @@ impl Tokenizer {
         let spans = pieces
             .par_iter()
             .map(|piece| {
-                // Each pool thread has its own slot, so the lock is never contended (and no
-                // rayon work runs while it is held).
+                // Each pool thread has its own slot, so the lock is never contended. The vector
+                // is taken out while the piece is encoded: its length is written on every
+                // pretoken the cache misses, and slots of different threads share cache lines
+                // (16 threads: 40% slower with the vector left in its slot).
                 let buffer = rayon::current_thread_index().unwrap_or(0) % slots.len();
-                let mut ids = slots[buffer].lock().unwrap_or_else(PoisonError::into_inner);
+                let lock = || slots[buffer].lock().unwrap_or_else(PoisonError::into_inner);
+                let mut ids = std::mem::take(&mut *lock());
                 let start = ids.len();
                 ids.reserve(piece.len() / 3 + 1);
-                self.encode_with(piece, allowed, &[], &mut ids)?;
-                Ok(Span {
-                    buffer,
-                    start,
-                    end: ids.len(),
-                })
+                let result = self.encode_with(piece, allowed, &[], &mut ids);
+                let end = ids.len();
+                *lock() = ids;
+                result.map(|()| Span { buffer, start, end })
             })
             .collect::<Result<Vec<Span>>>();
         let mut encoded = Encoded {
