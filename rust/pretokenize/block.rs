@@ -1,4 +1,4 @@
-//! Class bitmaps of a 64-byte window of ASCII text, the scanners' fast path.
+//! Class bitmaps of a 64-byte window of text, the scanners' fast path.
 //!
 //! Scanning one pretoken at a time makes every pretoken wait for the previous one to end: the
 //! next load depends on the last end, so even a branch-free step costs a load and a chain of
@@ -8,9 +8,12 @@
 //! and ANDs the bitmap of the bytes where a pretoken starts, and then emits the pretokens between
 //! consecutive starts: per pretoken only a `trailing_zeros` and a clear-lowest-bit remain.
 //!
-//! Only ASCII is classified here: a window stops at its first non-ASCII byte, and the scanners
-//! take the general path there. The bitmaps are built eight bytes at a time with SWAR
+//! Only ASCII is classified here, and for GPT-2's scanner the characters of two bytes (see
+//! `Block::load`): a window stops at its first other byte, and the scanners take the general
+//! path there. The bitmaps are built eight bytes at a time with SWAR
 //! (SIMD-within-a-register) range tests, which need no `unsafe` and no target features.
+
+use super::classes::{two_byte_class, LETTER, NUMBER, SPACE};
 
 /// Eight copies of byte `x`.
 pub(crate) const fn splat(x: u8) -> u64 {
@@ -70,6 +73,7 @@ fn classify(window: &[u8; 64]) -> Block {
         blk.apostrophe |= gather(lanes_in(x, b'\'', b'\'')) << shift;
         blk.slash |= gather(lanes_in(x, b'/', b'/')) << shift;
     }
+    blk.high = non_ascii;
     blk.valid = non_ascii.trailing_zeros();
     blk
 }
@@ -117,11 +121,13 @@ fn classify_sse2(window: &[u8; 64]) -> Block {
         blk.apostrophe |= bits(eq(v, b'\'')) << shift;
         blk.slash |= bits(eq(v, b'/')) << shift;
     }
+    blk.high = non_ascii;
     blk.valid = non_ascii.trailing_zeros();
     blk
 }
 
-/// Bitmaps of the classes of 64 ASCII bytes. Bits at or above `valid` are meaningless.
+/// Bitmaps of the classes of 64 bytes of text, exact below `valid`: ASCII bytes, and with
+/// `load::<true>` two-byte characters too (see there). Bits at or above `valid` are meaningless.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Block {
     /// `[A-Za-z]`.
@@ -139,7 +145,9 @@ pub(crate) struct Block {
     pub apostrophe: u64,
     /// `/`.
     pub slash: u64,
-    /// How many bytes from the window's start are ASCII (at most 64).
+    /// Bytes >= 0x80.
+    pub high: u64,
+    /// How many bytes from the window's start are classified (at most 64).
     pub valid: u32,
 }
 
@@ -147,18 +155,70 @@ impl Block {
     /// The bitmaps of `b[i..i + 64]`, if there are 64 bytes and the first sixteen are ASCII (a
     /// window that stops almost at once is not worth its cost; the caller's general path is
     /// faster there).
+    ///
+    /// With `TWO_BYTE`, for the scanners whose classes of non-ASCII characters are only
+    /// letters, numbers, whitespace and the rest (GPT-2's), the window also goes on over the
+    /// characters of two bytes (U+0080..U+07FF: Latin-1, Greek, Cyrillic, Hebrew, Arabic, ...)
+    /// other than whitespace: both bytes of a letter are set in `lower`, both of a number in
+    /// `digit`, and the rest are in no bitmap (`punct`). It stops at a two-byte whitespace
+    /// character (whose run end the byte-level rules would misplace), at a longer character, and
+    /// at a character cut by the window's end; the first sixteen bytes need only hold no longer
+    /// character. Random Latin-1 text, half of it two-byte characters, otherwise takes the
+    /// general path a character at a time, at a mispredicted branch each.
     #[inline(always)]
-    pub fn load(b: &[u8], i: usize) -> Option<Block> {
+    pub fn load<const TWO_BYTE: bool>(b: &[u8], i: usize) -> Option<Block> {
         let window = b.get(i..)?.first_chunk::<64>()?;
         // Checked before classifying so that non-Latin text, where this fails at almost every
         // pretoken, pays one load and not a whole window. (`valid` is then at least 16.)
-        if window
+        let head = window
             .first_chunk::<16>()
-            .is_some_and(|c| u128::from_le_bytes(*c) & HIGH_128 != 0)
-        {
+            .map_or(0, |c| u128::from_le_bytes(*c));
+        let rejected = if TWO_BYTE {
+            // A byte >= 0xE0 (bits 7, 6 and 5 set) starts a character of three or four bytes.
+            head & (head << 1) & (head << 2) & HIGH_128 != 0
+        } else {
+            head & HIGH_128 != 0
+        };
+        if rejected {
             return None;
         }
-        Some(classify(window))
+        let mut blk = classify(window);
+        if TWO_BYTE && blk.valid < 64 {
+            blk.extend_two_byte(window);
+        }
+        Some(blk)
+    }
+
+    /// Classifies the two-byte characters from `valid` on (see `load`), moving `valid` to the
+    /// first byte that is not classified.
+    #[inline(always)]
+    fn extend_two_byte(&mut self, window: &[u8; 64]) {
+        let mut j = self.valid;
+        loop {
+            // Valid UTF-8: the next byte >= 0x80 after a whole character starts a character.
+            let rest = self.high & !low_bits(j);
+            if rest == 0 {
+                j = 64;
+                break;
+            }
+            let p = rest.trailing_zeros();
+            let (Some(&b0), Some(&b1)) = (window.get(p as usize), window.get(p as usize + 1))
+            else {
+                j = p;
+                break;
+            };
+            let flag = two_byte_class(b0, b1);
+            if b0 >= 0xE0 || flag & SPACE != 0 {
+                j = p;
+                break;
+            }
+            let pair = 3u64 << p;
+            let all_if = |f: u8| u64::from(f != 0).wrapping_neg();
+            self.lower |= pair & all_if(flag & LETTER);
+            self.digit |= pair & all_if(flag & NUMBER);
+            j = p + 2;
+        }
+        self.valid = j;
     }
 
     /// `[A-Za-z]`.
@@ -174,13 +234,14 @@ impl Block {
     }
 }
 
-/// The scanners' driver. Where an ASCII window loads at a pretoken start `i`, `starts` gives its
+/// The scanners' driver (`TWO_BYTE` as in `Block::load`). Where a window loads at a pretoken
+/// start `i`, `starts` gives its
 /// start bitmap and the bound below which the bits are exact, and the window's pretokens are
 /// emitted at once; elsewhere, or when a window completes no pretoken, `token_end` takes one
 /// pretoken the general way. `f` gets each pretoken as its byte range `start, end` of `text`
 /// (both char boundaries, by construction).
 #[inline(always)]
-pub(crate) fn scan_windows(
+pub(crate) fn scan_windows<const TWO_BYTE: bool>(
     text: &str,
     f: &mut impl FnMut(usize, usize),
     starts: impl Fn(&Block, &[u8], usize) -> (u64, u32),
@@ -189,7 +250,7 @@ pub(crate) fn scan_windows(
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if let Some(blk) = Block::load(b, i) {
+        if let Some(blk) = Block::load::<TWO_BYTE>(b, i) {
             let (bits, limit) = starts(&blk, b, i);
             let done = emit(i, bits, limit, f);
             if done > 0 {
@@ -253,7 +314,7 @@ mod tests {
             .map(|c| c.wrapping_mul(37) & 0x7F)
             .collect();
         for i in 0..bytes.len() - 64 {
-            let blk = Block::load(&bytes, i).expect("ASCII");
+            let blk = Block::load::<false>(&bytes, i).expect("ASCII");
             assert_eq!(blk.valid, 64);
             for j in 0..64 {
                 let c = bytes[i + j];
@@ -278,11 +339,11 @@ mod tests {
     fn valid_stops_at_non_ascii() {
         let mut bytes = vec![b'a'; 200];
         bytes[20] = 0xC3;
-        assert_eq!(Block::load(&bytes, 0).map(|b| b.valid), Some(20));
-        assert!(Block::load(&bytes, 5).is_none());
-        assert!(Block::load(&bytes, 17).is_none());
-        assert_eq!(Block::load(&bytes, 21).map(|b| b.valid), Some(64));
-        assert!(Block::load(&bytes, 137).is_none());
+        assert_eq!(Block::load::<false>(&bytes, 0).map(|b| b.valid), Some(20));
+        assert!(Block::load::<false>(&bytes, 5).is_none());
+        assert!(Block::load::<false>(&bytes, 17).is_none());
+        assert_eq!(Block::load::<false>(&bytes, 21).map(|b| b.valid), Some(64));
+        assert!(Block::load::<false>(&bytes, 137).is_none());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::classes::{
 /// Calls `f` with the byte range of every pretoken of `text` (they tile `text`), as
 /// `regex.findall` would find them.
 pub(crate) fn scan(text: &str, mut f: impl FnMut(usize, usize)) {
-    scan_windows(text, &mut f, starts, token_end);
+    scan_windows::<false>(text, &mut f, starts, token_end);
 }
 
 /// The bitmap of pretoken starts in an ASCII window that begins at a pretoken start `i`, and the

@@ -80,10 +80,16 @@ pub(crate) fn class_at(b: &[u8], i: usize) -> (u8, usize) {
     // Two-byte characters (Latin-1 and the other alphabets up to U+07FF) inline: random or
     // accented text has one every few bytes, and a call each was a tenth of its scan.
     if let (0xC2..=0xDF, Some(&b1)) = (b0, b.get(i + 1)) {
-        let cp = usize::from(b0 & 0x1F) << 6 | usize::from(b1 & 0x3F);
-        return (bmp()[cp], 2);
+        return (two_byte_class(b0, b1), 2);
     }
     decode_class(b, i, b0)
+}
+
+/// The class flag of the two-byte character `b0 b1` (`b0` in 0xC2..=0xDF, `b1` a continuation
+/// byte: U+0080..U+07FF).
+#[inline(always)]
+pub(crate) fn two_byte_class(b0: u8, b1: u8) -> u8 {
+    bmp()[usize::from(b0 & 0x1F) << 6 | usize::from(b1 & 0x3F)]
 }
 
 #[inline(never)]

@@ -17,7 +17,7 @@ use super::classes::{
 pub(crate) fn scan(text: &str, mut f: impl FnMut(usize, usize)) {
     // Each start bit depends on the byte after it, so it is exact below `valid - 1`.
     let starts = |blk: &Block, b: &[u8], i: usize| (starts(blk, b, i), blk.valid.saturating_sub(1));
-    scan_windows(text, &mut f, starts, token_end);
+    scan_windows::<true>(text, &mut f, starts, token_end);
 }
 
 /// The bitmap of pretoken starts in an ASCII window that begins at a pretoken start `i`.

@@ -265,6 +265,61 @@ mod tests {
         }
     }
 
+    /// Long texts dense in two-byte characters of every class (letters of both cases and
+    /// without case, numbers, punctuation, marks, whitespace), among ASCII of every class and
+    /// a few longer characters: GPT-2's windows classify two-byte characters themselves, and
+    /// stop at two-byte whitespace, longer characters and characters cut by a window's end.
+    #[test]
+    fn long_two_byte_texts_match_fancy_regex() {
+        let words = [
+            "\u{e9}",
+            "\u{c9}",
+            "\u{df}",
+            "\u{3a9}",
+            "\u{436}",
+            "\u{5d0}",
+            "\u{2b0}",
+            "\u{b5}",
+            "\u{aa}",
+            "\u{b2}",
+            "\u{bd}",
+            "\u{663}",
+            "\u{6f4}",
+            "\u{a7}",
+            "\u{ab}",
+            "\u{bf}",
+            "\u{d7}",
+            "\u{301}",
+            "\u{5b0}",
+            "\u{a0}",
+            "\u{85}",
+            "\u{80}",
+            "\u{9f}",
+            "a",
+            "Zq",
+            " ",
+            "  ",
+            "\n",
+            "\t",
+            "'",
+            "'s",
+            "'ll",
+            "7",
+            "42",
+            ".",
+            "!",
+            "\u{2019}",
+            "\u{4e2d}",
+            "\u{1f600}",
+            " \u{e9}t\u{e9}",
+            "na\u{ef}ve",
+        ];
+        let mut rng = Rng(0x2B17_E5C4_A7A1_0F00);
+        for pattern in patterns() {
+            match_fancy_regex(&pattern, &mut rng, &words, 1500, 30, 8);
+        }
+    }
+
     /// Long mostly-ASCII texts with the shapes the cl100k and o200k fast paths decide on their
     /// own: mixed-case words, leading characters before words, digit runs, punctuation runs
     /// followed by newlines and slashes, case-insensitive contractions; with non-ASCII pieces

@@ -87,6 +87,22 @@ def test_tricky_alphabet(pattern: str, text: str) -> None:
     check(text, pattern)
 
 
+# Long texts of the first 2,048 code points (ASCII and the two-byte characters: Latin-1, Greek,
+# Cyrillic, Hebrew, Arabic, combining marks, NEL and NBSP), longer than the scanners' 64-byte
+# windows, which GPT-2's scanner classifies two-byte characters in.
+two_byte_text = st.text(
+    st.characters(max_codepoint=0x7FF, exclude_categories=["Cs"]), min_size=60, max_size=400
+)
+
+
+@pytest.mark.parametrize("pattern", NAMES)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=two_byte_text)
+@example(text="\u00e9t\u00e9 " * 20 + "\u00a0\u00a0x\u0085 \u00b2\u00bd\u0663 \u0301\u00e9" * 5)
+def test_long_two_byte_text(pattern: str, text: str) -> None:
+    check(text, pattern)
+
+
 # --- every code point ----------------------------------------------------------------------------
 
 # Contexts around a code point `{0}` such that any two of the classes the scanners use (space,
