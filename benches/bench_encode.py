@@ -26,9 +26,10 @@ read at import (``RAYON_NUM_THREADS``) apply and peak RSS is one process's own:
    ``t`` independent single-threaded processes encoding their own 8 MB slices at once.
 3. worst case: 1 MB of ``"a"``, of ``"ab"``, of random bytes read as Latin-1, and one 1 MB word of
    random ASCII letters, beside 1 MB of the text, each timed on its first call in a fresh child
-   per library and case (no pretoken cache carried over), killed after ``--worst-timeout`` seconds
-   (a quadratic merge would never finish). The target: lmforge's time per byte on each within 3x
-   of its time per byte on the text. Ids are compared through a hash.
+   per library and case (no pretoken cache carried over; lmforge both through ``encode`` and
+   through ``encode_to_numpy``, which builds no Python ints), killed after ``--worst-timeout``
+   seconds (a quadratic merge would never finish). The target: lmforge's time per byte on each
+   within 3x of its time per byte on the text. Ids are compared through a hash.
 4. 10,000 short strings (5 to 20 consecutive words of the text): ``encode_batch`` wall time on all
    cores, and a loop of ``encode`` calls for reference.
 5. ``tok.encode_files`` on the whole cut text (``--files-whole-input``: on ``--input`` itself),
@@ -170,6 +171,9 @@ def single_encoder(lib: str, spec: dict) -> Callable[[str], list[int]]:
     """``encode(text) -> ids`` of ``lib``, special tokens allowed."""
     if lib == "lmforge":
         return load_lmforge(spec).encode
+    if lib == "lmforge-numpy":  # no Python ints: the encoder alone
+        tok = load_lmforge(spec)
+        return lambda text: tok.encode_to_numpy(text, num_threads=1)
     if lib == "tiktoken":
         enc = build_tiktoken(spec)
         return lambda text: enc.encode(text, allowed_special="all")
@@ -461,8 +465,15 @@ def child_worst(spec: dict) -> dict:
         "mb_per_s": n_bytes / 1e6 / seconds,
         "warm_seconds": warm,
         "tokens": len(ids),
-        "ids_sha256": hashlib.sha256(array.array("Q", ids).tobytes()).hexdigest(),
+        "ids_sha256": hashlib.sha256(ids_bytes(ids)).hexdigest(),
     }
+
+
+def ids_bytes(ids: Any) -> bytes:
+    """Ids as little-endian uint64 bytes, from a list or a NumPy array alike."""
+    if hasattr(ids, "astype"):
+        return ids.astype("<u8").tobytes()
+    return array.array("Q", ids).tobytes()
 
 
 def child_tiny(spec: dict) -> dict:
@@ -733,14 +744,18 @@ def part_worst(vocabs: dict, ctx: dict) -> dict:
     out, rows = {}, []
     for name, spec in vocabs.items():
         per_case: dict[str, dict] = {}
+        # lmforge twice: through `encode` (a list of Python ints, as the others return) and
+        # through `encode_to_numpy` (the encoder alone; building ints costs per token, and the
+        # random cases have three times the tokens per byte of text).
+        libs = [*spec["libs"], *(["lmforge-numpy"] if "lmforge" in spec["libs"] else [])]
         for case in WORST_CASES:
             per_case[case] = {}
-            for lib in spec["libs"]:
+            for lib in libs:
                 print(f"  {name}, {case}, {lib} ...", flush=True)
                 s = spec | {"lib": lib, "case": case, "chars": ctx["worst_chars"]}
                 s["seed"] = ctx["seed"]
                 per_case[case][lib] = run_measurement("worst", s, single_thread_env(), timeout)
-        for lib in spec["libs"]:
+        for lib in libs:
             base = per_case["text"][lib]
             for case in WORST_CASES:
                 x = per_case[case][lib]
@@ -752,7 +767,7 @@ def part_worst(vocabs: dict, ctx: dict) -> dict:
                     slow = (x["seconds"] / x["bytes"]) / (base["seconds"] / base["bytes"])
                     x["per_byte_vs_text"] = slow
                 verdict = "-"
-                if lib == "lmforge" and slow is not None and case != "text":
+                if lib.startswith("lmforge") and slow is not None and case != "text":
                     x["within_target"] = slow <= WORST_TARGET
                     verdict = "yes" if x["within_target"] else "NO"
                 ref_lib = spec["libs"][0]
