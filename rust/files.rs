@@ -278,6 +278,9 @@ impl EncodeFiles<'_> {
 
     /// A worker: encodes pieces until the reader is done.
     fn work(&self, work: &Mutex<Receiver<Work>>, done: SyncSender<Done>, failed: &AtomicBool) {
+        // Reused from piece to piece: a fresh vector grew by doubling and page-faulted its way
+        // through every piece.
+        let mut ids = Vec::new();
         loop {
             let next = match work.lock() {
                 Ok(rx) => rx.recv(),
@@ -287,7 +290,7 @@ impl EncodeFiles<'_> {
             let (data, documents) = if failed.load(Ordering::Relaxed) {
                 (Ok(Vec::new()), 0)
             } else {
-                match self.encode_piece(w.piece) {
+                match self.encode_piece(w.piece, &mut ids) {
                     Ok((data, docs)) => (Ok(data), docs),
                     Err(e) => (Err(e), 0),
                 }
@@ -306,14 +309,15 @@ impl EncodeFiles<'_> {
     }
 
     /// Encodes one piece into stored bytes, collapsing runs of end-of-text tokens.
-    fn encode_piece(&self, piece: Piece) -> Result<(Vec<u8>, u64)> {
+    fn encode_piece(&self, piece: Piece, ids: &mut Vec<u32>) -> Result<(Vec<u8>, u64)> {
         let tok = self.tokenizer;
-        let mut ids = Vec::new();
+        ids.clear();
         let mut documents = 0;
         match piece {
             Piece::Text(chunk) => {
                 let text = chunk.decode(self.policy)?;
-                tok.encode_into(&text, &mut ids);
+                ids.reserve(text.len() / 3 + 1);
+                tok.encode_into(&text, ids);
             }
             Piece::Records {
                 lines,
@@ -330,24 +334,30 @@ impl EncodeFiles<'_> {
                             first_line + i as u64
                         ))
                     })?;
-                    tok.encode_into(&record.text, &mut ids);
+                    tok.encode_into(&record.text, ids);
                     if let Some(eot) = self.eot {
                         ids.push(eot);
                     }
                 }
             }
         }
-        let mut data = Vec::with_capacity(ids.len() * self.width.bytes());
-        let mut previous = None;
-        for id in ids {
-            if self.eot.is_some() && Some(id) == self.eot {
-                if previous == self.eot {
-                    continue; // an empty document
+        if let Some(eot) = self.eot {
+            let mut previous = None;
+            ids.retain(|&id| {
+                if id == eot {
+                    if previous == Some(eot) {
+                        return false; // an empty document
+                    }
+                    documents += 1;
                 }
-                documents += 1;
-            }
-            self.width.push(id, &mut data);
-            previous = Some(id);
+                previous = Some(id);
+                true
+            });
+        }
+        let mut data = Vec::with_capacity(ids.len() * self.width.bytes());
+        match self.width {
+            Width::U16 => data.extend(ids.iter().flat_map(|&id| (id as u16).to_le_bytes())),
+            Width::U32 => data.extend(ids.iter().flat_map(|&id| id.to_le_bytes())),
         }
         Ok((data, documents))
     }

@@ -139,6 +139,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mb_per_s(text.len(), best)
         );
     }
+    if let Some(n) = mode.strip_prefix("files:") {
+        // `encode_files` on TEXT (as a file) with n threads, REPEAT times, against the parallel
+        // encode of the same text in memory on the same pool.
+        let n: usize = n.parse()?;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
+        let job = lmforge::files::EncodeFiles {
+            tokenizer: &tok,
+            eot: tok.special_id("<|endoftext|>").ok(),
+            width: lmforge::files::Width::U16,
+            policy: lmforge::corpus::Utf8Policy::Strict,
+            progress: false,
+        };
+        let out = std::env::temp_dir().join("encode_throughput_files.bin");
+        let inputs = [std::path::PathBuf::from(text_path)];
+        let (mut files_best, mut mem_best) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..repeat {
+            let t0 = Instant::now();
+            job.run(&inputs, &out, &pool)?;
+            files_best = files_best.min(t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            let e =
+                pool.install(|| tok.encode_parallel(&text, lmforge::encode::Allowed::All, &[]))?;
+            mem_best = mem_best.min(t0.elapsed().as_secs_f64());
+            drop(e);
+        }
+        let _ = std::fs::remove_file(&out);
+        println!(
+            "{n} threads: encode_files {:.1} MB/s, encode_parallel {:.1} MB/s (best of {repeat})",
+            mb_per_s(text.len(), files_best),
+            mb_per_s(text.len(), mem_best)
+        );
+    }
     if let Some(list) = mode.strip_prefix("threads") {
         threads(&tok, &text, list.trim_start_matches(':'), repeat)?;
     }
