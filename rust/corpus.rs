@@ -184,26 +184,20 @@ impl<'a> ChunkReader<'a> {
         })
     }
 
-    /// Reads until `buf` holds at least `want` bytes or the file ends.
+    /// Reads until `buf` holds at least `want` bytes or the file ends. Reads into the vector's
+    /// spare capacity (`read_to_end` on a `Take`), so the bytes about to be overwritten are not
+    /// zero-filled first.
     fn fill(&mut self, want: usize) -> Result<()> {
         while !self.eof && self.buf.len() < want {
-            let old = self.buf.len();
-            self.buf.resize(want, 0);
-            let n = self
-                .reader
-                .read(&mut self.buf[old..])
-                .map_err(|e| Error::io(&self.path, e));
-            let n = match n {
-                Ok(n) => n,
-                Err(e) if matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::Interrupted) =>
-                {
-                    self.buf.truncate(old);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            self.buf.truncate(old + n);
-            self.eof = n == 0;
+            let missing = (want - self.buf.len()) as u64;
+            self.buf.reserve(want - self.buf.len());
+            // `read_to_end` retries reads that were interrupted; it stops after `missing`
+            // bytes or at the end of the input.
+            let n = (&mut self.reader)
+                .take(missing)
+                .read_to_end(&mut self.buf)
+                .map_err(|e| Error::io(&self.path, e))?;
+            self.eof = (n as u64) < missing;
         }
         Ok(())
     }
