@@ -165,6 +165,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             drop(e);
         }
         let _ = std::fs::remove_file(&out);
+        // The worker's steps alone, on one thread, on the same 1 MB pieces: validate, encode,
+        // convert to stored bytes.
+        let pieces = tok.cut_into(&text, 1 << 20);
+        let (mut validate, mut encode, mut convert) = (0.0f64, 0.0f64, 0.0f64);
+        let mut ids = Vec::new();
+        // Twice, timing the second pass: this thread's pretoken cache is cold on the first.
+        for pass in 0..2 {
+            for p in &pieces {
+                let raw = p.as_bytes().to_vec();
+                let t0 = Instant::now();
+                let s = String::from_utf8(raw)?;
+                let t1 = Instant::now();
+                ids.clear();
+                ids.reserve(s.len() / 3 + 1);
+                tok.encode_into(&s, &mut ids);
+                let t2 = Instant::now();
+                let data: Vec<u8> = ids
+                    .iter()
+                    .flat_map(|&id| (id as u16).to_le_bytes())
+                    .collect();
+                let t3 = Instant::now();
+                std::hint::black_box(data);
+                if pass == 1 {
+                    validate += (t1 - t0).as_secs_f64();
+                    encode += (t2 - t1).as_secs_f64();
+                    convert += (t3 - t2).as_secs_f64();
+                }
+            }
+        }
+        println!(
+            "one thread, the worker's steps: validate {:.1} ms, encode {:.1} ms, convert {:.1} ms",
+            validate * 1e3,
+            encode * 1e3,
+            convert * 1e3
+        );
         println!(
             "{n} threads: encode_files {:.1} MB/s, encode_parallel {:.1} MB/s (best of {repeat})",
             mb_per_s(text.len(), files_best),
