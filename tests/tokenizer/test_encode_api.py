@@ -77,6 +77,23 @@ def test_encode_to_numpy_equals_encode_on_a_large_text(tok, sample_corpus):
     assert tok.encode_to_numpy("").size == 0
 
 
+def test_encode_to_numpy_with_fewer_pieces_than_threads_from_several_callers(tok, sample_corpus):
+    """A text of a few 64 KB pieces on 8 threads, from 3 Python threads at once (the GIL is
+    released while encoding): every call gives the serial ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    text = sample_corpus.read_text(encoding="utf-8")[:200_000]
+    expected = np.array(tok.encode(text), dtype="<u4")
+
+    def run(_: int) -> bool:
+        return all(
+            np.array_equal(tok.encode_to_numpy(text, num_threads=8), expected) for _ in range(10)
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        assert all(pool.map(run, range(3)))
+
+
 def test_stream_decoder_never_emits_broken_characters(tok):
     text = "naïve café — 中文 🙂 done"
     decoder = tok.decoder()
