@@ -476,6 +476,10 @@ impl CoreTokenizer {
                 })
             });
         });
+        // The buffers go back to be reused (and any beyond the kept capacity are unmapped)
+        // without the GIL.
+        drop(parts);
+        py.detach(move || drop(encoded));
         Ok(out)
     }
 

@@ -5,13 +5,15 @@
 //! kernel a page at a time on first write: one page fault per 4 KiB of ids, which on a virtual
 //! machine cost more than encoding the text that fills the page (50 MB of stories on one
 //! thread: 36 ms of system time against 54 ms of encoding). So buffers go back to a shared list
-//! after a call, emptied but still mapped, and the next call takes them; at most `KEEP_BYTES` of
-//! capacity is kept, the largest buffers first.
+//! after a call, emptied but still mapped, and the next call takes them; at most `KEEP_BYTES` (128
+//! MiB) of capacity is kept, the largest buffers first, for the life of the process.
 
 use std::sync::{Mutex, PoisonError};
 
-/// Most buffer capacity kept between calls, in bytes.
-pub const KEEP_BYTES: usize = 256 << 20;
+/// Most buffer capacity kept between calls, in bytes: enough for a 50 MB text's ids on any
+/// number of threads (one thread's vector grows by doubling to 85 MB of capacity), while a
+/// process that once encoded gigabytes in one call keeps no more than this.
+pub const KEEP_BYTES: usize = 128 << 20;
 
 /// Spare buffers, in ascending order of capacity, none of them holding ids.
 #[derive(Default)]

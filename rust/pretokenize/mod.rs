@@ -320,6 +320,32 @@ mod tests {
         }
     }
 
+    /// A two-byte character at every byte offset of the first windows, the last byte of a window
+    /// included (where the character is cut by the window's end), after runs of each class.
+    #[test]
+    fn two_byte_characters_at_every_window_offset() {
+        let fillers = ["a", " ", "1", ".", "ab ", "'s", "\n "];
+        let chars = [
+            "\u{e9}", "\u{b2}", "\u{a7}", "\u{a0}", "\u{85}", "\u{301}", "\u{436}",
+        ];
+        for pattern in patterns() {
+            let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
+            for filler in fillers {
+                for c in chars {
+                    for k in 0..140 {
+                        let head: String = filler.chars().cycle().take(k).collect();
+                        let text = format!("{head}{c}{filler}{c}{c}x {c}");
+                        let want: Vec<&str> = regex
+                            .find_iter(&text)
+                            .map(|m| m.expect("no backtrack limit on short text").as_str())
+                            .collect();
+                        assert_eq!(pattern.split(&text), want, "{}: {text:?}", pattern.name());
+                    }
+                }
+            }
+        }
+    }
+
     /// Long mostly-ASCII texts with the shapes the cl100k and o200k fast paths decide on their
     /// own: mixed-case words, leading characters before words, digit runs, punctuation runs
     /// followed by newlines and slashes, case-insensitive contractions; with non-ASCII pieces
