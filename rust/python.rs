@@ -445,40 +445,21 @@ impl CoreTokenizer {
                 })
             })
             .map_err(to_py_err)?;
-        let parts = encoded.parts();
         let total = encoded.len();
         let out = uninit_bytearray(py, total * 4)?;
-        // The new bytearray is not visible to Python yet, so the pool may fill it without the
-        // GIL, each part into its own range; its pages are first touched here, in parallel.
-        let base = out.data() as usize;
         crate::hugepages::advise(out.data(), total * 4);
-        let mut offsets = Vec::with_capacity(parts.len());
-        let mut at = 0;
-        for part in &parts {
-            offsets.push(at);
-            at += part.len() * 4;
-        }
-        py.detach(|| {
-            pool.install(|| {
-                parts.par_iter().zip(offsets).for_each(|(ids, offset)| {
-                    // SAFETY: `base..base + total * 4` is the bytearray's buffer, the ranges
-                    // `offset..offset + ids.len() * 4` are disjoint and inside it, and nothing
-                    // else reads or writes it until this returns.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            (base + offset) as *mut std::mem::MaybeUninit<[u8; 4]>,
-                            ids.len(),
-                        )
-                    };
-                    for (d, id) in dst.iter_mut().zip(ids.iter()) {
-                        d.write(id.to_le_bytes());
-                    }
-                })
-            });
-        });
+        // SAFETY: the new bytearray's buffer holds `total * 4` bytes (`MaybeUninit<[u8; 4]>` has
+        // alignment 1); it is not visible to Python yet, so nothing else touches it until
+        // `write_le`, which writes every element, returns.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                out.data().cast::<std::mem::MaybeUninit<[u8; 4]>>(),
+                total,
+            )
+        };
+        py.detach(|| pool.install(|| encoded.write_le(dst)));
         // The buffers go back to be reused (and any beyond the kept capacity are unmapped)
         // without the GIL.
-        drop(parts);
         py.detach(move || drop(encoded));
         Ok(out)
     }

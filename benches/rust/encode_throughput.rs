@@ -308,9 +308,8 @@ fn threads(
             let wall = t0.elapsed().as_secs_f64();
             // The Python binding then copies the pieces into one fresh array: time that, into
             // 4 KiB pages and into pages advised huge.
-            let parts = encoded.parts();
-            let assemble_small = pool.install(|| assemble(&parts, false));
-            let assemble_huge = pool.install(|| assemble(&parts, true));
+            let assemble_small = pool.install(|| assemble(&encoded, false));
+            let assemble_huge = pool.install(|| assemble(&encoded, true));
             drop(encoded);
             let t0 = Instant::now();
             let chunk = lmforge::encode::piece_bytes(text.len(), n);
@@ -375,29 +374,18 @@ fn threads(
     Ok(())
 }
 
-/// Copies `parts` in order into a fresh array on the current pool, as the Python binding does;
-/// with `huge`, huge pages are advised for it first. Returns the seconds taken.
-fn assemble(parts: &[&[u32]], huge: bool) -> f64 {
-    use rayon::prelude::*;
+/// Copies the ids in order into a fresh array on the current pool, as the Python binding does
+/// (`Encoded::write_le`); with `huge`, huge pages are advised for it first. Returns the seconds
+/// taken.
+fn assemble(encoded: &lmforge::encode::Encoded, huge: bool) -> f64 {
     let t0 = Instant::now();
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out: Vec<u32> = Vec::with_capacity(total);
+    let total = encoded.len();
+    let mut out: Vec<[u8; 4]> = Vec::with_capacity(total);
     if huge {
         lmforge::hugepages::advise(out.as_mut_ptr().cast(), total * 4);
     }
-    let mut rest = &mut out.spare_capacity_mut()[..total];
-    let mut slices = Vec::with_capacity(parts.len());
-    for p in parts {
-        let (head, tail) = rest.split_at_mut(p.len());
-        slices.push(head);
-        rest = tail;
-    }
-    slices.par_iter_mut().zip(parts).for_each(|(dst, src)| {
-        for (d, &s) in dst.iter_mut().zip(src.iter()) {
-            d.write(s);
-        }
-    });
-    // SAFETY: the slices cover the first `total` elements, each written above.
+    encoded.write_le(&mut out.spare_capacity_mut()[..total]);
+    // SAFETY: `write_le` wrote all `total` elements.
     unsafe { out.set_len(total) };
     let seconds = t0.elapsed().as_secs_f64();
     drop(out);

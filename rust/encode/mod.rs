@@ -15,6 +15,7 @@ mod trie;
 
 pub use backtrack::Backtracks;
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -296,6 +297,29 @@ impl Encoded {
     pub fn to_vec(&self) -> Vec<u32> {
         self.parts().concat()
     }
+
+    /// Writes the ids, in order, as little-endian `u32` into `dst`, which must be `len()` long
+    /// (memory not yet initialised is fine): one task per piece on the current rayon pool, so a
+    /// fresh buffer's pages are first touched in parallel.
+    pub fn write_le(&self, dst: &mut [MaybeUninit<[u8; 4]>]) {
+        assert_eq!(
+            dst.len(),
+            self.len(),
+            "write_le needs room for exactly the ids"
+        );
+        let mut rest = dst;
+        let mut pairs = Vec::with_capacity(self.spans.len());
+        for part in self.parts() {
+            let (head, tail) = rest.split_at_mut(part.len());
+            pairs.push((head, part));
+            rest = tail;
+        }
+        pairs.into_par_iter().for_each(|(dst, ids)| {
+            for (d, id) in dst.iter_mut().zip(ids) {
+                d.write(id.to_le_bytes());
+            }
+        });
+    }
 }
 
 impl Drop for Encoded {
@@ -400,6 +424,14 @@ mod tests {
                         assert!(got.parts().len() > 3);
                         assert_eq!(got.len(), want.len());
                         assert_eq!(got.to_vec(), want);
+                        let mut le = vec![MaybeUninit::new([0u8; 4]); got.len()];
+                        pool.install(|| got.write_le(&mut le));
+                        // SAFETY: `write_le` wrote every element (and they started initialised).
+                        let le: Vec<u32> = le
+                            .iter()
+                            .map(|b| u32::from_le_bytes(unsafe { b.assume_init() }))
+                            .collect();
+                        assert_eq!(le, want);
                     }
                 });
             }
