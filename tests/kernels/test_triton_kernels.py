@@ -212,3 +212,47 @@ def test_moe_row_kernels_match_torch(monkeypatch, device, dtype, d):
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=3e-2)
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a.cpu().double(), b, **tol)
+
+
+def _rope(monkeypatch, device, triton: bool, x, start: int, seq_dim: int, compiled=False):
+    """RoPE of ``x`` (and its gradient against a fixed probe) with or without the kernel."""
+    from lmforge.model.rope import RotaryEmbedding
+
+    monkeypatch.setenv("LMFORGE_TRITON", "1" if triton else "0")
+    head_dim = x.shape[-1]
+    rope = RotaryEmbedding(head_dim, 40, theta=500.0, device=device)
+    x = x.detach().clone().to(device).requires_grad_()
+    assert use_triton(x) == triton
+    backend = "inductor" if ON_GPU else "aot_eager"  # the interpreter cannot run Inductor's code
+    fn = torch.compile(rope, fullgraph=True, backend=backend) if compiled else rope
+    y = fn(x, start, seq_dim=seq_dim)
+    probe = torch.linspace(-1, 1, y.numel(), device=device).view(y.shape).to(y.dtype)
+    (y.float() * probe.float()).sum().backward()
+    return y, x.grad
+
+
+@pytest.mark.parametrize(
+    ("shape", "seq_dim", "start"),
+    [((2, 7, 3, 64), -3, 0), ((2, 3, 7, 32), -2, 5), ((1, 9, 5, 96), -3, 31), ((3, 4, 2), -2, 1)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_kernel_matches_torch(monkeypatch, device, shape, seq_dim, start, dtype):
+    """Same float32 arithmetic as ``apply_rotary``: float32 to rounding, bf16 to one rounding
+    of the output; the gradient is the rotation by the opposite angle."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=gen).to(dtype)
+    ref = _rope(monkeypatch, "cpu", False, x, start, seq_dim)
+    out = _rope(monkeypatch, device, True, x, start, seq_dim)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=8e-3, atol=8e-3)
+    for a, b in zip(out, ref, strict=True):
+        assert a.dtype == b.dtype == dtype
+        torch.testing.assert_close(a.cpu(), b, **tol)
+
+
+def test_rope_kernel_under_torch_compile(monkeypatch, device):
+    monkeypatch.setenv("LMFORGE_TRITON", "1")
+    x = torch.randn(2, 6, 4, 16, generator=torch.Generator().manual_seed(1))
+    eager = _rope(monkeypatch, device, True, x, 3, -3)
+    compiled = _rope(monkeypatch, device, True, x, 3, -3, compiled=True)
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -8,6 +8,8 @@ environment (the switch for debugging and for measuring what a kernel buys).
 * :mod:`lmforge.kernels.cross_entropy`: the LM head's softmax cross-entropy (+ z-loss,
   soft-capping) and its gradient in two passes over a chunk of bf16 logits, written in place.
 * :mod:`lmforge.kernels.adamw`: one multi-tensor launch of the whole AdamW update.
+* :mod:`lmforge.kernels.rope`: rotary position embedding (and its gradient) in one pass.
+* :mod:`lmforge.kernels.moe_rows`: the Mixture-of-Experts row gathers and the combine's backward.
 """
 
 from __future__ import annotations

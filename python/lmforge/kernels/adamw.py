@@ -22,7 +22,10 @@ from torch import Tensor
 
 __all__ = ["adam_multi_tensor_"]
 
-_BLOCK = 2048
+# 1,024 elements and 4 warps a program: 3.9 TB/s over gpt2-124M's parameters on an H200 (1.17 ms
+# a step), against 3.0 TB/s for 2,048 (1.51 ms) and 3.5 for torch's fused AdamW (1.31 ms).
+_BLOCK = 1024
+_WARPS = 4
 
 
 @functools.cache
@@ -154,7 +157,7 @@ def adam_multi_tensor_(
         eps,
         DECOUPLED=decoupled,
         BLOCK=_BLOCK,
-        num_warps=4,
+        num_warps=_WARPS,
     )
 
 

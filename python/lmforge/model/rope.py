@@ -17,13 +17,20 @@ Design choices:
   model to bf16 casts them too, which costs ~3 significant digits of the rotation (what nanochat
   does on purpose); the rotation itself is computed in float32 and cast back.
 * **Position offset** ``start`` for the KV cache: new tokens at positions ``start, start+1, …``.
+* **Kernel**: on a GPU, contiguous inputs go through one Triton pass per tensor
+  (:mod:`lmforge.kernels.rope`, the same float32 arithmetic); :func:`apply_rotary` is the
+  reference and runs elsewhere.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
+from lmforge.kernels import use_triton
+from lmforge.kernels.rope import rotate
 from lmforge.model.functional import at_least_float32
 
 __all__ = ["RotaryEmbedding", "apply_rotary", "rope_frequencies"]
@@ -144,10 +151,12 @@ class RotaryEmbedding(nn.Module):
                 f"positions {start}..{start + seq - 1} are outside the RoPE table "
                 f"(context_length={self.context_length})"
             )
+        cos, sin = self.cos[start : start + seq], self.sin[start : start + seq]
+        if use_triton(x) and x.is_contiguous():
+            inner = math.prod(x.shape[seq_dim + 1 : -1])
+            return rotate(x, cos, sin, inner)
         shape = (seq, *([1] * (-seq_dim - 2)), self.head_dim // 2)
-        cos = self.cos[start : start + seq].view(shape)
-        sin = self.sin[start : start + seq].view(shape)
-        return apply_rotary(x, cos, sin)
+        return apply_rotary(x, cos.view(shape), sin.view(shape))
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, context_length={self.context_length}, theta={self.theta}"
