@@ -9,7 +9,8 @@ For each shape (``--shapes 124M,1B``: the ``gpt2-124M`` and ``1B`` presets; ``17
    lmforge's own AdamW (``lmforge.optim``), bf16 autocast, ``torch.compile``, the loss computed
    by the model's chunked LM head (``return_logits=False``) — one full training step as the
    trainer runs it (forward, backward, gradient clipping — which the baseline does not do;
-   ``--no-grad-clip`` drops it —, optimizer step, zero grad, the after-step hook).
+   ``--no-grad-clip`` drops it; the clipping factor is applied inside the fused AdamW step, as
+   the trainer does —, optimizer step, zero grad, the after-step hook).
 
 Both train on one fixed random batch (as the baseline does), batch and sequence the same, and
 report tokens/s and MFU with the baseline's FLOP convention (6 × non-embedding parameters + the
@@ -61,7 +62,7 @@ def child(
 
     from lmforge import accounting
     from lmforge.model import Transformer
-    from lmforge.optim import OptimConfig, build_optimizer, clip_grad_norm_
+    from lmforge.optim import OptimConfig, build_optimizer, clip_coefficient
     from lmforge.train.config import load_run_config
 
     cfg = load_run_config(PRESETS[shape], ["train.train_data=unused"]).model
@@ -81,9 +82,11 @@ def child(
         with torch.autocast("cuda", torch.bfloat16):
             out = step_model(x, y, return_logits=False)
         out.loss.backward()
-        if grad_clip:
-            clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        if grad_clip:  # as the trainer clips: AdamW applies the factor as it reads the grads
+            _, coef = clip_coefficient(model.parameters(), 1.0)
+            opt.step(grad_scale=coef)  # type: ignore[call-overload]
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=True)
         model.after_optimizer_step()
         return out.loss

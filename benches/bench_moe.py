@@ -106,7 +106,7 @@ def child(a: argparse.Namespace) -> None:
     from lmforge import accounting
     from lmforge.data import get_batch
     from lmforge.model import Transformer
-    from lmforge.optim import OptimConfig, build_optimizer, clip_grad_norm_
+    from lmforge.optim import OptimConfig, build_optimizer, clip_coefficient
     from lmforge.train.config import GRAPH_MODES, load_run_config
 
     overrides = ["train.train_data=unused", *CONFIGS[a.child], *a.set]
@@ -137,8 +137,8 @@ def child(a: argparse.Namespace) -> None:
         with torch.autocast(device.type, dtype, enabled=device.type == "cuda"):
             out = step_model(x, y, return_logits=False)
         out.loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        _, coef = clip_coefficient(model.parameters(), 1.0)  # as the trainer clips
+        opt.step(grad_scale=coef)  # type: ignore[call-overload]
         opt.zero_grad(set_to_none=True)
         model.after_optimizer_step()
         return out

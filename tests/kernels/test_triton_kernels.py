@@ -256,3 +256,30 @@ def test_rope_kernel_under_torch_compile(monkeypatch, device):
     compiled = _rope(monkeypatch, device, True, x, 3, -3, compiled=True)
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fused_adamw_applies_grad_scale(monkeypatch, device):
+    """The kernel's ``grad_scale`` (clipping's factor, multiplied as the gradient is loaded)
+    against clipping first and the multi-tensor path; the gradients are left as they were."""
+    from lmforge.optim import clip_coefficient, clip_grad_norm_
+
+    gen = torch.Generator().manual_seed(9)
+    a = [torch.randn(300, 7, generator=gen).to(device).requires_grad_() for _ in range(3)]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    monkeypatch.setenv("LMFORGE_TRITON", "1")
+    ours = AdamW(a, lr=3e-3, weight_decay=0.1)
+    theirs = AdamW(b, lr=3e-3, weight_decay=0.1, fused=False)
+    for _ in range(5):
+        for p, q in zip(a, b, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen).to(device) * 10
+            q.grad = p.grad.clone()
+        grads = [p.grad.clone() for p in a]
+        _, coef = clip_coefficient(a, 1.0)
+        assert coef < 1.0
+        ours.step(grad_scale=coef)
+        clip_grad_norm_(b, 1.0)
+        theirs.step()
+        for g, p in zip(grads, a, strict=True):
+            assert torch.equal(g, p.grad)
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)

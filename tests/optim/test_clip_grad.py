@@ -1,4 +1,5 @@
-"""clip_grad_norm_ against torch.nn.utils.clip_grad_norm_, and its non-finite departure."""
+"""clip_grad_norm_ against torch.nn.utils.clip_grad_norm_, and its non-finite departure;
+clip_coefficient handed to Adam(W).step against clipping first."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from optim_testing import clone_params, make_params
 
-from lmforge.optim import clip_grad_norm_
+from lmforge.optim import Adam, AdamW, clip_coefficient, clip_grad_norm_
 
 
 def _with_grads(scale: float, seed: int = 0, dtype: torch.dtype = torch.float64) -> list:
@@ -93,3 +94,58 @@ def test_matches_torch_for_any_scale(scale: float, max_norm: float, seed: int) -
     for p, q in zip(ours, theirs, strict=True):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=0)
+
+
+def test_generator_params_are_read_once() -> None:
+    params = _with_grads(10.0)
+    twins = _twins(params)
+    got = clip_grad_norm_((p for p in params), 1.0)
+    torch.testing.assert_close(got, clip_grad_norm_(twins, 1.0), rtol=0, atol=0)
+    for p, q in zip(params, twins, strict=True):
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("bad", [None, float("nan")])
+def test_clip_coefficient_is_the_factor_clip_grad_norm_scales_by(bad: float | None) -> None:
+    params = _with_grads(10.0)
+    if bad is not None:
+        params[0].grad[0, 0] = bad
+    before = [p.grad.clone() for p in params if p.grad is not None]
+    total, coef = clip_coefficient(params, 0.5)
+    for a, p in zip(before, [p for p in params if p.grad is not None], strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=0, atol=0, equal_nan=True)
+    twins = _twins(params)
+    want = clip_grad_norm_(twins, 0.5)
+    torch.testing.assert_close(total, want, rtol=0, atol=0, equal_nan=True)
+    for a, q in zip(before, [q for q in twins if q.grad is not None], strict=True):
+        torch.testing.assert_close(a * coef, q.grad, rtol=0, atol=0, equal_nan=True)
+    assert coef == 1.0 if bad else coef < 1.0
+    assert clip_coefficient([], 1.0) == (torch.tensor(0.0), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("cls", [AdamW, Adam])
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("max_norm", [0.5, float("inf")])
+def test_step_with_grad_scale_equals_clipping_first(cls, foreach: bool, max_norm: float) -> None:
+    """``clip_coefficient`` + ``step(grad_scale=coef)`` is ``clip_grad_norm_`` + ``step()`` to the
+    bit, over several steps, and leaves the gradients as they were."""
+    ours = _with_grads(10.0, dtype=torch.float32)
+    theirs = _twins(ours)
+    opt_a = cls(ours, lr=1e-2, weight_decay=0.1, foreach=foreach)
+    opt_b = cls(theirs, lr=1e-2, weight_decay=0.1, foreach=foreach)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        for p, q in zip(ours, theirs, strict=True):
+            if p.grad is not None:
+                p.grad = torch.randn(p.shape, generator=gen) * 10
+                q.grad = p.grad.clone()
+        grads = [p.grad.clone() for p in ours if p.grad is not None]
+        total, coef = clip_coefficient(ours, max_norm)
+        opt_a.step(grad_scale=coef)
+        torch.testing.assert_close(total, clip_grad_norm_(theirs, max_norm), rtol=0, atol=0)
+        opt_b.step()
+        for g, p in zip(grads, [p for p in ours if p.grad is not None], strict=True):
+            assert torch.equal(g, p.grad)
+    for p, q in zip(ours, theirs, strict=True):
+        assert torch.equal(p, q)

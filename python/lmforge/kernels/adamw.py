@@ -10,7 +10,8 @@ addresses give each tensor's ``p, g, m, v`` (the multi-tensor-apply layout of ap
 
 The arithmetic is that of the reference, operation for operation, in float32: decay
 ``p ← p·(1 − lr·wd)`` (AdamW) or ``g ← g + wd·p`` (Adam), ``m ← m + (1 − β₁)(g − m)``,
-``v ← β₂ v + (1 − β₂) g²``, ``p ← p − lr/bc₁ · m / (√v / √bc₂ + ε)``.
+``v ← β₂ v + (1 − β₂) g²``, ``p ← p − lr/bc₁ · m / (√v / √bc₂ + ε)``, where ``g`` is the
+gradient times an optional ``grad_scale`` (gradient clipping's factor, applied as it is loaded).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def _kernel():  # built on first use
         G,
         M,
         V,
+        SCALE,
         SIZES,
         BLOCK_TENSOR,
         BLOCK_START,
@@ -51,6 +53,7 @@ def _kernel():  # built on first use
         bc2_sqrt,
         eps,
         DECOUPLED: tl.constexpr,
+        HAS_SCALE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -67,6 +70,8 @@ def _kernel():  # built on first use
         g = tl.load(g_ptr + offs, mask=inside)
         m = tl.load(m_ptr + offs, mask=inside)
         v = tl.load(v_ptr + offs, mask=inside)
+        if HAS_SCALE:
+            g = g * tl.load(SCALE)
         if DECOUPLED:
             p = p * decay
         else:
@@ -129,11 +134,14 @@ def adam_multi_tensor_(
     decoupled: bool,
     bias_correction1: float,
     bias_correction2_sqrt: float,
+    grad_scale: Tensor | None = None,
 ) -> None:
     """One Adam(W) step, in place, for tensors that share a device and a step count.
 
     Every tensor must be contiguous float32 on one device (the caller checks; see
-    :func:`fits`). The step counters are the caller's.
+    :func:`fits`). The step counters are the caller's. ``grad_scale``, a float32 scalar
+    tensor on that device, multiplies every gradient as it is loaded (gradient clipping's
+    factor, applied without a pass of its own; the gradients themselves are not modified).
     """
     if not params:
         return
@@ -144,6 +152,7 @@ def adam_multi_tensor_(
         _addresses(grads, device),  # new tensors every step with zero_grad(set_to_none=True)
         _cached_addresses(exp_avgs, device),
         _cached_addresses(exp_avg_sqs, device),
+        grad_scale if grad_scale is not None else sizes,  # unread without HAS_SCALE
         sizes,
         block_tensor,
         block_start,
@@ -156,6 +165,7 @@ def adam_multi_tensor_(
         bias_correction2_sqrt,
         eps,
         DECOUPLED=decoupled,
+        HAS_SCALE=grad_scale is not None,
         BLOCK=_BLOCK,
         num_warps=_WARPS,
     )

@@ -8,7 +8,7 @@ models: a model hands over ``(parameter, kind)`` pairs and :func:`build_optimize
 
 from lmforge.optim.adagrad import AdaGrad
 from lmforge.optim.adamw import Adam, AdamW
-from lmforge.optim.clip import clip_grad_norm_
+from lmforge.optim.clip import clip_coefficient, clip_grad_norm_
 from lmforge.optim.config import (
     OPTIMIZERS,
     SCHEDULES,
@@ -33,6 +33,7 @@ __all__ = [
     "Muon",
     "OptimConfig",
     "build_optimizer",
+    "clip_coefficient",
     "clip_grad_norm_",
     "constant_lr",
     "cosine_lr",

@@ -20,6 +20,7 @@ state dicts interchange with ``torch.optim.AdamW``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,11 +85,41 @@ class Adam(GroupOptimizer):
         )
         super().__init__(params, defaults)
 
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], float] | None = None, *, grad_scale: Tensor | None = None
+    ) -> float | None:
+        """One optimisation step over every group; parameters whose grad is ``None`` are skipped.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (run with grad enabled).
+            grad_scale: a scalar tensor every gradient is multiplied by first: the factor of
+                :func:`lmforge.optim.clip_coefficient`, so that ``clip_coefficient`` then
+                ``step(grad_scale=coef)`` is ``clip_grad_norm_`` then ``step()`` without the
+                pass over the gradients (the fused kernel multiplies as it loads them; the
+                other paths multiply copies). The ``.grad`` tensors are left as they were.
+
+        Returns:
+            The closure's loss, or ``None`` without a closure.
+        """
+        self._grad_scale = grad_scale
+        try:
+            return super().step(closure)
+        finally:
+            self._grad_scale = None
+
     def _check_group(self, group: dict[str, Any]) -> None:
         check_adam_group(group)
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        adam_group_step(self.state, group, params, grads, decoupled=self.decoupled_weight_decay)
+        adam_group_step(
+            self.state,
+            group,
+            params,
+            grads,
+            decoupled=self.decoupled_weight_decay,
+            grad_scale=getattr(self, "_grad_scale", None),
+        )
 
 
 class AdamW(Adam):
@@ -150,6 +181,7 @@ def adam_group_step(
     grads: list[Tensor],
     *,
     decoupled: bool,
+    grad_scale: Tensor | None = None,
 ) -> None:
     """One Adam(W) step for the parameters of ``group`` that have gradients.
 
@@ -159,6 +191,7 @@ def adam_group_step(
         params: the group's parameters that have a gradient.
         grads: their gradients (read, never modified).
         decoupled: AdamW's decoupled weight decay instead of Adam's coupled L2.
+        grad_scale: a scalar tensor the gradients are multiplied by before the update.
     """
     states = [_init_state(state[p], p) for p in params]
     exp_avgs = [s["exp_avg"] for s in states]
@@ -174,15 +207,20 @@ def adam_group_step(
         decoupled=decoupled,
     )
     if not resolve_foreach(group["foreach"], params):
+        if grad_scale is not None:
+            grads = [g * grad_scale.to(g.device) for g in grads]
         _adam_loop(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper)
         return
     for bucket, (b_grads, b_avgs, b_sqs, b_steps) in group_by_device_dtype(
         params, grads, exp_avgs, exp_avg_sqs, steps
     ):
         lists = (bucket, b_grads, b_avgs, b_sqs)
+        scale = None if grad_scale is None else grad_scale.to(bucket[0].device, torch.float32)
         if group.get("fused") is not False and use_triton(bucket[0]) and fused_fits(*lists):
-            _adam_fused(*lists, b_steps, **hyper)
+            _adam_fused(*lists, b_steps, **hyper, grad_scale=scale)
         else:
+            if scale is not None:
+                b_grads = list(torch._foreach_mul(b_grads, scale))
             _adam_foreach(bucket, b_grads, b_avgs, b_sqs, b_steps, **hyper)
 
 

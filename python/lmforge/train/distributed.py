@@ -205,6 +205,20 @@ def clip_grad_norm(
     return total
 
 
+def clip_coefficient(
+    params: list[nn.Parameter],
+    max_norm: float,
+    coefficient: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The global gradient norm and clipping factor (``coefficient``: lmforge's
+    ``clip_coefficient``), for an optimizer that applies the factor itself; ``None`` for FSDP's
+    sharded grads, which :func:`clip_grad_norm` clips in place instead."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads and _is_dtensor(grads[0]):
+        return None
+    return coefficient(params, max_norm)
+
+
 def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """The mean of ``values`` over ranks (a copy; ``values`` itself alone)."""
     if not ctx.distributed:

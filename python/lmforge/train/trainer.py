@@ -52,7 +52,7 @@ from torch import nn
 from lmforge import accounting
 from lmforge.data import MixtureSampler, gather_mixture_batch
 from lmforge.model import Encoder, build_model
-from lmforge.optim import build_optimizer, clip_grad_norm_, lr_at, set_lr
+from lmforge.optim import Adam, build_optimizer, clip_coefficient, clip_grad_norm_, lr_at, set_lr
 from lmforge.train import distributed as ddp
 from lmforge.train.artifacts import generate_text
 from lmforge.train.checkpoint import (
@@ -384,9 +384,19 @@ class Trainer:
                 if graphs:  # kept until the next log line: copy out of the graph's memory
                     metrics = {k: v.clone() for k, v in metrics.items()}
             clip = self.config.optim.grad_clip or math.inf  # the norm is logged either way
-            grad_norm = ddp.clip_grad_norm(list(self.model.parameters()), clip, clip_grad_norm_)
+            params = list(self.model.parameters())
+            # Adam(W) applies the clipping factor as it reads the gradients (no pass of its own)
+            opt = self.optimizer
+            deferred = None
+            if isinstance(opt, Adam):
+                deferred = ddp.clip_coefficient(params, clip, clip_coefficient)
+            if isinstance(opt, Adam) and deferred is not None:
+                grad_norm, coef = deferred
+                opt.step(grad_scale=coef)
+            else:
+                grad_norm = ddp.clip_grad_norm(params, clip, clip_grad_norm_)
+                opt.step()
             self._bad_grad |= ~torch.isfinite(grad_norm)
-            self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.model.after_optimizer_step()
         except torch.cuda.OutOfMemoryError:
