@@ -4,7 +4,9 @@
 //! `.gz`/`.xz`/`.zst` decompressed on the fly), the pool's threads encode the pieces, and one
 //! writer puts them in the file in input order. A fixed number of pieces may be in flight at
 //! once (permits taken by the reader and returned by the writer), so memory is bounded whatever
-//! the input size, and a slow piece only stalls the pipeline, never grows it.
+//! the input size, and a slow piece only stalls the pipeline, never grows it. The pieces'
+//! buffers go round too (`Shared`): a fresh megabyte per piece is mapped by the kernel a page at
+//! a time, and the reader, which allocates the text chunks, is the one thread all others wait on.
 //!
 //! Documents: a whole text file, the text between two end-of-text separators in it, or one
 //! `.jsonl` record. With an end-of-text id, each non-empty document is followed by exactly one
@@ -22,10 +24,24 @@ use std::sync::Mutex;
 use crate::corpus::{check_file, open_input, ChunkReader, Compression, Cutter, Utf8Policy};
 use crate::encode::Tokenizer;
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 use crate::progress::Bar;
 
 /// Bytes of input per piece of work.
 const PIECE_BYTES: usize = 1 << 20;
+
+/// Largest buffer kept for reuse: the stored ids of a piece of random bytes as uint32 (a token a
+/// byte); a text chunk this large held a long stretch with no safe cut point.
+const MAX_KEPT: usize = 4 * PIECE_BYTES;
+
+/// What the stages of one run share: the flag that stops them all after an error, and the
+/// buffers that go round (see `pool`): text chunks from the workers back to the reader, stored
+/// ids from the writer back to the workers.
+struct Shared {
+    failed: AtomicBool,
+    text: Pool<u8>,
+    stored: Pool<u8>,
+}
 
 /// How token ids are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,21 +145,26 @@ impl EncodeFiles<'_> {
         for _ in 0..in_flight {
             let _ = permit_tx.send(());
         }
-        let failed = AtomicBool::new(false);
+        let shared = Shared {
+            failed: AtomicBool::new(false),
+            // Pieces in flight, plus the reader's next chunk and the bytes after its cut.
+            text: Pool::new(in_flight + 2, MAX_KEPT),
+            stored: Pool::new(in_flight, MAX_KEPT),
+        };
         let work_rx = Mutex::new(work_rx);
         let total: u64 = stats.iter().map(|s| s.bytes).sum();
         let bar = Bar::new(self.progress, "encode", Some(total), true);
         let written = std::thread::scope(|scope| {
             let writer =
-                scope.spawn(|| self.write(file, out, done_rx, &permit_tx, &failed, &mut stats));
+                scope.spawn(|| self.write(file, out, done_rx, &permit_tx, &shared, &mut stats));
             let workers = scope.spawn(|| {
-                pool.broadcast(|_| self.work(&work_rx, done_tx.clone(), &failed));
+                pool.broadcast(|_| self.work(&work_rx, done_tx.clone(), &shared));
                 drop(done_tx);
             });
-            let read = self.read(inputs, &work_tx, &permit_rx, &failed, &bar);
+            let read = self.read(inputs, &work_tx, &permit_rx, &shared, &bar);
             drop(work_tx);
             if read.is_err() {
-                failed.store(true, Ordering::Relaxed);
+                shared.failed.store(true, Ordering::Relaxed);
             }
             let _ = workers.join();
             let wrote = writer.join().unwrap_or_else(|_| {
@@ -163,13 +184,13 @@ impl EncodeFiles<'_> {
         inputs: &[PathBuf],
         work: &SyncSender<Work>,
         permits: &Receiver<()>,
-        failed: &AtomicBool,
+        shared: &Shared,
         bar: &Bar,
     ) -> Result<()> {
         let mut seq = 0;
         let mut send = |source: usize, last: bool, piece: Piece| -> bool {
             // A permit per piece in flight; the writer returns it once the piece is written.
-            if failed.load(Ordering::Relaxed) || permits.recv().is_err() {
+            if shared.failed.load(Ordering::Relaxed) || permits.recv().is_err() {
                 return false;
             }
             let ok = work
@@ -247,7 +268,8 @@ impl EncodeFiles<'_> {
                     return Ok(());
                 }
             } else {
-                let mut chunks = ChunkReader::open(path, cutter, PIECE_BYTES)?.peekable();
+                let mut chunks =
+                    ChunkReader::open(path, cutter, PIECE_BYTES, &shared.text)?.peekable();
                 if chunks.peek().is_none() {
                     let empty = crate::corpus::Chunk {
                         bytes: Vec::new(),
@@ -277,7 +299,7 @@ impl EncodeFiles<'_> {
     }
 
     /// A worker: encodes pieces until the reader is done.
-    fn work(&self, work: &Mutex<Receiver<Work>>, done: SyncSender<Done>, failed: &AtomicBool) {
+    fn work(&self, work: &Mutex<Receiver<Work>>, done: SyncSender<Done>, shared: &Shared) {
         // Reused from piece to piece: a fresh vector grew by doubling and page-faulted its way
         // through every piece.
         let mut ids = Vec::new();
@@ -287,10 +309,10 @@ impl EncodeFiles<'_> {
                 Err(_) => return,
             };
             let Ok(w) = next else { return };
-            let (data, documents) = if failed.load(Ordering::Relaxed) {
+            let (data, documents) = if shared.failed.load(Ordering::Relaxed) {
                 (Ok(Vec::new()), 0)
             } else {
-                match self.encode_piece(w.piece, &mut ids) {
+                match self.encode_piece(w.piece, &mut ids, shared) {
                     Ok((data, docs)) => (Ok(data), docs),
                     Err(e) => (Err(e), 0),
                 }
@@ -309,7 +331,12 @@ impl EncodeFiles<'_> {
     }
 
     /// Encodes one piece into stored bytes, collapsing runs of end-of-text tokens.
-    fn encode_piece(&self, piece: Piece, ids: &mut Vec<u32>) -> Result<(Vec<u8>, u64)> {
+    fn encode_piece(
+        &self,
+        piece: Piece,
+        ids: &mut Vec<u32>,
+        shared: &Shared,
+    ) -> Result<(Vec<u8>, u64)> {
         let tok = self.tokenizer;
         ids.clear();
         let mut documents = 0;
@@ -318,6 +345,7 @@ impl EncodeFiles<'_> {
                 let text = chunk.decode(self.policy)?;
                 ids.reserve(text.len() / 3 + 1);
                 tok.encode_into(&text, ids);
+                shared.text.give(text.into_bytes());
             }
             Piece::Records {
                 lines,
@@ -354,7 +382,8 @@ impl EncodeFiles<'_> {
                 true
             });
         }
-        let mut data = Vec::with_capacity(ids.len() * self.width.bytes());
+        let mut data = shared.stored.take();
+        data.reserve(ids.len() * self.width.bytes());
         match self.width {
             Width::U16 => data.extend(ids.iter().flat_map(|&id| (id as u16).to_le_bytes())),
             Width::U32 => data.extend(ids.iter().flat_map(|&id| id.to_le_bytes())),
@@ -369,7 +398,7 @@ impl EncodeFiles<'_> {
         out: &Path,
         done: Receiver<Done>,
         permits: &SyncSender<()>,
-        failed: &AtomicBool,
+        shared: &Shared,
         stats: &'s mut [SourceStats],
     ) -> Result<&'s [SourceStats]> {
         let mut writer = BufWriter::with_capacity(1 << 20, file);
@@ -392,7 +421,7 @@ impl EncodeFiles<'_> {
                 let data = match d.data {
                     Ok(data) => data,
                     Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
+                        shared.failed.store(true, Ordering::Relaxed);
                         first_error.get_or_insert(e);
                         continue;
                     }
@@ -428,9 +457,10 @@ impl EncodeFiles<'_> {
                 }
                 stats[d.source].tokens += tokens;
                 if let Err(e) = result {
-                    failed.store(true, Ordering::Relaxed);
+                    shared.failed.store(true, Ordering::Relaxed);
                     first_error.get_or_insert(Error::io(out, e));
                 }
+                shared.stored.give(data);
             }
         }
         if let Some(e) = first_error {

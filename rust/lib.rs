@@ -14,6 +14,7 @@ pub mod flat;
 pub mod format;
 pub mod hugepages;
 pub mod parallel;
+pub mod pool;
 pub mod prefetch;
 pub mod pretokenize;
 pub mod progress;

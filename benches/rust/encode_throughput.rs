@@ -361,10 +361,14 @@ fn serial_stages(
         best[k] = (best[k].0.min(dt), best[k].1.min(faults));
     };
     for _ in 0..repeat {
+        // Each chunk's buffer given back at once, as the workers of `encode_files` do.
+        let spare = lmforge::pool::Pool::new(4, 4 << 20);
         let (read, dt, faults) = measured(|| -> lmforge::Result<usize> {
             let mut n = 0;
-            for chunk in lmforge::corpus::ChunkReader::open(path, cutter, 1 << 20)? {
-                n += chunk?.bytes.len();
+            for chunk in lmforge::corpus::ChunkReader::open(path, cutter, 1 << 20, &spare)? {
+                let bytes = chunk?.bytes;
+                n += bytes.len();
+                spare.give(bytes);
             }
             Ok(n)
         });
