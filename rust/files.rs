@@ -26,6 +26,7 @@ use crate::encode::Tokenizer;
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::progress::Bar;
+use crate::writeback::Writeback;
 
 /// Bytes of input per piece of work.
 const PIECE_BYTES: usize = 1 << 20;
@@ -113,8 +114,8 @@ pub struct EncodeFiles<'a> {
 }
 
 impl EncodeFiles<'_> {
-    /// Encodes `inputs` into `out` (created or truncated, fsynced at the end) on the threads of
-    /// `pool`. Returns per-input statistics.
+    /// Encodes `inputs` into `out` (created or truncated, written to disk as it goes and fsynced
+    /// at the end) on the threads of `pool`. Returns per-input statistics.
     pub fn run(
         &self,
         inputs: &[PathBuf],
@@ -402,6 +403,7 @@ impl EncodeFiles<'_> {
         stats: &'s mut [SourceStats],
     ) -> Result<&'s [SourceStats]> {
         let mut writer = BufWriter::with_capacity(1 << 20, file);
+        let (mut writeback, mut written) = (Writeback::default(), 0u64);
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
         let mut next = 0u64;
         let mut first_error: Option<Error> = None;
@@ -456,6 +458,9 @@ impl EncodeFiles<'_> {
                     (wrote, ends_with_eot) = (false, true);
                 }
                 stats[d.source].tokens += tokens;
+                written += tokens * width as u64;
+                // The disk writes what the buffer has passed on while the threads encode.
+                writeback.advance(writer.get_ref(), written - writer.buffer().len() as u64);
                 if let Err(e) = result {
                     shared.failed.store(true, Ordering::Relaxed);
                     first_error.get_or_insert(Error::io(out, e));
@@ -469,6 +474,7 @@ impl EncodeFiles<'_> {
         let file = writer
             .into_inner()
             .map_err(|e| Error::io(out, e.into_error()))?;
+        // Waits only for what `writeback` has not started yet, and the metadata.
         file.sync_all().map_err(|e| Error::io(out, e))?;
         Ok(stats)
     }

@@ -22,6 +22,7 @@ pub mod shortkey;
 pub mod special;
 pub mod train;
 pub mod vocab;
+pub mod writeback;
 
 #[cfg(feature = "python")]
 mod python;
