@@ -4,7 +4,8 @@
 //! at special tokens (text is split there anyway) or at the pattern's restart points (see
 //! `Pattern::last_restart_point`). Memory therefore stays at a few blocks per thread, whatever
 //! the file size. A custom regex has no restart points, so without special tokens in the text a
-//! file is held whole; the built-in patterns never need that.
+//! file is held whole; the built-in patterns never need that. Chunk buffers come from a `Pool`
+//! that their consumers give them back to, so a long stream reuses a few of them.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 use crate::pretokenize::Pattern;
 use crate::special::Specials;
 
@@ -96,7 +98,8 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// The chunk's text under `policy`.
+    /// The chunk's text under `policy`. Once done with it, give `String::into_bytes` back to
+    /// the reader's pool.
     pub fn decode(self, policy: Utf8Policy) -> Result<String> {
         policy.decode(self.bytes, &self.source, self.offset)
     }
@@ -109,6 +112,8 @@ pub struct ChunkReader<'a> {
     reader: Box<dyn Read + Send>,
     cutter: Cutter<'a>,
     block: usize,
+    /// Where the buffers of the chunks after this one come from.
+    spare: &'a Pool<u8>,
     buf: Vec<u8>,
     offset: u64,
     eof: bool,
@@ -170,15 +175,22 @@ pub fn open_input(path: &Path) -> Result<Box<dyn Read + Send>> {
 }
 
 impl<'a> ChunkReader<'a> {
-    /// Opens `path` (decompressing `.gz`, `.xz`, `.zst`); chunks are about `block` bytes.
-    pub fn open(path: &Path, cutter: Cutter<'a>, block: usize) -> Result<Self> {
+    /// Opens `path` (decompressing `.gz`, `.xz`, `.zst`); chunks are about `block` bytes, in
+    /// buffers taken from `spare`.
+    pub fn open(
+        path: &Path,
+        cutter: Cutter<'a>,
+        block: usize,
+        spare: &'a Pool<u8>,
+    ) -> Result<Self> {
         Ok(ChunkReader {
             path: path.to_path_buf(),
             name: path.display().to_string().into(),
             reader: open_input(path)?,
             cutter,
             block: block.max(1),
-            buf: Vec::new(),
+            spare,
+            buf: spare.take(),
             offset: 0,
             eof: false,
         })
@@ -218,7 +230,10 @@ impl<'a> ChunkReader<'a> {
         if cut == 0 {
             return Ok(None);
         }
-        let rest = self.buf.split_off(cut);
+        // The bytes after the cut (usually a few) start the next chunk's buffer.
+        let mut rest = self.spare.take();
+        rest.extend_from_slice(&self.buf[cut..]);
+        self.buf.truncate(cut);
         let chunk = Chunk {
             bytes: std::mem::replace(&mut self.buf, rest),
             offset: self.offset,
@@ -258,8 +273,17 @@ mod tests {
             pattern: &pattern,
             specials: &specials,
         };
-        let out = ChunkReader::open(&path, cutter, block)?
+        let spare = Pool::new(2, 1 << 20);
+        let out = ChunkReader::open(&path, cutter, block, &spare)?
             .map(|c| c.and_then(|c| c.decode(Utf8Policy::Strict)))
+            .map(|t| {
+                // Given back, as a consumer does: the next chunk reuses the buffer.
+                t.map(|t| {
+                    let copy = t.clone();
+                    spare.give(t.into_bytes());
+                    copy
+                })
+            })
             .collect();
         std::fs::remove_file(&path).unwrap();
         out

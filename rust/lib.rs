@@ -14,6 +14,7 @@ pub mod flat;
 pub mod format;
 pub mod hugepages;
 pub mod parallel;
+pub mod pool;
 pub mod prefetch;
 pub mod pretokenize;
 pub mod progress;
@@ -21,6 +22,7 @@ pub mod shortkey;
 pub mod special;
 pub mod train;
 pub mod vocab;
+pub mod writeback;
 
 #[cfg(feature = "python")]
 mod python;

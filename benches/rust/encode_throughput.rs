@@ -18,6 +18,11 @@
 //!   times the cutting and each piece on its thread, so that the wall time splits into the
 //!   threads' mean busy time (the encoding, slower per thread only if the cores slow down when
 //!   all are busy), their imbalance (busiest thread minus the mean) and the rest (serial work).
+//! - `files:N`: `encode_files` on TEXT (as a file) with N threads, REPEAT times, against the
+//!   parallel encode of the same text in memory on the same pool: MB/s and minor page faults
+//!   per MB of each; the worker's steps on one thread; and the single-threaded stages alone
+//!   (reading and cutting, writing, fsync) in ms per MB, which bound `encode_files` at any
+//!   number of workers.
 //! - `all`: `text` and `worst`.
 //!
 //! Deterministic comparisons (instruction counts, simulated cache misses) come from running it
@@ -140,71 +145,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if let Some(n) = mode.strip_prefix("files:") {
-        // `encode_files` on TEXT (as a file) with n threads, REPEAT times, against the parallel
-        // encode of the same text in memory on the same pool.
-        let n: usize = n.parse()?;
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
-        let job = lmforge::files::EncodeFiles {
-            tokenizer: &tok,
-            eot: tok.special_id("<|endoftext|>").ok(),
-            width: lmforge::files::Width::U16,
-            policy: lmforge::corpus::Utf8Policy::Strict,
-            progress: false,
-        };
-        let out = std::env::temp_dir().join("encode_throughput_files.bin");
-        let inputs = [std::path::PathBuf::from(text_path)];
-        let (mut files_best, mut mem_best) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..repeat {
-            let t0 = Instant::now();
-            job.run(&inputs, &out, &pool)?;
-            files_best = files_best.min(t0.elapsed().as_secs_f64());
-            let t0 = Instant::now();
-            let e =
-                pool.install(|| tok.encode_parallel(&text, lmforge::encode::Allowed::All, &[]))?;
-            mem_best = mem_best.min(t0.elapsed().as_secs_f64());
-            drop(e);
-        }
-        let _ = std::fs::remove_file(&out);
-        // The worker's steps alone, on one thread, on the same 1 MB pieces: validate, encode,
-        // convert to stored bytes.
-        let pieces = tok.cut_into(&text, 1 << 20);
-        let (mut validate, mut encode, mut convert) = (0.0f64, 0.0f64, 0.0f64);
-        let mut ids = Vec::new();
-        // Twice, timing the second pass: this thread's pretoken cache is cold on the first.
-        for pass in 0..2 {
-            for p in &pieces {
-                let raw = p.as_bytes().to_vec();
-                let t0 = Instant::now();
-                let s = String::from_utf8(raw)?;
-                let t1 = Instant::now();
-                ids.clear();
-                ids.reserve(s.len() / 3 + 1);
-                tok.encode_into(&s, &mut ids);
-                let t2 = Instant::now();
-                let data: Vec<u8> = ids
-                    .iter()
-                    .flat_map(|&id| (id as u16).to_le_bytes())
-                    .collect();
-                let t3 = Instant::now();
-                std::hint::black_box(data);
-                if pass == 1 {
-                    validate += (t1 - t0).as_secs_f64();
-                    encode += (t2 - t1).as_secs_f64();
-                    convert += (t3 - t2).as_secs_f64();
-                }
-            }
-        }
-        println!(
-            "one thread, the worker's steps: validate {:.1} ms, encode {:.1} ms, convert {:.1} ms",
-            validate * 1e3,
-            encode * 1e3,
-            convert * 1e3
-        );
-        println!(
-            "{n} threads: encode_files {:.1} MB/s, encode_parallel {:.1} MB/s (best of {repeat})",
-            mb_per_s(text.len(), files_best),
-            mb_per_s(text.len(), mem_best)
-        );
+        files(&tok, &text, text_path, n.parse()?, repeat)?;
     }
     if let Some(list) = mode.strip_prefix("threads") {
         threads(&tok, &text, list.trim_start_matches(':'), repeat)?;
@@ -274,6 +215,191 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 per_byte / base
             );
         }
+    }
+    Ok(())
+}
+
+/// Minor page faults of the process so far.
+fn minor_faults() -> u64 {
+    // SAFETY: `getrusage` only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_minflt as u64
+}
+
+/// Runs `f`, returning its result, its seconds and the minor page faults taken meanwhile.
+fn measured<T>(f: impl FnOnce() -> T) -> (T, f64, u64) {
+    let faults = minor_faults();
+    let t0 = Instant::now();
+    let out = f();
+    let seconds = t0.elapsed().as_secs_f64();
+    (out, seconds, minor_faults() - faults)
+}
+
+/// The `files:N` mode (see the module's documentation).
+fn files(
+    tok: &lmforge::Tokenizer,
+    text: &str,
+    text_path: &str,
+    n: usize,
+    repeat: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mb = text.len() as f64 / 1e6;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
+    let job = lmforge::files::EncodeFiles {
+        tokenizer: tok,
+        eot: tok.special_id("<|endoftext|>").ok(),
+        width: lmforge::files::Width::U16,
+        policy: lmforge::corpus::Utf8Policy::Strict,
+        progress: false,
+    };
+    let out = std::env::temp_dir().join("encode_throughput_files.bin");
+    let inputs = [std::path::PathBuf::from(text_path)];
+    // Per call: the first round (a cold process: fresh pool threads, empty pretoken caches,
+    // nothing in malloc's free lists, as for the command line) and the best of the rounds.
+    let mut files_rounds = Vec::new();
+    let mut mem_rounds = Vec::new();
+    for _ in 0..repeat {
+        // A new file each time, as the Python wrapper writes (truncating the last round's
+        // fsynced file took milliseconds of the call).
+        let _ = std::fs::remove_file(&out);
+        let (ran, dt, faults) = measured(|| job.run(&inputs, &out, &pool));
+        ran?;
+        files_rounds.push((dt, faults));
+        let (e, dt, faults) = measured(|| {
+            pool.install(|| tok.encode_parallel(text, lmforge::encode::Allowed::All, &[]))
+        });
+        drop(e?);
+        mem_rounds.push((dt, faults));
+    }
+    let _ = std::fs::remove_file(&out);
+    worker_steps(tok, text)?;
+    serial_stages(tok, text, text_path, repeat)?;
+    for (name, rounds) in [
+        ("encode_files", &files_rounds),
+        ("encode_parallel", &mem_rounds),
+    ] {
+        let (first, first_faults) = rounds[0];
+        let best = rounds.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let fewest = rounds.iter().map(|r| r.1).min().unwrap_or(0);
+        println!(
+            "{n} threads: {name:>15} first call {:.1} MB/s, {:.0} faults/MB; best {:.1} MB/s, fewest {:.1} faults/MB (of {repeat})",
+            mb / first,
+            first_faults as f64 / mb,
+            mb / best,
+            fewest as f64 / mb,
+        );
+    }
+    Ok(())
+}
+
+/// The worker's steps alone, on one thread, on the same 1 MB pieces: validate, encode, convert
+/// to stored bytes.
+fn worker_steps(tok: &lmforge::Tokenizer, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let pieces = tok.cut_into(text, 1 << 20);
+    let (mut validate, mut encode, mut convert) = (0.0f64, 0.0f64, 0.0f64);
+    let mut ids = Vec::new();
+    // Twice, timing the second pass: this thread's pretoken cache is cold on the first.
+    for pass in 0..2 {
+        for p in &pieces {
+            let raw = p.as_bytes().to_vec();
+            let t0 = Instant::now();
+            let s = String::from_utf8(raw)?;
+            let t1 = Instant::now();
+            ids.clear();
+            ids.reserve(s.len() / 3 + 1);
+            tok.encode_into(&s, &mut ids);
+            let t2 = Instant::now();
+            let data: Vec<u8> = ids
+                .iter()
+                .flat_map(|&id| (id as u16).to_le_bytes())
+                .collect();
+            let t3 = Instant::now();
+            std::hint::black_box(data);
+            if pass == 1 {
+                validate += (t1 - t0).as_secs_f64();
+                encode += (t2 - t1).as_secs_f64();
+                convert += (t3 - t2).as_secs_f64();
+            }
+        }
+    }
+    println!(
+        "one thread, the worker's steps: validate {:.1} ms, encode {:.1} ms, convert {:.1} ms",
+        validate * 1e3,
+        encode * 1e3,
+        convert * 1e3
+    );
+    Ok(())
+}
+
+/// The single-threaded stages of `encode_files` alone, best of `repeat`, in ms per MB of text:
+/// the reader (reading the file and cutting it into 1 MB chunks; and the cutting alone, on the
+/// text in memory), the writer's writes of the stored ids and the final fsync.
+fn serial_stages(
+    tok: &lmforge::Tokenizer,
+    text: &str,
+    text_path: &str,
+    repeat: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mb = text.len() as f64 / 1e6;
+    let cutter = lmforge::corpus::Cutter {
+        pattern: tok.pattern(),
+        specials: tok.specials(),
+    };
+    let path = std::path::Path::new(text_path);
+    let stored: Vec<Vec<u8>> = tok
+        .cut_into(text, 1 << 20)
+        .iter()
+        .map(|p| {
+            tok.encode(p)
+                .iter()
+                .flat_map(|&id| (id as u16).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let out = std::env::temp_dir().join("encode_throughput_stages.bin");
+    let mut best = [(f64::INFINITY, u64::MAX); 4];
+    let mut keep = |k: usize, dt: f64, faults: u64| {
+        best[k] = (best[k].0.min(dt), best[k].1.min(faults));
+    };
+    for _ in 0..repeat {
+        // Each chunk's buffer given back at once, as the workers of `encode_files` do.
+        let spare = lmforge::pool::Pool::new(4, 4 << 20);
+        let (read, dt, faults) = measured(|| -> lmforge::Result<usize> {
+            let mut n = 0;
+            for chunk in lmforge::corpus::ChunkReader::open(path, cutter, 1 << 20, &spare)? {
+                let bytes = chunk?.bytes;
+                n += bytes.len();
+                spare.give(bytes);
+            }
+            Ok(n)
+        });
+        read?;
+        keep(0, dt, faults);
+        let (_, dt, faults) = measured(|| tok.cut_into(text, 1 << 20).len());
+        keep(1, dt, faults);
+        let file = std::fs::File::create(&out)?;
+        let (wrote, dt, faults) = measured(|| -> std::io::Result<std::fs::File> {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            for s in &stored {
+                w.write_all(s)?;
+            }
+            w.into_inner().map_err(|e| e.into_error())
+        });
+        let file = wrote?;
+        keep(2, dt, faults);
+        let (synced, dt, faults) = measured(|| file.sync_all());
+        synced?;
+        keep(3, dt, faults);
+    }
+    let _ = std::fs::remove_file(&out);
+    for (name, (dt, faults)) in ["read+cut", "cut alone", "write", "fsync"].iter().zip(best) {
+        println!(
+            "serial stage {name:>9}: {:.3} ms/MB of text, {:.1} faults/MB (best of {repeat})",
+            dt * 1e3 / mb,
+            faults as f64 / mb
+        );
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::corpus::{check_file, ChunkReader, Cutter, Utf8Policy};
 use crate::error::Result;
+use crate::pool::Pool;
 use crate::pretokenize::Pattern;
 use crate::progress::Bar;
 use crate::shortkey::{FoldHasher, ShortKey};
@@ -157,9 +158,11 @@ impl PretokenCounts {
     ) -> Result<()> {
         let bar = Bar::new(progress, "pretokenize", Some(total_size(paths)?), true);
         let cutter = Cutter { pattern, specials };
+        // A chunk per thread and the one being read, at most; larger ones are not kept.
+        let spare = Pool::new(rayon::current_num_threads() + 1, 4 * CHUNK_BYTES);
         let mut readers = Vec::with_capacity(paths.len());
         for p in paths {
-            readers.push(ChunkReader::open(p, cutter, CHUNK_BYTES)?);
+            readers.push(ChunkReader::open(p, cutter, CHUNK_BYTES, &spare)?);
         }
         // One accumulator per thread, pulling chunks from a shared reader: memory is one map and
         // one chunk per thread, however many chunks the corpus has.
@@ -182,6 +185,7 @@ impl PretokenCounts {
                     }
                 };
                 acc.add_text(&text, pattern, specials);
+                spare.give(text.into_bytes());
                 acc.bytes += size; // input bytes, before any U+FFFD replacement
                 bar.inc(size);
             }
