@@ -14,10 +14,14 @@
 //!
 //! (A two-way set-associative table of the same size measured slower: which way hits is a
 //! branch the core cannot predict.)
+//!
+//! The table lives in a mapping of its own advised huge pages (`hugepages::ZeroedArray`): two
+//! page faults instead of 1,024 when a thread first uses it, and no page-table walk per lookup.
 
 use std::cell::RefCell;
 
 use super::sink::Sink;
+use crate::hugepages::{Zeroable, ZeroedArray};
 use crate::prefetch::prefetch;
 use crate::shortkey::ShortKey;
 
@@ -41,20 +45,20 @@ struct Entry {
     ids: [u32; MAX_IDS],
 }
 
+// SAFETY: an `Entry` is integers only; all zeros is the empty entry.
+unsafe impl Zeroable for Entry {}
+
 /// One thread's table.
 pub struct PieceCache {
     owner: u64,
     /// Fixed-size, so that an index masked to `SLOTS` needs no bounds check.
-    entries: Box<[Entry; SLOTS]>,
+    entries: ZeroedArray<Entry, SLOTS>,
 }
 
 thread_local! {
     static CACHE: RefCell<PieceCache> = RefCell::new(PieceCache {
         owner: 0,
-        entries: vec![Entry::default(); SLOTS]
-            .into_boxed_slice()
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("the vector has SLOTS entries")),
+        entries: ZeroedArray::new(),
     });
 }
 
@@ -63,7 +67,7 @@ pub fn with_cache<R>(owner: u64, f: impl FnOnce(&mut PieceCache) -> R) -> R {
     CACHE.with(|cell| {
         let mut cache = cell.borrow_mut();
         if cache.owner != owner {
-            cache.entries.fill(Entry::default());
+            cache.entries.clear();
             cache.owner = owner;
         }
         f(&mut cache)
