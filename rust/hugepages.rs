@@ -15,7 +15,7 @@ const HUGE: usize = 2 << 20;
 /// of the caller's and ends with it. A smaller block may come from the heap, in memory used
 /// before, where the advice would outlive the buffer and let the kernel collapse unrelated
 /// allocations into huge pages.
-const MIN_BYTES: usize = 32 << 20;
+pub const MIN_BYTES: usize = 32 << 20;
 
 /// Advises huge pages for the whole 2 MiB-aligned pages inside `ptr..ptr + len`, a buffer of at
 /// least `MIN_BYTES` that this process has just allocated and not written yet. Does nothing for
