@@ -19,8 +19,9 @@ read at import (``RAYON_NUM_THREADS``) apply and peak RSS is one process's own:
 
 1. single thread: one encode call per document for each library (``LMFORGE_NUM_THREADS=1``,
    ``RAYON_NUM_THREADS=1``; tiktoken's ``encode`` is single-threaded), in MB/s of UTF-8 text;
-   then the whole text in one ``encode_to_numpy`` call (lmforge's and tiktoken's), where no
-   Python int is built (the "speed-up" of these two rows is against lmforge's array).
+   then into arrays through ``encode_to_numpy`` (lmforge's and tiktoken's), where no Python int
+   is built: the whole text in one call, and one call per document (the "speed-up" of these
+   rows is against lmforge's array the same way).
 2. thread scaling: ``encode_batch`` over all documents at each of ``--threads-list``, one child per
    thread count; MB/s and efficiency = rate(t) / (t * rate(1)). Beside it, the machine's ceiling:
    ``t`` independent single-threaded processes encoding their own 8 MB slices at once.
@@ -305,16 +306,20 @@ def child_single(spec: dict) -> dict:
             r |= {"checked_against": ref_lib, **count_mismatches(ref, ids)}
         results[lib] = r
         del ids
-    results |= whole_text_arrays(spec, docs, n_bytes)
+    results |= numpy_arrays(spec, docs, n_bytes, per_document=False)
+    results |= numpy_arrays(spec, docs, n_bytes, per_document=True)
     return results
 
 
-def whole_text_arrays(spec: dict, docs: list[str], n_bytes: int) -> dict:
-    """The whole text in one call into a NumPy array (no Python ints), on one thread, for each
-    library that has such a call (``encode_to_numpy``: lmforge's and tiktoken's); best of 3."""
+def numpy_arrays(spec: dict, docs: list[str], n_bytes: int, *, per_document: bool) -> dict:
+    """Into NumPy arrays (no Python ints), on one thread, for each library that has such a call
+    (``encode_to_numpy``: lmforge's and tiktoken's); best of 3. The whole text in one call
+    (``LIB-numpy``), or one call per document (``LIB-numpy-per-doc``, the arrays concatenated
+    to check them)."""
     import numpy as np
 
     text = "".join(docs)
+    suffix = "-numpy-per-doc" if per_document else "-numpy"
     results: dict[str, Any] = {}
     ref = None
     for lib in ("tiktoken", "lmforge"):
@@ -331,15 +336,19 @@ def whole_text_arrays(spec: dict, docs: list[str], n_bytes: int) -> dict:
                 continue
             encode = lambda t, enc=enc: enc.encode_to_numpy(t, allowed_special="all")  # noqa: E731
         encode(text[: 1 << 20])
-        seconds, ids = timed(lambda encode=encode: encode(text), repeat=3)
+        if per_document:
+            run = lambda encode=encode: np.concatenate([encode(d) for d in docs])  # noqa: E731
+        else:
+            run = lambda encode=encode: encode(text)  # noqa: E731
+        seconds, ids = timed(run, repeat=3)
         r: dict[str, Any] = {"seconds": seconds, "mb_per_s": n_bytes / 1e6 / seconds}
         r["tokens"] = int(ids.size)
         if ref is None:
             ref = ids
         else:
             same = ids.size == ref.size and bool(np.array_equal(ids, ref))
-            r |= {"checked_against": "tiktoken-numpy", "mismatched_docs": int(not same)}
-        results[f"{lib}-numpy"] = r
+            r |= {"checked_against": "tiktoken" + suffix, "mismatched_docs": int(not same)}
+        results[lib + suffix] = r
     return results
 
 
@@ -627,6 +636,9 @@ def check_text(r: dict) -> str:
     return "identical" if n == 0 else f"{n} docs differ from {r['checked_against']}"
 
 
+TIKTOKEN_LMFORGE = ("tiktoken", "lmforge")
+
+
 def part_single(vocabs: dict, ctx: dict) -> dict:
     print("\n[1] single thread, one encode call per document", flush=True)
     out, rows = {}, []
@@ -635,13 +647,14 @@ def part_single(vocabs: dict, ctx: dict) -> dict:
         r = run_measurement("single", spec | {"libs": spec["libs"]}, single_thread_env())
         out[name] = r
         lm = r.get("lmforge", {})
-        for lib in [*spec["libs"], "tiktoken-numpy", "lmforge-numpy"]:
+        arrays = [f"{lib}-numpy{each}" for each in ("", "-per-doc") for lib in TIKTOKEN_LMFORGE]
+        for lib in [*spec["libs"], *arrays]:
             x = r.get(lib, {})
             if "seconds" not in x:
                 if "numpy" not in lib:
                     rows.append([name, lib, status_of(r) or "failed", "-", "-", "-", "-"])
                 continue
-            ref = r.get("lmforge-numpy", {}) if "numpy" in lib else lm
+            ref = r.get("lmforge" + lib[lib.index("-") :], {}) if "numpy" in lib else lm
             ratio = x["seconds"] / ref["seconds"] if "seconds" in ref else None
             bpt = r["bytes"] / x["tokens"] if x["tokens"] else None
             row = [name, lib, fmt(x["mb_per_s"]), fmt(x["seconds"], 2), fmt(bpt, 2)]
@@ -654,6 +667,11 @@ def part_single(vocabs: dict, ctx: dict) -> dict:
             r["lmforge_numpy_speedup_vs_tiktoken_numpy"] = tt_np["seconds"] / lm_np["seconds"]
         if "seconds" in lm_np and "seconds" in r.get("tiktoken", {}):
             r["lmforge_numpy_speedup_vs_tiktoken"] = r["tiktoken"]["seconds"] / lm_np["seconds"]
+        lm_doc, tt_doc = r.get("lmforge-numpy-per-doc", {}), r.get("tiktoken-numpy-per-doc", {})
+        if "seconds" in lm_doc and "seconds" in tt_doc:
+            r["lmforge_numpy_per_doc_speedup_vs_tiktoken_numpy_per_doc"] = (
+                tt_doc["seconds"] / lm_doc["seconds"]
+            )
     print_table(
         ["vocab", "library", "MB/s", "seconds", "bytes/token", "lmforge speed-up", "ids"], rows
     )

@@ -77,6 +77,22 @@ def test_encode_to_numpy_equals_encode_on_a_large_text(tok, sample_corpus):
     assert tok.encode_to_numpy("").size == 0
 
 
+@pytest.mark.parametrize(("ours", "_"), KEYWORDS)
+@given(text=st.one_of(ASSIGNED, TRICKY))
+def test_encode_to_numpy_of_a_short_text_equals_encode(tok, ours, _, text):
+    """Short texts are encoded on the calling thread, not the pool: same ids, same rules."""
+    ids = tok.encode_to_numpy(text, **ours)
+    assert ids.dtype == np.dtype("<u4")
+    assert ids.tolist() == tok.encode(text, **ours)
+
+
+@pytest.mark.parametrize("repeat", [1, 6000])  # 14 bytes: the calling thread; 84 KB: the pool
+def test_encode_to_numpy_raises_on_disallowed_special_whatever_the_length(tok, repeat):
+    text = "héllo world, " * repeat + "<|pad|>"
+    with pytest.raises(ValueError, match=r"'<\|pad\|>' at character offset"):
+        tok.encode_to_numpy(text, allowed_special=set(), disallowed_special="all")
+
+
 def test_encode_to_numpy_with_fewer_pieces_than_threads_from_several_callers(tok, sample_corpus):
     """A text of a few 64 KB pieces on 8 threads, from 3 Python threads at once (the GIL is
     released while encoding): every call gives the serial ids."""
