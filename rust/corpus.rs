@@ -183,17 +183,28 @@ impl<'a> ChunkReader<'a> {
         block: usize,
         spare: &'a Pool<u8>,
     ) -> Result<Self> {
-        Ok(ChunkReader {
+        Ok(Self::new(path, open_input(path)?, cutter, block, spare))
+    }
+
+    /// As `open`, reading `reader` (the already opened, decompressing input of `path`).
+    pub fn new(
+        path: &Path,
+        reader: Box<dyn Read + Send>,
+        cutter: Cutter<'a>,
+        block: usize,
+        spare: &'a Pool<u8>,
+    ) -> Self {
+        ChunkReader {
             path: path.to_path_buf(),
             name: path.display().to_string().into(),
-            reader: open_input(path)?,
+            reader,
             cutter,
             block: block.max(1),
             spare,
             buf: spare.take(),
             offset: 0,
             eof: false,
-        })
+        }
     }
 
     /// Reads until `buf` holds at least `want` bytes or the file ends. Reads into the vector's

@@ -4,7 +4,9 @@
 //! `.gz`/`.xz`/`.zst` decompressed on the fly), the pool's threads encode the pieces, and one
 //! writer puts them in the file in input order. A fixed number of pieces may be in flight at
 //! once (permits taken by the reader and returned by the writer), so memory is bounded whatever
-//! the input size, and a slow piece only stalls the pipeline, never grows it. The pieces'
+//! the input size, and a slow piece only stalls the pipeline, never grows it. Compressed inputs
+//! are decompressed ahead, up to one per pool thread at once (`ahead`), so a corpus of
+//! compressed shards is not bound to one core's decompression. The pieces'
 //! buffers go round too (`Shared`), so a long run maps no fresh memory per piece whatever malloc
 //! does with freed blocks. Pieces are small on many threads (`piece_bytes`), and the disk writes
 //! the file while it is encoded (`writeback`), so that starting, finishing and the final fsync
@@ -23,7 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 
-use crate::corpus::{check_file, open_input, ChunkReader, Compression, Cutter, Utf8Policy};
+use crate::ahead::Inputs;
+use crate::corpus::{check_file, ChunkReader, Compression, Cutter, Utf8Policy};
 use crate::encode::Tokenizer;
 use crate::error::{Error, Result};
 use crate::pool::Pool;
@@ -45,6 +48,10 @@ fn piece_bytes(total: u64, threads: usize) -> usize {
     usize::try_from(per_piece).unwrap_or(MAX).clamp(MIN, MAX)
 }
 
+/// Most compressed inputs decompressed at once, each on a thread of its own (`ahead`): one per
+/// pool thread up to this; the queued chunks of each (4 MiB) bound the memory.
+const MAX_DECOMPRESSING: usize = 16;
+
 /// Pieces in flight per thread (plus one): the reader runs this far ahead of the writer, so a
 /// piece that takes longer than the others holds up its successors' writing, not the workers.
 const IN_FLIGHT_PER_THREAD: usize = 4;
@@ -58,6 +65,8 @@ const MAX_KEPT_PIECES: usize = 4;
 /// ids from the writer back to the workers.
 struct Shared {
     failed: AtomicBool,
+    /// The pool's threads.
+    threads: usize,
     /// Bytes of input per piece (`piece_bytes`).
     piece: usize,
     text: Pool<u8>,
@@ -170,6 +179,7 @@ impl EncodeFiles<'_> {
         let piece = piece_bytes(total, threads);
         let shared = Shared {
             failed: AtomicBool::new(false),
+            threads,
             piece,
             // Pieces in flight, plus the reader's next chunk and the bytes after its cut.
             text: Pool::new(in_flight + 2, MAX_KEPT_PIECES * piece),
@@ -232,13 +242,15 @@ impl EncodeFiles<'_> {
             pattern: tok.pattern(),
             specials: tok.specials(),
         };
+        let mut opened = Inputs::new(inputs, shared.threads.clamp(1, MAX_DECOMPRESSING));
         for (source, path) in inputs.iter().enumerate() {
             let size = check_file(path)?;
             // Progress counts bytes on disk: per piece for plain files, per file otherwise.
             let plain = Compression::of(path) == Compression::None;
+            let input = opened.open(source)?;
             if is_jsonl(path) {
                 let name = path.display().to_string();
-                let mut lines = BufReader::with_capacity(1 << 16, open_input(path)?);
+                let mut lines = BufReader::with_capacity(1 << 16, input);
                 let mut batch: (Vec<String>, usize, u64) = (Vec::new(), 0, 1);
                 let mut line_no = 0u64;
                 let mut line = Vec::new();
@@ -292,7 +304,7 @@ impl EncodeFiles<'_> {
                 }
             } else {
                 let mut chunks =
-                    ChunkReader::open(path, cutter, shared.piece, &shared.text)?.peekable();
+                    ChunkReader::new(path, input, cutter, shared.piece, &shared.text).peekable();
                 if chunks.peek().is_none() {
                     let empty = crate::corpus::Chunk {
                         bytes: Vec::new(),

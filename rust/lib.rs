@@ -6,6 +6,7 @@
 //! and loads a tokenizer. The `python` feature adds the PyO3 bindings (`lmforge._bpe`) in
 //! `python.rs`, the only file that touches Python.
 
+pub mod ahead;
 pub mod corpus;
 pub mod encode;
 pub mod error;

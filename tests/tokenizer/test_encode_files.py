@@ -96,6 +96,42 @@ def test_jsonl_and_compressed_inputs(tok, tmp_path):
         assert tf.tokens.tolist() == expected_text, name
 
 
+@pytest.mark.parametrize("threads", [1, 4])
+def test_many_compressed_shards_in_order(tok, tmp_path, threads):
+    """Compressed inputs are decompressed ahead, several at once, on threads of their own: the
+    token file is still the inputs' documents in the order given, whatever the mix."""
+    texts = [f"shard {i}: " + f"word{i} and more words. " * (3000 + 500 * i) for i in range(7)]
+    paths = []
+    for i, text in enumerate(texts):
+        kind = ["gz", "xz", "txt", "gz", "jsonl.gz", "xz", "gz"][i]
+        path = tmp_path / f"s{i}.{kind}"
+        data = (json.dumps({"text": text}) + "\n") if kind == "jsonl.gz" else text
+        opener = {"gz": gzip.open, "xz": lzma.open, "jsonl.gz": gzip.open}.get(kind)
+        if opener is None:
+            path.write_text(data, encoding="utf-8")
+        else:
+            with opener(path, "wt", encoding="utf-8") as f:
+                f.write(data)
+        paths.append(path)
+    tf = tok.encode_files(paths, tmp_path / "out.bin", progress=False, num_threads=threads)
+    assert tf.tokens.tolist() == expected_tokens(tok, texts)
+
+
+def test_corrupt_shard_among_many_fails_naming_it(tok, tmp_path):
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"s{i}.txt.gz"
+        data = gzip.compress((f"text of shard {i}. " * 20_000).encode())
+        if i == 3:  # the stream breaks off halfway
+            data = data[: len(data) // 2]
+        path.write_bytes(data)
+        paths.append(path)
+    out = tmp_path / "out.bin"
+    with pytest.raises(OSError, match=r"s3\.txt\.gz"):
+        tok.encode_files(paths, out, progress=False, num_threads=4)
+    assert not out.exists() and not header_path(out).exists()
+
+
 def test_bad_jsonl_names_the_line(tok, tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text('{"text": "fine"}\n{"txt": "no text field"}\n', encoding="utf-8")
