@@ -11,7 +11,8 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use crate::corpus::{check_file, ChunkReader, Cutter, Utf8Policy};
+use crate::ahead::Inputs;
+use crate::corpus::{check_file, Chunk, ChunkReader, Cutter, Utf8Policy};
 use crate::error::Result;
 use crate::pool::Pool;
 use crate::pretokenize::Pattern;
@@ -160,13 +161,20 @@ impl PretokenCounts {
         let cutter = Cutter { pattern, specials };
         // A chunk per thread and the one being read, at most; larger ones are not kept.
         let spare = Pool::new(rayon::current_num_threads() + 1, 4 * CHUNK_BYTES);
-        let mut readers = Vec::with_capacity(paths.len());
-        for p in paths {
-            readers.push(ChunkReader::open(p, cutter, CHUNK_BYTES, &spare)?);
-        }
+        // Each input opened as the readers reach it; compressed ones among the next few are
+        // decompressed ahead on threads of their own (`ahead`), not one at a time under the lock.
+        let mut inputs = Inputs::new(paths, rayon::current_num_threads().clamp(1, 16));
+        let spare = &spare;
+        let chunks = paths.iter().enumerate().flat_map(move |(i, path)| {
+            let chunks: Box<dyn Iterator<Item = Result<Chunk>> + Send> = match inputs.open(i) {
+                Ok(input) => Box::new(ChunkReader::new(path, input, cutter, CHUNK_BYTES, spare)),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            chunks
+        });
         // One accumulator per thread, pulling chunks from a shared reader: memory is one map and
         // one chunk per thread, however many chunks the corpus has.
-        let source = Mutex::new(readers.into_iter().flatten());
+        let source = Mutex::new(chunks);
         let stop = AtomicBool::new(false);
         let parts: Vec<Result<PretokenCounts>> = rayon::broadcast(|_| {
             let mut acc = PretokenCounts::new();

@@ -108,6 +108,35 @@ def test_streamed_chunks_equal_whole_text(tmp_path, pattern):
     assert from_file == whole
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_compressed_shards_equal_plain_files(tmp_path, sample_corpus, threads):
+    """Compressed inputs are decompressed ahead on threads of their own: the same merges as
+    the same texts in plain files."""
+    import gzip
+    import lzma
+
+    text = sample_corpus.read_text(encoding="utf-8")[:600_000]
+    shards = [text[i : i + 100_000] for i in range(0, len(text), 100_000)]
+    plain, packed = [], []
+    for i, shard in enumerate(shards):
+        p = tmp_path / f"s{i}.txt"
+        p.write_text(shard, encoding="utf-8")
+        plain.append(p)
+        opener, suffix = (gzip.open, ".gz") if i % 2 else (lzma.open, ".xz")
+        with opener(tmp_path / f"s{i}.txt{suffix}", "wt", encoding="utf-8") as f:
+            f.write(shard)
+        packed.append(tmp_path / f"s{i}.txt{suffix}")
+    want = Tokenizer.train(plain, 400, num_threads=threads, progress=False)
+    got = Tokenizer.train(packed, 400, num_threads=threads, progress=False)
+    assert got.merges == want.merges
+    broken = tmp_path / "broken.txt.gz"
+    data = (tmp_path / "s1.txt.gz").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match=r"broken\.txt\.gz"):
+        inputs = [*packed[:3], broken, *packed[3:]]
+        Tokenizer.train(inputs, 400, num_threads=threads, progress=False)
+
+
 def test_several_files_and_pathlike(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("the cat sat on the mat ")
