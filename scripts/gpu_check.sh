@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything lmforge checks on a GPU, in one device call (the device tool, with dist/ holding the
 # abi3 wheel built on the dev machine and .device/ holding the stories corpus and the baseline):
-#   bash scripts/gpu_check.sh [tests] [bench] [e2e] [profile] [ddp] [moe]   (default: the first three)
+#   bash scripts/gpu_check.sh [tests] [bench] [e2e] [profile] [ddp] [moe] [attention]
+#   (default: the first three)
 # tests: pytest -m gpu; bench: benches/bench_model.py (SHAPES, default 124M,1B); e2e: the
 # stories-17M run of scripts/e2e_stories.sh; profile: scripts/profile_train.py on the e2e's token
 # file (after e2e); ddp: benches/bench_ddp.py (GPUS, default 2); moe: benches/bench_moe.py
-# (MOE_ARGS). TESTS narrows the tests part to some files, PYTEST_ARGS adds options. Logs, JSON and PNGs go to $OUT
+# (MOE_ARGS); attention: benches/bench_attention.py (SDPA backends and FlexAttention alone). TESTS narrows the tests part to some files, PYTEST_ARGS adds options. Logs, JSON and PNGs go to $OUT
 # (never checkpoints). Parts may run side by side on different GPUs (CUDA_VISIBLE_DEVICES).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -41,8 +42,12 @@ for part in $parts; do
         python3 benches/bench_moe.py ${MOE_ARGS:-} --out "$OUT/bench-moe.json" 2>&1 |
             tee "$OUT/bench-moe.log" | tail -12
         ;;
+    attention)
+        python3 benches/bench_attention.py --out "$OUT/bench-attention.json" 2>&1 |
+            tee "$OUT/bench-attention.log" | tail -20
+        ;;
     *)
-        echo "unknown part $part (tests, bench, e2e, profile, ddp, moe)" >&2
+        echo "unknown part $part (tests, bench, e2e, profile, ddp, moe, attention)" >&2
         exit 2
         ;;
     esac
