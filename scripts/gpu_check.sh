@@ -6,8 +6,9 @@
 # tests: pytest -m gpu; bench: benches/bench_model.py (SHAPES, default 124M,1B); e2e: the
 # stories-17M run of scripts/e2e_stories.sh; profile: scripts/profile_train.py on the e2e's token
 # file (after e2e); ddp: benches/bench_ddp.py (GPUS, default 2); moe: benches/bench_moe.py
-# (MOE_ARGS); attention: benches/bench_attention.py (SDPA backends and FlexAttention alone). TESTS narrows the tests part to some files, PYTEST_ARGS adds options. Logs, JSON and PNGs go to $OUT
-# (never checkpoints). Parts may run side by side on different GPUs (CUDA_VISIBLE_DEVICES).
+# (MOE_ARGS); attention: benches/bench_attention.py (SDPA backends and FlexAttention alone).
+# TESTS narrows the tests part to some files, PYTEST_ARGS adds options. Logs, JSON and PNGs go
+# to $OUT (never checkpoints). Parts may run side by side on different GPUs (CUDA_VISIBLE_DEVICES).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/lmforge-out}"
