@@ -35,6 +35,8 @@ from lmforge.model.functional import at_least_float32
 
 __all__ = ["RotaryEmbedding", "apply_rotary", "rope_frequencies"]
 
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # the kernel computes in float32
+
 
 def rope_frequencies(head_dim: int, theta: float = 10_000.0) -> Tensor:
     """The ``head_dim / 2`` angular frequencies ``θ^(-2i / head_dim)``, in float64.
@@ -152,7 +154,7 @@ class RotaryEmbedding(nn.Module):
                 f"(context_length={self.context_length})"
             )
         cos, sin = self.cos[start : start + seq], self.sin[start : start + seq]
-        if use_triton(x) and x.is_contiguous():
+        if x.dtype in _KERNEL_DTYPES and x.is_contiguous() and use_triton(x):
             inner = math.prod(x.shape[seq_dim + 1 : -1])
             return rotate(x, cos, sin, inner)
         shape = (seq, *([1] * (-seq_dim - 2)), self.head_dim // 2)
