@@ -211,6 +211,9 @@ impl<'a> ChunkReader<'a> {
     /// spare capacity (`read_to_end` on a `Take`), so the bytes about to be overwritten are not
     /// zero-filled first.
     fn fill(&mut self, want: usize) -> Result<()> {
+        if self.buf.capacity() == 0 && !self.eof {
+            self.buf = self.spare.take();
+        }
         while !self.eof && self.buf.len() < want {
             let missing = (want - self.buf.len()) as u64;
             self.buf.reserve(want - self.buf.len());
@@ -241,9 +244,13 @@ impl<'a> ChunkReader<'a> {
         if cut == 0 {
             return Ok(None);
         }
-        // The bytes after the cut (usually a few) start the next chunk's buffer.
-        let mut rest = self.spare.take();
-        rest.extend_from_slice(&self.buf[cut..]);
+        // The bytes after the cut (usually a few) start the next chunk's buffer; with none (the
+        // input's end), no buffer is taken until the next read needs one (`fill`).
+        let mut rest = Vec::new();
+        if cut < self.buf.len() {
+            rest = self.spare.take();
+            rest.extend_from_slice(&self.buf[cut..]);
+        }
         self.buf.truncate(cut);
         let chunk = Chunk {
             bytes: std::mem::replace(&mut self.buf, rest),
@@ -252,6 +259,14 @@ impl<'a> ChunkReader<'a> {
         };
         self.offset += cut as u64;
         Ok(Some(chunk))
+    }
+}
+
+impl Drop for ChunkReader<'_> {
+    /// The buffer of the next chunk goes back to the pool (a corpus of many small inputs would
+    /// otherwise lose one per input).
+    fn drop(&mut self) {
+        self.spare.give(std::mem::take(&mut self.buf));
     }
 }
 

@@ -475,6 +475,8 @@ impl CoreTokenizer {
         num_threads: Option<usize>,
     ) -> PyResult<Bound<'py, PyByteArray>> {
         if text.len() <= SERIAL_BYTES {
+            // the thread count is checked all the same, so that a bad one fails for any text
+            crate::parallel::resolve_threads(num_threads).map_err(to_py_err)?;
             return self.encode_to_bytes_here(py, text, &allowed, &disallowed);
         }
         let pool = thread_pool(num_threads).map_err(to_py_err)?;

@@ -8,30 +8,30 @@
 //! after a call, emptied but still mapped, and the next call takes them; at most `KEEP_BYTES` (128
 //! MiB) of capacity is kept, the largest buffers first, for the life of the process.
 //!
-//! The first large call has no buffers to take. `with_room` then gives each thread a fresh
-//! buffer sized for its share of the ids, at least `hugepages::MIN_BYTES` so that it is a
-//! mapping of its own, advised huge pages: mapped 2 MiB at a time, not 4 KiB (dev VM, 50 MB on
-//! two threads: 250 faults per MB of text to 18, the first call 790 to 850–950 MB/s).
+//! A large call whose threads find no buffer large enough (the first, or one larger than what
+//! was kept) gets, where a thread's share of the ids is at least 32 MiB, a fresh buffer sized
+//! for it, a mapping of its own advised huge pages: mapped 2 MiB at a time, not 4 KiB (dev VM,
+//! 50 MB on two threads: 250 faults per MB of text to 18, the first call 790 to 850–950 MB/s).
 
 use std::sync::{Mutex, PoisonError};
 
 use crate::hugepages;
 
-/// Ids a thread expects to write (4 bytes each) from which `with_room` maps a fresh buffer
-/// advised huge pages rather than letting an empty one grow page by page: 4 MiB of ids, 1,024
-/// page faults.
-const FRESH_IDS: usize = 1 << 20;
+/// Ids a thread expects to write (4 bytes each) from which `with_room` maps a fresh buffer for
+/// them, advised huge pages, rather than letting an empty one grow page by page: a share of
+/// `hugepages::MIN_BYTES` (32 MiB), which `malloc` maps afresh, so the advice ends with it.
+/// Smaller shares grow as before; their buffers stay within what is kept between calls (an
+/// inflated capacity would not be kept, and every call would map it again).
+const FRESH_IDS: usize = hugepages::MIN_BYTES / 4;
 
 /// `buf`, or a fresh empty buffer in its place when `buf` lacks room for `ids` ids and they are
-/// at least `FRESH_IDS`: capacity for `ids` (at least `hugepages::MIN_BYTES`, so that it is a
-/// mapping of its own), advised huge pages. Capacity that is never written costs nothing.
+/// at least `FRESH_IDS`: capacity for exactly `ids`, advised huge pages.
 pub fn with_room(buf: Vec<u32>, ids: usize) -> Vec<u32> {
     if buf.capacity() >= ids || ids < FRESH_IDS {
         return buf;
     }
-    let capacity = ids.max(hugepages::MIN_BYTES / 4);
-    let mut fresh = Vec::<u32>::with_capacity(capacity);
-    hugepages::advise(fresh.as_mut_ptr().cast(), capacity * 4);
+    let mut fresh = Vec::<u32>::with_capacity(ids);
+    hugepages::advise(fresh.as_mut_ptr().cast(), ids * 4);
     fresh
 }
 
@@ -100,12 +100,11 @@ mod tests {
         let kept = with_room(big, 2 * FRESH_IDS);
         assert_eq!(kept.as_ptr(), ptr);
         let small = Vec::<u32>::with_capacity(10);
-        assert_eq!(with_room(small, FRESH_IDS - 1).capacity(), 10); // too few ids to bother
-        let fresh = with_room(Vec::with_capacity(10), FRESH_IDS);
+        assert_eq!(with_room(small, FRESH_IDS - 1).capacity(), 10); // a share that grows as before
+        let fresh = with_room(Vec::with_capacity(10), FRESH_IDS + 5);
         assert!(fresh.is_empty());
-        assert!(fresh.capacity() * 4 >= hugepages::MIN_BYTES);
-        let larger = with_room(Vec::new(), 20 * FRESH_IDS);
-        assert!(larger.capacity() >= 20 * FRESH_IDS);
+        assert!(fresh.capacity() >= FRESH_IDS + 5);
+        assert!(fresh.capacity() < 2 * FRESH_IDS); // sized for the share, not inflated
     }
 
     #[test]

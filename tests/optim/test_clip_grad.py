@@ -127,10 +127,13 @@ def test_clip_coefficient_is_the_factor_clip_grad_norm_scales_by(bad: float | No
 @pytest.mark.parametrize("cls", [AdamW, Adam])
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("max_norm", [0.5, float("inf")])
-def test_step_with_grad_scale_equals_clipping_first(cls, foreach: bool, max_norm: float) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_with_grad_scale_equals_clipping_first(
+    cls, foreach: bool, max_norm: float, dtype: torch.dtype
+) -> None:
     """``clip_coefficient`` + ``step(grad_scale=coef)`` is ``clip_grad_norm_`` + ``step()`` to the
     bit, over several steps, and leaves the gradients as they were."""
-    ours = _with_grads(10.0, dtype=torch.float32)
+    ours = _with_grads(10.0, dtype=dtype)
     theirs = _twins(ours)
     opt_a = cls(ours, lr=1e-2, weight_decay=0.1, foreach=foreach)
     opt_b = cls(theirs, lr=1e-2, weight_decay=0.1, foreach=foreach)
@@ -138,7 +141,7 @@ def test_step_with_grad_scale_equals_clipping_first(cls, foreach: bool, max_norm
     for _ in range(4):
         for p, q in zip(ours, theirs, strict=True):
             if p.grad is not None:
-                p.grad = torch.randn(p.shape, generator=gen) * 10
+                p.grad = torch.randn(p.shape, generator=gen, dtype=dtype) * 10
                 q.grad = p.grad.clone()
         grads = [p.grad.clone() for p in ours if p.grad is not None]
         total, coef = clip_coefficient(ours, max_norm)

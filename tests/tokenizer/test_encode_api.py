@@ -93,6 +93,12 @@ def test_encode_to_numpy_raises_on_disallowed_special_whatever_the_length(tok, r
         tok.encode_to_numpy(text, allowed_special=set(), disallowed_special="all")
 
 
+@pytest.mark.parametrize("length", [11, 120_000])  # the calling thread; the pool
+def test_encode_to_numpy_checks_num_threads_whatever_the_length(tok, length):
+    with pytest.raises(ValueError, match="num_threads"):
+        tok.encode_to_numpy("x" * length, num_threads=0)
+
+
 def test_encode_to_numpy_with_fewer_pieces_than_threads_from_several_callers(tok, sample_corpus):
     """A text of a few 64 KB pieces on 8 threads, from 3 Python threads at once (the GIL is
     released while encoding): every call gives the serial ids."""

@@ -215,12 +215,12 @@ def adam_group_step(
         params, grads, exp_avgs, exp_avg_sqs, steps
     ):
         lists = (bucket, b_grads, b_avgs, b_sqs)
-        scale = None if grad_scale is None else grad_scale.to(bucket[0].device, torch.float32)
         if group.get("fused") is not False and use_triton(bucket[0]) and fused_fits(*lists):
+            scale = None if grad_scale is None else grad_scale.to(bucket[0].device, torch.float32)
             _adam_fused(*lists, b_steps, **hyper, grad_scale=scale)
         else:
-            if scale is not None:
-                b_grads = list(torch._foreach_mul(b_grads, scale))
+            if grad_scale is not None:  # in the factor's own precision, as clip_grad_norm_
+                b_grads = list(torch._foreach_mul(b_grads, grad_scale.to(bucket[0].device)))
             _adam_foreach(bucket, b_grads, b_avgs, b_sqs, b_steps, **hyper)
 
 
