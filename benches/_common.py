@@ -139,3 +139,20 @@ def print_table(headers: list[str], rows: list[list]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def write_gpu_result(path: Path, benchmark: str, results: dict) -> None:
+    """Write a GPU benchmark's ``results`` with the machine, the card and the torch version."""
+    import torch
+
+    write_json(
+        path,
+        {
+            "benchmark": benchmark,
+            "timestamp": now_utc().isoformat(timespec="seconds"),
+            **machine_info(),
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "results": results,
+        },
+    )

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_out_path, machine_info, now_utc, print_table, write_json  # noqa: E402
+from _common import default_out_path, print_table, write_gpu_result  # noqa: E402
 
 SHAPES = {"17M": (128, 256, 16, 32), "124M": (32, 1024, 12, 64), "1B": (16, 1024, 16, 128)}
 IMPLS = ("default", "flash", "cudnn", "efficient", "flex")
@@ -171,17 +171,7 @@ def main() -> int:
             )
     print_table(["shape", "kernel", "ms fwd+bwd", "TFLOP/s", "max |Δgrad|", "top kernel"], rows)
     out = args.out or default_out_path("attention")
-    write_json(
-        out,
-        {
-            "benchmark": "attention",
-            "timestamp": now_utc().isoformat(timespec="seconds"),
-            **machine_info(),
-            "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "results": results,
-        },
-    )
+    write_gpu_result(out, "attention", results)
     print(f"wrote {out}")
     return 0
 

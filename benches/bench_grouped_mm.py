@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_out_path, machine_info, now_utc, print_table, write_json  # noqa: E402
+from _common import default_out_path, print_table, write_gpu_result  # noqa: E402
 
 SHAPES = {"a": (64, 256, 8), "b": (8, 1024, 2)}  # experts, width, top-k
 D_MODEL, TOKENS = 768, 32 * 1024
@@ -140,17 +140,7 @@ def main() -> int:
                 )
     print_table(["shape", "impl", "max/mean", "ms fwd+bwd", "TFLOP/s"], rows)
     out = args.out or default_out_path("grouped-mm")
-    write_json(
-        out,
-        {
-            "benchmark": "grouped_mm",
-            "timestamp": now_utc().isoformat(timespec="seconds"),
-            **machine_info(),
-            "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "results": results,
-        },
-    )
+    write_gpu_result(out, "grouped_mm", results)
     print(f"wrote {out}")
     return 0
 

@@ -22,6 +22,10 @@ use crate::corpus::{open_input, Compression};
 use crate::error::Result;
 use crate::pool::Pool;
 
+/// Most compressed inputs decompressed at once, each on a thread of its own; the chunks queued
+/// for each (`QUEUED`, 4 MiB) bound the memory.
+const MAX_DECOMPRESSING: usize = 16;
+
 /// A run's inputs, opened in order as the reader reaches each; the compressed ones among the
 /// next `window` are started on threads of their own beforehand (`Ahead`).
 pub struct Inputs<'p> {
@@ -33,11 +37,12 @@ pub struct Inputs<'p> {
 }
 
 impl<'p> Inputs<'p> {
-    /// `window`: how many inputs from the current one on may be decompressing at once.
-    pub fn new(paths: &'p [PathBuf], window: usize) -> Self {
+    /// Up to one input decompressing per thread of the caller's pool (`threads`), at most
+    /// `MAX_DECOMPRESSING`.
+    pub fn new(paths: &'p [PathBuf], threads: usize) -> Self {
         Inputs {
             paths,
-            window: window.max(1),
+            window: threads.clamp(1, MAX_DECOMPRESSING),
             next: 0,
             started: HashMap::new(),
         }

@@ -48,10 +48,6 @@ fn piece_bytes(total: u64, threads: usize) -> usize {
     usize::try_from(per_piece).unwrap_or(MAX).clamp(MIN, MAX)
 }
 
-/// Most compressed inputs decompressed at once, each on a thread of its own (`ahead`): one per
-/// pool thread up to this; the queued chunks of each (4 MiB) bound the memory.
-const MAX_DECOMPRESSING: usize = 16;
-
 /// Pieces in flight per thread (plus one): the reader runs this far ahead of the writer, so a
 /// piece that takes longer than the others holds up its successors' writing, not the workers.
 const IN_FLIGHT_PER_THREAD: usize = 4;
@@ -242,7 +238,7 @@ impl EncodeFiles<'_> {
             pattern: tok.pattern(),
             specials: tok.specials(),
         };
-        let mut opened = Inputs::new(inputs, shared.threads.clamp(1, MAX_DECOMPRESSING));
+        let mut opened = Inputs::new(inputs, shared.threads);
         for (source, path) in inputs.iter().enumerate() {
             let size = check_file(path)?;
             // Progress counts bytes on disk: per piece for plain files, per file otherwise.

@@ -18,23 +18,31 @@ pub const THREADS_ENV: &str = "LMFORGE_NUM_THREADS";
 
 /// The thread count to use: `requested`, else `$LMFORGE_NUM_THREADS`, else all cores.
 pub fn resolve_threads(requested: Option<usize>) -> Result<usize> {
+    Ok(requested_threads(requested)?
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
+}
+
+/// The thread count asked for, checked: `requested`, else `$LMFORGE_NUM_THREADS`; `None` for
+/// all cores. It does not ask the system for its core count, which on Linux reads the cgroup
+/// files (tens of microseconds, more than encoding a short text).
+pub fn requested_threads(requested: Option<usize>) -> Result<Option<usize>> {
     if let Some(n) = requested {
         if n == 0 {
             return Err(Error::InvalidArgument(
                 "num_threads must be at least 1 (or None for all cores)".into(),
             ));
         }
-        return Ok(n);
+        return Ok(Some(n));
     }
-    if let Ok(v) = std::env::var(THREADS_ENV) {
-        return match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
+    match std::env::var(THREADS_ENV) {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
             _ => Err(Error::InvalidArgument(format!(
                 "{THREADS_ENV}={v:?} is not a positive integer"
             ))),
-        };
+        },
+        Err(_) => Ok(None),
     }
-    Ok(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 type Pools = FxHashMap<usize, Arc<ThreadPool>>;

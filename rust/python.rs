@@ -92,6 +92,25 @@ fn uninit_bytearray(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyByteArra
     }
 }
 
+/// A new bytearray of `n` little-endian `u32` ids, advised huge pages when large, written by
+/// `fill`, which must write every element: the array reaches Python only afterwards.
+fn ids_bytearray<'py>(
+    py: Python<'py>,
+    n: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<[u8; 4]>]),
+) -> PyResult<Bound<'py, PyByteArray>> {
+    let out = uninit_bytearray(py, n * 4)?;
+    crate::hugepages::advise(out.data(), n * 4);
+    // SAFETY: the new bytearray's buffer holds `n * 4` bytes (`MaybeUninit<[u8; 4]>` has
+    // alignment 1); it is not visible to Python yet, so nothing else touches it while `fill`
+    // writes it.
+    let dst = unsafe {
+        std::slice::from_raw_parts_mut(out.data().cast::<std::mem::MaybeUninit<[u8; 4]>>(), n)
+    };
+    fill(dst);
+    Ok(out)
+}
+
 fn to_py_err(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
@@ -256,20 +275,7 @@ impl CoreTokenizer {
                     .encode_with(text, allowed_of(allowed), disallowed, ids)
             })
             .map_err(to_py_err)?;
-            let out = uninit_bytearray(py, ids.len() * 4)?;
-            // SAFETY: the new bytearray's buffer holds `ids.len() * 4` bytes (`MaybeUninit<[u8;
-            // 4]>` has alignment 1) and is not visible to Python until every element is written
-            // below.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out.data().cast::<std::mem::MaybeUninit<[u8; 4]>>(),
-                    ids.len(),
-                )
-            };
-            for (d, id) in dst.iter_mut().zip(ids.iter()) {
-                d.write(id.to_le_bytes());
-            }
-            Ok(out)
+            ids_bytearray(py, ids.len(), |dst| crate::encode::write_le(dst, ids))
         })
     }
 
@@ -476,7 +482,7 @@ impl CoreTokenizer {
     ) -> PyResult<Bound<'py, PyByteArray>> {
         if text.len() <= SERIAL_BYTES {
             // the thread count is checked all the same, so that a bad one fails for any text
-            crate::parallel::resolve_threads(num_threads).map_err(to_py_err)?;
+            crate::parallel::requested_threads(num_threads).map_err(to_py_err)?;
             return self.encode_to_bytes_here(py, text, &allowed, &disallowed);
         }
         let pool = thread_pool(num_threads).map_err(to_py_err)?;
@@ -488,19 +494,9 @@ impl CoreTokenizer {
                 })
             })
             .map_err(to_py_err)?;
-        let total = encoded.len();
-        let out = uninit_bytearray(py, total * 4)?;
-        crate::hugepages::advise(out.data(), total * 4);
-        // SAFETY: the new bytearray's buffer holds `total * 4` bytes (`MaybeUninit<[u8; 4]>` has
-        // alignment 1); it is not visible to Python yet, so nothing else touches it until
-        // `write_le`, which writes every element, returns.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(
-                out.data().cast::<std::mem::MaybeUninit<[u8; 4]>>(),
-                total,
-            )
-        };
-        py.detach(|| pool.install(|| encoded.write_le(dst)));
+        let out = ids_bytearray(py, encoded.len(), |dst| {
+            py.detach(|| pool.install(|| encoded.write_le(dst)));
+        })?;
         // The buffers go back to be reused (and any beyond the kept capacity are unmapped)
         // without the GIL.
         py.detach(move || drop(encoded));

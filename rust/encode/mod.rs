@@ -318,11 +318,17 @@ impl Encoded {
             pairs.push((head, part));
             rest = tail;
         }
-        pairs.into_par_iter().for_each(|(dst, ids)| {
-            for (d, id) in dst.iter_mut().zip(ids) {
-                d.write(id.to_le_bytes());
-            }
-        });
+        pairs
+            .into_par_iter()
+            .for_each(|(dst, ids)| write_le(dst, ids));
+    }
+}
+
+/// Writes `ids` as little-endian `u32` into `dst` (memory not yet initialised is fine), as far
+/// as the shorter of the two goes.
+pub fn write_le(dst: &mut [MaybeUninit<[u8; 4]>], ids: &[u32]) {
+    for (d, id) in dst.iter_mut().zip(ids) {
+        d.write(id.to_le_bytes());
     }
 }
 

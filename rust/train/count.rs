@@ -163,7 +163,7 @@ impl PretokenCounts {
         let spare = Pool::new(rayon::current_num_threads() + 1, 4 * CHUNK_BYTES);
         // Each input opened as the readers reach it; compressed ones among the next few are
         // decompressed ahead on threads of their own (`ahead`), not one at a time under the lock.
-        let mut inputs = Inputs::new(paths, rayon::current_num_threads().clamp(1, 16));
+        let mut inputs = Inputs::new(paths, rayon::current_num_threads());
         let spare = &spare;
         let chunks = paths.iter().enumerate().flat_map(move |(i, path)| {
             let chunks: Box<dyn Iterator<Item = Result<Chunk>> + Send> = match inputs.open(i) {

@@ -387,10 +387,10 @@ class Trainer:
             params = list(self.model.parameters())
             # Adam(W) applies the clipping factor as it reads the gradients (no pass of its own)
             opt = self.optimizer
-            deferred = None
-            if isinstance(opt, Adam):
-                deferred = ddp.clip_coefficient(params, clip, clip_coefficient)
-            if isinstance(opt, Adam) and deferred is not None:
+            if (
+                isinstance(opt, Adam)
+                and (deferred := ddp.clip_coefficient(params, clip, clip_coefficient)) is not None
+            ):
                 grad_norm, coef = deferred
                 opt.step(grad_scale=coef)
             else:
