@@ -128,7 +128,9 @@ def child(
 
 
 def write_profile(path: Path, one: Callable[[], object]) -> None:
-    """Profile a few more steps; write the kernels that take the most GPU time to ``path``."""
+    """Profile three more steps; write the ops and kernels that take the most GPU time of their
+    own (self time: a kernel is counted once, not again in every op that launches it) to
+    ``path``."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -137,7 +139,7 @@ def write_profile(path: Path, one: Callable[[], object]) -> None:
             one()
         torch.cuda.synchronize()
     table = prof.key_averages().table(
-        sort_by="cuda_time_total", row_limit=40, max_name_column_width=90
+        sort_by="self_cuda_time_total", row_limit=100, max_name_column_width=90
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(table)

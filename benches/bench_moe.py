@@ -153,13 +153,8 @@ def child(a: argparse.Namespace) -> None:
         """One more training step; each MoE layer's share of assignments per expert,
         ``(layers, experts)``."""
         m = train_step().metrics
-        layers = sorted({k.split("/")[1] for k in m if "/load/e" in k})
-        return torch.stack(
-            [
-                torch.stack([m[f"moe/{ly}/load/e{j}"] for j in range(cfg.moe.n_routed_experts)])
-                for ly in layers
-            ]
-        ).float()
+        keys = sorted((k for k in m if k.endswith("/load")), key=lambda k: int(k.split("/")[1][1:]))
+        return torch.stack([m[k] for k in keys]).float()
 
     def sync() -> None:
         if device.type == "cuda":
@@ -182,9 +177,10 @@ def child(a: argparse.Namespace) -> None:
     dt = (time.perf_counter() - t) / a.steps
     if a.profile is not None:
         write_profile(a.profile / f"profile-moe-{a.child}.txt", one)
-    load_sum = None
+    load_sum, by_layer = None, None
     if cfg.moe is not None:  # a.steps more steps, not timed
-        load_sum = summed_load_ratio([expert_loads() for _ in range(a.steps)])
+        loads = [expert_loads() for _ in range(a.steps)]
+        load_sum, by_layer = summed_load_ratio(loads), layer_load_ratios(loads)
     ratios = [float(r) for _, r in timed if r is not None]
     losses += [loss for loss, _ in timed]
     counts = accounting.count_params(cfg)
@@ -207,6 +203,7 @@ def child(a: argparse.Namespace) -> None:
             max_load_ratio=max(ratios) if ratios else None,
             summed_load_ratio=load_sum,
             mean_max_load_ratio=sum(ratios) / len(ratios) if ratios else None,
+            layer_load_ratios=by_layer,
             device=name,
             torch=torch.__version__,
         )
@@ -219,6 +216,21 @@ def summed_load_ratio(loads: list) -> float:
     without the noise of which experts one batch's documents favour."""
     total = sum(loads[1:], loads[0])
     return float((total.amax(dim=1) / total.mean(dim=1)).max())
+
+
+def layer_load_ratios(loads: list) -> dict[str, list[float]]:
+    """Per MoE layer: the mean over steps of each step's max/mean load (``per_step``) and the
+    max/mean of the loads summed over the steps (``summed``)."""
+    import torch  # the child's import; the parent never calls this
+
+    stacked = torch.stack(loads)  # (steps, layers, experts)
+    per_step = (stacked.amax(dim=2) / stacked.mean(dim=2)).mean(dim=0)
+    total = stacked.sum(dim=0)
+    summed = total.amax(dim=1) / total.mean(dim=1)
+    return dict(
+        per_step=[round(float(r), 3) for r in per_step],
+        summed=[round(float(r), 3) for r in summed],
+    )
 
 
 HEADERS = [

@@ -34,10 +34,17 @@ def test_log_and_read_back(tmp_path):
     assert [r["step"] for r in read_metrics(path)] == [10, 20, 30]
 
 
+def test_vectors_log_one_number_per_element(tmp_path):
+    with MetricsLogger(tmp_path / "m.jsonl", progress=False) as logger:
+        record = logger.log(1, load=torch.tensor([0.25, 0.75]), one=torch.tensor([2.0]))
+    assert record == {"step": 1, "load/0": 0.25, "load/1": 0.75, "one": 2.0}
+    assert read_metrics(tmp_path / "m.jsonl") == [record]
+
+
 def test_bad_values(tmp_path):
     with MetricsLogger(tmp_path / "m.jsonl", progress=False) as logger:
-        with pytest.raises(MetricsError, match=r"'loss' is a tensor of shape \(2,\)"):
-            logger.log(1, loss=torch.ones(2))
+        with pytest.raises(MetricsError, match=r"'loss' is a tensor of shape \(2, 2\)"):
+            logger.log(1, loss=torch.ones(2, 2))
         with pytest.raises(MetricsError, match="'cfg' is a dict"):
             logger.log(1, cfg={})
         with pytest.raises(ValueError, match="step"):

@@ -15,8 +15,10 @@ Design choices:
   write them as bare ``NaN``, which other tools reject; non-finite values are written as
   ``null``. A diverged loss then reads back as ``None``, which is also how "not logged" reads.
 - **Values converted at log time.** 0-d (one-element) tensors are turned into Python numbers
-  with ``.item()`` when logged. That synchronises the device, so callers log every
-  ``log_interval`` steps, not every step (nanoGPT's and torchtitan's practice).
+  with ``.item()`` when logged, and a 1-D tensor ``name`` into one number per element,
+  ``name/0``, ``name/1``, ... (a Mixture-of-Experts layer's load per expert is one tensor, not
+  64 graph outputs). That synchronises the device, so callers log every ``log_interval``
+  steps, not every step (nanoGPT's and torchtitan's practice).
 - **Resume without doubling back.** ``initial`` is the step a session starts from; records
   after it in an existing file were written by an interrupted session after its last
   checkpoint and are logged again by the resumed one, so they are dropped when the file opens.
@@ -54,12 +56,19 @@ class MetricsError(ValueError):
     """A metrics file is corrupt (beyond a torn last line) or a value cannot be logged."""
 
 
+def _entries(name: str, value: Any) -> list[tuple[str, Value]]:
+    """``(name, number)`` pairs of one logged value: itself, or a 1-D tensor's elements."""
+    if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() != 1:
+        return [(f"{name}/{j}", x) for j, x in enumerate(value.detach().tolist())]
+    return [(name, _to_python(name, value))]
+
+
 def _to_python(name: str, value: Any) -> Value:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise MetricsError(
                 f"metric {name!r} is a tensor of shape {tuple(value.shape)}; log one number "
-                "(e.g. its mean)"
+                "(e.g. its mean) or a 1-D tensor (one number per element)"
             )
         return value.detach().item()
     if isinstance(value, np.generic):
@@ -181,14 +190,15 @@ class MetricsLogger:
 
         Args:
             step: the optimizer step the values belong to.
-            **values: numbers, strings, ``None`` or one-element tensors (converted with
-                ``.item()``, which waits for the device).
+            **values: numbers, strings, ``None``, one-element tensors or 1-D tensors (read
+                with ``.item()``/``.tolist()``, which wait for the device; a 1-D tensor ``k``
+                becomes ``k/0``, ``k/1``, ...).
 
         Returns:
             The record as written, before non-finite numbers became ``null``.
 
         Raises:
-            MetricsError: when a value is of another type or a tensor of several elements.
+            MetricsError: when a value is of another type or a tensor of two or more dimensions.
             ValueError: when ``step`` is not a non-negative integer or the logger is closed.
         """
         if self._file.closed:
@@ -196,7 +206,8 @@ class MetricsLogger:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be an integer >= 0, got {step!r}")
         record: dict[str, Value] = {"step": step}
-        record.update((k, _to_python(k, v)) for k, v in values.items())
+        for k, v in values.items():
+            record.update(_entries(k, v))
         line = json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False)
         self._file.write(line + "\n")
         self._file.flush()
