@@ -283,3 +283,67 @@ def test_fused_adamw_applies_grad_scale(monkeypatch, device):
             assert torch.equal(g, p.grad)
     for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "e", "k"), [(70, 64, 8), (33, 8, 2), (5, 3, 3), (129, 160, 6)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_route_topk_matches_torch(device, n, e, k, bias):
+    """Each row's k best experts, best first, as ``torch.topk``; ties to the lower index."""
+    from lmforge.kernels.route_topk import route_topk
+
+    gen = torch.Generator().manual_seed(n * e + k)
+    scores = torch.rand(n, e, generator=gen)
+    scores[0] = 0.5  # a row of ties
+    scores[1, : min(e, 4)] = float("nan")  # NaN ranks first
+    b = torch.randn(e, generator=gen) * 0.1 if bias else None
+    got = route_topk(scores.to(device), None if b is None else b.to(device), k).cpu()
+    summed = scores if b is None else scores + b
+    want = summed.topk(k, dim=-1).indices
+    torch.testing.assert_close(got[2:], want[2:], rtol=0, atol=0)
+    assert got[0].tolist() == list(range(k)) if b is None else got[0].tolist() == want[0].tolist()
+    assert sorted(got[1, : min(e, 4, k)].tolist()) == list(range(min(e, 4, k)))
+
+
+def test_route_topk_in_the_routers(monkeypatch, device):
+    """The sigmoid router (with its bias) picks the same experts with and without the kernel,
+    also compiled."""
+    from lmforge.model.moe import MoEConfig
+    from lmforge.model.moe.routers import SigmoidRouter
+
+    moe = MoEConfig(n_routed_experts=16, top_k=4, router="sigmoid")
+    router = SigmoidRouter(24, moe, init_std=0.5).to(device)
+    assert router.expert_bias is not None
+    router.expert_bias.copy_(torch.linspace(-0.2, 0.2, 16))
+    x = torch.randn(50, 24, generator=torch.Generator().manual_seed(3)).to(device)
+    backend = "inductor" if ON_GPU else "aot_eager"  # the interpreter cannot run Inductor's code
+    picks = []
+    for triton, compiled in ((True, False), (True, True), (False, False)):
+        monkeypatch.setenv("LMFORGE_TRITON", "1" if triton else "0")
+        fn = torch.compile(router, fullgraph=True, backend=backend) if compiled else router
+        picks.append(fn(x).experts.cpu())
+    for p in picks[:2]:
+        torch.testing.assert_close(p, picks[2], rtol=0, atol=0)
+
+
+def test_route_topk_rejects_k_above_experts(device):
+    from lmforge.kernels.route_topk import route_topk
+
+    with pytest.raises(ValueError, match="1 <= k <= 4"):
+        route_topk(torch.rand(3, 4, device=device), None, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moe_gather_kernel_is_a_copy(monkeypatch, device, dtype):
+    """The gather into expert order through the row kernel is ``x[token_of_row]``, bit for bit."""
+    from lmforge.model.moe.permute import gather_rows, sort_maps
+
+    monkeypatch.setenv("LMFORGE_TRITON", "1")
+    gen = torch.Generator().manual_seed(5)
+    n, k, d = 17, 2, 1100  # two column blocks
+    x = torch.randn(n, d, generator=gen).to(device, dtype)
+    experts = torch.stack([torch.randperm(5, generator=gen)[:k] for _ in range(n)])
+    order = torch.argsort(experts.t().reshape(-1), stable=True).to(device)
+    token_of_row, rows_of_token = sort_maps(order, n, k)
+    torch.testing.assert_close(
+        gather_rows(x, token_of_row, rows_of_token), x[token_of_row], rtol=0, atol=0
+    )

@@ -10,6 +10,7 @@ environment (the switch for debugging and for measuring what a kernel buys).
 * :mod:`lmforge.kernels.adamw`: one multi-tensor launch of the whole AdamW update.
 * :mod:`lmforge.kernels.rope`: rotary position embedding (and its gradient) in one pass.
 * :mod:`lmforge.kernels.moe_rows`: the Mixture-of-Experts row gathers and the combine's backward.
+* :mod:`lmforge.kernels.route_topk`: a Mixture-of-Experts router's top-k selection.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.kernels import use_triton
+from lmforge.kernels.route_topk import route_topk
 from lmforge.model.functional import at_least_float32
 from lmforge.model.layers import trunc_normal_
 from lmforge.model.moe.balance import update_expert_bias
@@ -175,7 +177,13 @@ class BiasedRouter(Router):
         self.register_buffer("expert_load", load, persistent=False)  # zero after every step
 
     def select(self, scores: Tensor) -> Tensor:
-        """The ``top_k`` experts of each row of ``scores`` (plus the bias, when on)."""
+        """The ``top_k`` experts of each row of ``scores`` (plus the bias, when on), best first.
+
+        On CUDA (float32 scores) one Triton pass (:mod:`lmforge.kernels.route_topk`) adds the
+        bias and selects; elsewhere ``torch.topk``, which it equals."""
+        if scores.dtype == torch.float32 and use_triton(scores):
+            bias = self.expert_bias
+            return route_topk(scores, None if bias is None else bias.float(), self.top_k)
         if self.expert_bias is not None:
             scores = scores + self.expert_bias.to(scores.dtype)
         return scores.topk(self.top_k, dim=-1).indices
