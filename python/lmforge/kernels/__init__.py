@@ -11,6 +11,7 @@ environment (the switch for debugging and for measuring what a kernel buys).
 * :mod:`lmforge.kernels.rope`: rotary position embedding (and its gradient) in one pass.
 * :mod:`lmforge.kernels.moe_rows`: the Mixture-of-Experts row gathers and the combine's backward.
 * :mod:`lmforge.kernels.route_topk`: a Mixture-of-Experts router's top-k selection.
+* :mod:`lmforge.kernels.swiglu`: the experts' SwiGLU on stacked ``[gate | up]`` rows.
 """
 
 from __future__ import annotations
