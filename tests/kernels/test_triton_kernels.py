@@ -334,19 +334,58 @@ def test_route_topk_rejects_k_above_experts(device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_moe_gather_kernel_is_a_copy(monkeypatch, device, dtype):
-    """The gather into expert order through the row kernel is ``x[token_of_row]``, bit for bit."""
+    """The gather into expert order through the row kernel is ``x[token_of_row]``, bit for bit
+    (negative zeros included)."""
     from lmforge.model.moe.permute import gather_rows, sort_maps
 
     monkeypatch.setenv("LMFORGE_TRITON", "1")
     gen = torch.Generator().manual_seed(5)
     n, k, d = 17, 2, 1100  # two column blocks
     x = torch.randn(n, d, generator=gen).to(device, dtype)
+    x[3, :7] = -0.0
     experts = torch.stack([torch.randperm(5, generator=gen)[:k] for _ in range(n)])
     order = torch.argsort(experts.t().reshape(-1), stable=True).to(device)
     token_of_row, rows_of_token = sort_maps(order, n, k)
-    torch.testing.assert_close(
-        gather_rows(x, token_of_row, rows_of_token), x[token_of_row], rtol=0, atol=0
-    )
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    got = gather_rows(x, token_of_row, rows_of_token).view(bits)
+    torch.testing.assert_close(got, x[token_of_row].view(bits), rtol=0, atol=0)
+
+
+def test_custom_ops_pass_opcheck(device):
+    """The fake (shape) functions, autograd registrations and schemas of the MoE ops agree with
+    the ops (``torch.library.opcheck``), also for non-contiguous inputs."""
+    from lmforge.kernels import moe_rows
+    from lmforge.kernels.route_topk import route_topk
+    from lmforge.kernels.swiglu import swiglu, swiglu_backward
+
+    gen = torch.Generator().manual_seed(7)
+    scores = torch.rand(9, 12, generator=gen).to(device)
+    h13 = torch.randn(12, 10, generator=gen).to(device).t()  # (10, 12), not contiguous
+    grad = torch.randn(6, 10, generator=gen).to(device).t()
+    x = torch.randn(7, 5, generator=gen).to(device)
+    idx = torch.randint(0, 7, (4, 1), generator=gen).to(device)
+    cases = [
+        (route_topk, (scores, None, 3)),
+        (route_topk, (scores, torch.randn(12, generator=gen).to(device), 4)),
+        (swiglu, (h13.clone().requires_grad_(),)),
+        (swiglu, (h13.contiguous().requires_grad_(),)),
+        (swiglu_backward, (h13, grad)),
+        (moe_rows.gather_sum, (x, idx, None)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_custom_ops_reject_other_dtypes(device):
+    from lmforge.kernels.route_topk import route_topk
+    from lmforge.kernels.swiglu import swiglu
+
+    with pytest.raises(ValueError, match="float32 scores"):
+        route_topk(torch.rand(3, 4, device=device, dtype=torch.float64), None, 2)
+    with pytest.raises(ValueError, match="computes in float32"):
+        swiglu(torch.rand(3, 4, device=device, dtype=torch.float64))
+    with pytest.raises(ValueError, match="even width"):
+        swiglu(torch.rand(3, 5, device=device))
 
 
 @pytest.mark.parametrize(

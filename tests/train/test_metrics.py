@@ -39,6 +39,9 @@ def test_vectors_log_one_number_per_element(tmp_path):
         record = logger.log(1, load=torch.tensor([0.25, 0.75]), one=torch.tensor([2.0]))
     assert record == {"step": 1, "load/0": 0.25, "load/1": 0.75, "one": 2.0}
     assert read_metrics(tmp_path / "m.jsonl") == [record]
+    with MetricsLogger(tmp_path / "e.jsonl", progress=False) as logger:
+        with pytest.raises(MetricsError, match="'load' is an empty tensor"):
+            logger.log(1, load=torch.zeros(0))
 
 
 def test_bad_values(tmp_path):

@@ -37,8 +37,13 @@ def _kernels():  # built on first use: importing Triton costs a second, and CPUs
         t = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = cols < d
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for j in range(k):
+        # the first row starts the sum (not +0, so that with k = 1 the row is copied exactly,
+        # the sign of a zero included)
+        r0 = tl.load(IDX + t * k).to(tl.int64)
+        acc = tl.load(SRC + r0 * d + cols, mask=inside, other=0.0).to(tl.float32)
+        if HAS_W:
+            acc = acc * tl.load(W + t * k).to(tl.float32)
+        for j in range(1, k):
             r = tl.load(IDX + t * k + j).to(tl.int64)
             row = tl.load(SRC + r * d + cols, mask=inside, other=0.0).to(tl.float32)
             if HAS_W:
@@ -88,6 +93,8 @@ def gather_sum(src: Tensor, idx: Tensor, weights: Tensor | None) -> Tensor:
     out = src.new_empty(n, d)
     if n == 0 or d == 0:
         return out
+    if k == 0:
+        return out.zero_()
     block = _block(d, 1024)
     grid = (n, -(-d // block))
     w = weights if weights is not None else idx  # unread when HAS_W is false

@@ -72,7 +72,12 @@ def route_topk(scores: Tensor, bias: Tensor | None, k: int) -> Tensor:
 
     Returns:
         int64 ``(N, k)``, each row's experts best first (ties: the lower index).
+
+    Raises:
+        ValueError: scores not float32, or ``k`` out of range.
     """
+    if scores.dtype != torch.float32:
+        raise ValueError(f"route_topk selects on float32 scores, got {scores.dtype}")
     n, e = scores.shape
     if not 1 <= k <= e:
         raise ValueError(f"route_topk needs 1 <= k <= {e} experts, got k={k}")

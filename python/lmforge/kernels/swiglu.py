@@ -60,6 +60,14 @@ def _kernels():  # built on first use
     return swiglu_fwd, swiglu_bwd
 
 
+def _check(h13: Tensor) -> None:
+    if h13.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"swiglu computes in float32: float32/16 or bfloat16, not {h13.dtype}")
+    width = h13.shape[-1]
+    if width < 2 or width % 2:
+        raise ValueError(f"swiglu needs [gate | up] rows of even width >= 2, got {width}")
+
+
 def _grid(rows: int, f: int) -> tuple[tuple[int, int], int, int]:
     block = min(1024, max(16, 1 << (f - 1).bit_length()))
     tile_rows = max(1, 2048 // block)
@@ -71,16 +79,15 @@ def swiglu(h13: Tensor) -> Tensor:
     """``silu(gate) * up`` of ``h13 = [gate | up]`` along the last dimension.
 
     Args:
-        h13: ``(..., 2·d_ff)``, float32, float16 or bfloat16.
+        h13: ``(..., 2·d_ff)``, float32, float16 or bfloat16 (the arithmetic is float32).
 
     Returns:
         ``(..., d_ff)`` in ``h13``'s dtype.
 
     Raises:
-        ValueError: an odd last dimension.
+        ValueError: an odd or zero last dimension, or another dtype.
     """
-    if h13.shape[-1] % 2:
-        raise ValueError(f"swiglu needs [gate | up] rows of even width, got {h13.shape[-1]}")
+    _check(h13)
     f = h13.shape[-1] // 2
     flat = h13.contiguous().view(-1, 2 * f)
     out = flat.new_empty(flat.shape[0], f)
@@ -97,7 +104,9 @@ def _(h13: Tensor) -> Tensor:
 
 @torch.library.custom_op("lmforge::swiglu_backward", mutates_args=())
 def swiglu_backward(h13: Tensor, grad: Tensor) -> Tensor:
-    """The gradient of :func:`swiglu` with respect to ``h13``, both halves in one pass."""
+    """The gradient of :func:`swiglu` with respect to ``h13``, both halves in one pass
+    (contiguous, in ``h13``'s dtype)."""
+    _check(h13)
     f = h13.shape[-1] // 2
     flat = h13.contiguous().view(-1, 2 * f)
     dh = grad.contiguous().view(-1, f)
@@ -110,7 +119,7 @@ def swiglu_backward(h13: Tensor, grad: Tensor) -> Tensor:
 
 @swiglu_backward.register_fake
 def _(h13: Tensor, grad: Tensor) -> Tensor:
-    return torch.empty_like(h13)
+    return h13.new_empty(h13.shape)  # contiguous, as the op's output
 
 
 def _setup(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:

@@ -103,7 +103,8 @@ class ModelOutput:
             (the weighted term), the MoE balance losses ``"moe_aux"``, ``"moe_device"``,
             ``"moe_seq_aux"``, ``"moe_z"`` (weighted, summed over layers) and ``"mtp_1"`` …
             ``"mtp_D"`` (each depth's unweighted cross-entropy).
-        metrics: detached scalar tensors for logging (never synchronised inside forward).
+        metrics: detached scalar (or, for per-expert loads, 1-D) tensors for logging (never
+            synchronised inside forward).
         hidden_states: with ``return_hidden_states``, the residual stream after the embedding
             and after each block (``n_layers + 1`` tensors ``(batch, seq, d_model)``, before the
             final norm), for the logit lens; otherwise ``None``.

@@ -14,11 +14,11 @@ Design choices:
 - **Valid JSON only.** NaN and infinity are not JSON (RFC 8259), and Python's ``json`` would
   write them as bare ``NaN``, which other tools reject; non-finite values are written as
   ``null``. A diverged loss then reads back as ``None``, which is also how "not logged" reads.
-- **Values converted at log time.** 0-d (one-element) tensors are turned into Python numbers
-  with ``.item()`` when logged, and a 1-D tensor ``name`` into one number per element,
-  ``name/0``, ``name/1``, ... (a Mixture-of-Experts layer's load per expert is one tensor, not
-  64 graph outputs). That synchronises the device, so callers log every ``log_interval``
-  steps, not every step (nanoGPT's and torchtitan's practice).
+- **Values converted at log time.** One-element tensors are turned into Python numbers with
+  ``.item()`` when logged, and a 1-D tensor ``name`` of two or more elements into one number
+  per element, ``name/0``, ``name/1``, ... (a Mixture-of-Experts layer's load per expert is one
+  tensor, not 64 graph outputs). That synchronises the device, so callers log every
+  ``log_interval`` steps, not every step (nanoGPT's and torchtitan's practice).
 - **Resume without doubling back.** ``initial`` is the step a session starts from; records
   after it in an existing file were written by an interrupted session after its last
   checkpoint and are logged again by the resumed one, so they are dropped when the file opens.
@@ -59,6 +59,8 @@ class MetricsError(ValueError):
 def _entries(name: str, value: Any) -> list[tuple[str, Value]]:
     """``(name, number)`` pairs of one logged value: itself, or a 1-D tensor's elements."""
     if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() != 1:
+        if value.numel() == 0:
+            raise MetricsError(f"metric {name!r} is an empty tensor; log at least one number")
         return [(f"{name}/{j}", x) for j, x in enumerate(value.detach().tolist())]
     return [(name, _to_python(name, value))]
 

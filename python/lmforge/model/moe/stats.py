@@ -7,8 +7,9 @@ stats and returns
   and DeepSeek), to be added to the LM loss, and their detached parts by name for
   ``ModelOutput.losses``: ``moe_aux`` (Switch = DeepSeek expert-level), ``moe_device``,
   ``moe_seq_aux``, ``moe_z`` — only the ones with a weight > 0;
-* **metrics** (detached 0-d tensors, no host sync), per MoE layer ``i`` under ``moe/L{i}/``:
-  ``max_load_ratio`` (the busiest expert's assignments over the mean; 1 is perfect balance),
+* **metrics** (detached 0-d tensors, and one 1-D ``load``; no host sync), per MoE layer ``i``
+  under ``moe/L{i}/``: ``max_load_ratio`` (the busiest expert's assignments over the mean; 1
+  is perfect balance),
   ``dropped`` (fraction over capacity), ``router_entropy`` (mean over tokens of the router
   distribution's entropy, nats; ``log E`` is uniform), the unweighted ``aux_loss`` and
   ``z_loss`` (and ``device_loss``/``seq_aux_loss`` when weighted), ``bias_min``/``bias_max`` of
