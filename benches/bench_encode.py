@@ -1,4 +1,5 @@
-"""Side-by-side encoding benchmark: lmforge vs tiktoken vs Hugging Face tokenizers (not a test).
+"""Side-by-side encoding benchmark: lmforge vs tiktoken, Hugging Face tokenizers and Gigatoken
+(not a test).
 
 Every library encodes the same text with the same ranks, and the ids are compared: lmforge and
 Hugging Face against tiktoken (against lmforge when tiktoken is skipped), as a count of mismatched
@@ -11,6 +12,12 @@ documents, never a crash. Two vocabularies (``--vocab gpt2,trained``):
 - ``trained``: 32,000 tokens trained by lmforge on the benchmark text, handed to tiktoken through
   ``tok.to_tiktoken()`` (or an ``Encoding`` built from ``tok.vocab``) and to Hugging Face
   through ``tok.save_hf`` (skipped, with a note, when lmforge lacks it).
+
+Gigatoken (``pip install gigatoken``, skipped with a note when missing) gets each vocabulary as a
+tiktoken rank file (``tok.save_tiktoken``) with its own pretokenizer of the same name (``gpt2``)
+and ``<|endoftext|>``: its list API (``as_tiktoken().encode``) in the per-document rows, its
+``encode`` (a ``uint32`` array) beside ``encode_to_numpy``, and ``encode_batch_list`` in the
+batch rows (its rayon pool sized by ``RAYON_NUM_THREADS``).
 
 The text is the input (``.xz``/``.gz`` decompressed untimed) cut to ``--max-bytes`` at a document
 end and split into documents after each ``<|endoftext|>``. Measurements (``--parts``), each run in
@@ -43,7 +50,7 @@ what needs it, with a note on stdout and in the JSON. Timed regions run with the
 off, after one untimed warm-up call.
 
     python benches/bench_encode.py [--input PATH] [--max-bytes 50000000] [--vocab gpt2,trained]
-        [--parts 1,2,3,4,5] [--threads-list 1,2,4] [--skip-hf] [--skip-tiktoken]
+        [--parts 1,2,3,4,5] [--threads-list 1,2,4] [--skip-hf] [--skip-tiktoken] [--skip-gigatoken]
         [--worst-timeout 60] [--files-whole-input] [--out PATH.json]
 
 Results: a table per measurement on stdout and one JSON file in ``benches/results/``.
@@ -90,7 +97,7 @@ SPECIAL = "<|endoftext|>"
 GPT2_EOT_ID = 50256
 TRAINED_VOCAB_SIZE = 32000
 VOCABS = ("gpt2", "trained")
-LIBS = ("lmforge", "tiktoken", "hf")
+LIBS = ("lmforge", "tiktoken", "hf", "gigatoken")
 PARTS = (1, 2, 3, 4, 5)
 WORST_CASES = ("text", "one_char", "two_chars", "random_latin1", "random_letters")
 WORST_TARGET = 3.0  # lmforge's worst case per byte, at most this many times its text per byte
@@ -169,6 +176,22 @@ def build_hf(spec: dict) -> Any:
     return hf
 
 
+GIGATOKEN_PATTERNS = {"gpt2": "gpt2", "cl100k": "cl100k", "o200k": "o200k"}
+"""lmforge's pattern names → Gigatoken's pretokenizer names (Gigatoken runs only its own)."""
+
+
+def build_gigatoken(spec: dict) -> Any:
+    """Gigatoken (``pip install gigatoken``) from the vocab's tiktoken rank file, which the parent
+    wrote with ``tok.save_tiktoken``, with the same pretokenizer and end-of-text token."""
+    import gigatoken
+
+    return gigatoken.Tokenizer.from_tiktoken(
+        spec["tiktoken_file"],
+        pretokenizer=GIGATOKEN_PATTERNS[spec["pattern"]],
+        special_tokens={SPECIAL: spec["eot_id"]},
+    )
+
+
 def single_encoder(lib: str, spec: dict) -> Callable[[str], list[int]]:
     """``encode(text) -> ids`` of ``lib``, special tokens allowed."""
     if lib == "lmforge":
@@ -179,6 +202,9 @@ def single_encoder(lib: str, spec: dict) -> Callable[[str], list[int]]:
     if lib == "tiktoken":
         enc = build_tiktoken(spec)
         return lambda text: enc.encode(text, allowed_special="all")
+    if lib == "gigatoken":  # its tiktoken-compatible API, which returns lists
+        compat = build_gigatoken(spec).as_tiktoken()
+        return lambda text: compat.encode(text, allowed_special="all")
     hf = build_hf(spec)
     return lambda text: hf.encode(text, add_special_tokens=False).ids
 
@@ -195,6 +221,9 @@ def batch_encoder(lib: str, spec: dict, threads: int | None) -> Callable[[list[s
         enc = build_tiktoken(spec)
         n = threads or os.cpu_count() or 1
         return lambda texts: enc.encode_batch(texts, num_threads=n, allowed_special="all")
+    if lib == "gigatoken":  # its rayon pool takes RAYON_NUM_THREADS, set by the parent
+        g = build_gigatoken(spec)
+        return lambda texts: g.encode_batch_list(texts)
     hf = build_hf(spec)
     return lambda texts: [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
 
@@ -313,19 +342,21 @@ def child_single(spec: dict) -> dict:
 
 def numpy_arrays(spec: dict, docs: list[str], n_bytes: int, *, per_document: bool) -> dict:
     """Into NumPy arrays (no Python ints), on one thread, for each library that has such a call
-    (``encode_to_numpy``: lmforge's and tiktoken's); best of 3. The whole text in one call
-    (``LIB-numpy``), or one call per document (``LIB-numpy-per-doc``, the arrays concatenated
-    to check them)."""
+    (``encode_to_numpy``: lmforge's and tiktoken's; Gigatoken's ``encode``); best of 3. The
+    whole text in one call (``LIB-numpy``), or one call per document (``LIB-numpy-per-doc``, the
+    arrays concatenated to check them)."""
     import numpy as np
 
     text = "".join(docs)
     suffix = "-numpy-per-doc" if per_document else "-numpy"
     results: dict[str, Any] = {}
-    ref = None
-    for lib in ("tiktoken", "lmforge"):
+    ref, ref_lib = None, ""
+    for lib in ("tiktoken", "lmforge", "gigatoken"):
         if lib not in spec["libs"]:
             continue
-        if lib == "lmforge":
+        if lib == "gigatoken":
+            encode = build_gigatoken(spec).encode
+        elif lib == "lmforge":
             tok = load_lmforge(spec)
             if not hasattr(tok, "encode_to_numpy"):
                 continue
@@ -344,10 +375,10 @@ def numpy_arrays(spec: dict, docs: list[str], n_bytes: int, *, per_document: boo
         r: dict[str, Any] = {"seconds": seconds, "mb_per_s": n_bytes / 1e6 / seconds}
         r["tokens"] = int(ids.size)
         if ref is None:
-            ref = ids
+            ref, ref_lib = ids, lib
         else:
             same = ids.size == ref.size and bool(np.array_equal(ids, ref))
-            r |= {"checked_against": "tiktoken" + suffix, "mismatched_docs": int(not same)}
+            r |= {"checked_against": ref_lib + suffix, "mismatched_docs": int(not same)}
         results[lib + suffix] = r
     return results
 
@@ -636,7 +667,7 @@ def check_text(r: dict) -> str:
     return "identical" if n == 0 else f"{n} docs differ from {r['checked_against']}"
 
 
-TIKTOKEN_LMFORGE = ("tiktoken", "lmforge")
+TIKTOKEN_LMFORGE = ("tiktoken", "lmforge", "gigatoken")
 
 
 def part_single(vocabs: dict, ctx: dict) -> dict:
@@ -659,9 +690,14 @@ def part_single(vocabs: dict, ctx: dict) -> dict:
             bpt = r["bytes"] / x["tokens"] if x["tokens"] else None
             row = [name, lib, fmt(x["mb_per_s"]), fmt(x["seconds"], 2), fmt(bpt, 2)]
             rows.append(row + [fmt_x(ratio), check_text(x)])
-        for other in ("tiktoken", "hf"):
+        for other in ("tiktoken", "hf", "gigatoken"):
             if "seconds" in lm and "seconds" in r.get(other, {}):
                 r[f"lmforge_speedup_vs_{other}"] = r[other]["seconds"] / lm["seconds"]
+        for each in ("", "-per-doc"):
+            lm_x, gt_x = r.get(f"lmforge-numpy{each}", {}), r.get(f"gigatoken-numpy{each}", {})
+            if "seconds" in lm_x and "seconds" in gt_x:
+                key = f"lmforge_numpy{each.replace('-', '_')}_speedup_vs_gigatoken"
+                r[key] = gt_x["seconds"] / lm_x["seconds"]
         lm_np, tt_np = r.get("lmforge-numpy", {}), r.get("tiktoken-numpy", {})
         if "seconds" in lm_np and "seconds" in tt_np:
             r["lmforge_numpy_speedup_vs_tiktoken_numpy"] = tt_np["seconds"] / lm_np["seconds"]
@@ -965,6 +1001,7 @@ def main() -> int:
     parser.add_argument("--parts", default="1,2,3,4,5", help="measurements to run (1-5)")
     parser.add_argument("--threads-list", default=None, help="e.g. 1,2,4 (default: 1,2,4..nproc)")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-gigatoken", action="store_true")
     parser.add_argument("--skip-tiktoken", action="store_true")
     parser.add_argument("--worst-timeout", type=float, default=60.0, help="seconds per run")
     parser.add_argument("--worst-chars", type=int, default=1_000_000)
@@ -1047,6 +1084,11 @@ def main() -> int:
     elif importlib.util.find_spec("tokenizers") is None:
         note("Hugging Face tokenizers is not installed: skipped (pip install '.[bench]')")
         libs.remove("hf")
+    if args.skip_gigatoken:
+        libs.remove("gigatoken")
+    elif importlib.util.find_spec("gigatoken") is None:
+        note("Gigatoken is not installed: skipped (pip install gigatoken)")
+        libs.remove("gigatoken")
 
     with tempfile.TemporaryDirectory(prefix="bench_encode-", dir=args.tmp_dir) as tmp:
         text_path = Path(tmp) / "text.txt"
@@ -1068,7 +1110,7 @@ def main() -> int:
             if name == "gpt2":
                 spec |= {"encoder_json": str(encoder_json), "merges_txt": str(merges_txt)}
                 info["tiktoken_from"] = "encoder.json"
-                if methods["save_hf"]:
+                if methods["save_hf"] or "gigatoken" in libs:
                     tok = load_gpt2(encoder_json, merges_txt)
             else:
                 print(
@@ -1091,6 +1133,15 @@ def main() -> int:
                 else:
                     info["hf_from"] = None
                     spec_libs.remove("hf")
+            if "gigatoken" in libs:
+                if tok.pattern in GIGATOKEN_PATTERNS:
+                    spec["tiktoken_file"] = str(Path(tmp) / f"{name}.tiktoken")
+                    tok.save_tiktoken(spec["tiktoken_file"])
+                    spec["pattern"], spec["eot_id"] = tok.pattern, tok.special_tokens[SPECIAL]
+                    info["gigatoken_from"] = "save_tiktoken"
+                else:
+                    info["gigatoken_from"] = None
+                    spec_libs.remove("gigatoken")
             spec["libs"] = spec_libs
             vocabs[name], setup[name] = spec, info
 

@@ -1,4 +1,4 @@
-"""Side-by-side BPE training benchmark: lmforge vs Hugging Face tokenizers (not a test).
+"""Side-by-side BPE training benchmark: lmforge vs Hugging Face tokenizers and rustbpe (not a test).
 
 What it measures, per trainer: the wall-clock time of the train call alone (interpreter start and
 imports excluded), the peak RSS of the whole trainer process, and the vocab size reached. Each
@@ -8,7 +8,11 @@ RSS is that trainer's only (read with ``os.wait4`` once the child exits).
 Both trainers read the same plain-text file. A compressed input (``.xz``/``.gz``) is decompressed
 once, untimed, into a temporary file; ``--repeat-input K`` writes K concatenated copies of the text
 there (e.g. the 220 MB stories corpus x5 for a ~1 GB corpus). Both train byte-level BPE with the
-GPT-2 pretokenization pattern and ``<|endoftext|>`` as the special token.
+GPT-2 pretokenization pattern and ``<|endoftext|>`` as the special token. rustbpe (nanochat's
+trainer, ``pip install rustbpe``) has no special tokens and takes an iterator of strings: it gets
+the documents between the ``<|endoftext|>`` separators, read from the same file in 1 MB chunks
+inside the timed call, and trains one token fewer (the others count the special token in
+``vocab_size``), so all three learn the same number of merges.
 
     python benches/bench_train.py [--input PATH] [--vocab-size 32000] [--threads N]
         [--repeat-input K] [--trainers lmforge,hf] [--skip-hf] [--out PATH.json]
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.metadata
 import lzma
 import os
 import shutil
@@ -43,7 +48,7 @@ from _common import (
 
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "stories" / "train.txt.xz"
 SPECIAL = "<|endoftext|>"
-TRAINERS = ("lmforge", "hf")
+TRAINERS = ("lmforge", "hf", "rustbpe")
 
 
 # --- child side: one trainer, timed -------------------------------------------------------------
@@ -95,8 +100,37 @@ def train_hf(path: str, vocab_size: int, threads: int | None) -> dict:
     }
 
 
+def train_rustbpe(path: str, vocab_size: int, threads: int | None) -> dict:
+    # Threads: RAYON_NUM_THREADS, set by the parent in this process's environment.
+    import rustbpe
+
+    from lmforge._bpe import GPT2_PATTERN
+
+    def documents():  # the text between separators, as lmforge and HF split it
+        rest = ""
+        with open(path, encoding="utf-8") as f:
+            while chunk := f.read(1 << 20):
+                parts = (rest + chunk).split(SPECIAL)
+                rest = parts.pop()
+                yield from parts
+        if rest:
+            yield rest
+
+    tok = rustbpe.Tokenizer()
+    rss_before = current_rss_mb()
+    start = time.perf_counter()
+    tok.train_from_iterator(documents(), vocab_size - 1, pattern=GPT2_PATTERN)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "vocab": tok.vocab_size + 1,  # + the special token the others count
+        "rss_before_train_mb": rss_before,
+        "version": importlib.metadata.version("rustbpe"),
+    }
+
+
 def child_main(args: argparse.Namespace) -> int:
-    train = {"lmforge": train_lmforge, "hf": train_hf}[args.child]
+    train = {"lmforge": train_lmforge, "hf": train_hf, "rustbpe": train_rustbpe}[args.child]
     try:
         result = train(args.child_path, args.vocab_size, args.threads)
     except ImportError as e:
@@ -196,16 +230,17 @@ def main() -> int:
     print_table(["trainer", "wall s", "peak RSS MB", "vocab", "MB/s"], rows)
 
     ratios = {}
-    lm, hf = results.get("lmforge", {}), results.get("hf", {})
-    if "seconds" in lm and "seconds" in hf:
-        ratios = {
-            "speedup_vs_hf": hf["seconds"] / lm["seconds"],
-            "rss_ratio_vs_hf": lm["peak_rss_mb"] / hf["peak_rss_mb"],
-        }
-        print(
-            f"\nlmforge vs HF: {ratios['speedup_vs_hf']:.2f}x the speed (hf_time / lmforge_time), "
-            f"{ratios['rss_ratio_vs_hf']:.2f}x the peak RSS (lmforge / hf)"
-        )
+    lm = results.get("lmforge", {})
+    for peer in ("hf", "rustbpe"):
+        other = results.get(peer, {})
+        if "seconds" in lm and "seconds" in other:
+            speedup = other["seconds"] / lm["seconds"]
+            rss = lm["peak_rss_mb"] / other["peak_rss_mb"]
+            ratios |= {f"speedup_vs_{peer}": speedup, f"rss_ratio_vs_{peer}": rss}
+            print(
+                f"\nlmforge vs {peer}: {speedup:.2f}x the speed ({peer} time / lmforge time), "
+                f"{rss:.2f}x the peak RSS (lmforge / {peer})"
+            )
 
     report = {
         "benchmark": "train",
