@@ -1073,7 +1073,7 @@ def main() -> int:
         if not present:
             note(f"lmforge has no Tokenizer.{m}: {MISSING_METHOD_EFFECT[m]}")
 
-    libs = ["tiktoken", "lmforge", "hf"]  # the first present library is the ids reference
+    libs = ["tiktoken", "lmforge", "hf", "gigatoken"]  # the first present library is the reference
     if args.skip_tiktoken:
         libs.remove("tiktoken")
     elif importlib.util.find_spec("tiktoken") is None:

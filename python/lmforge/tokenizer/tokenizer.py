@@ -40,6 +40,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 BUILTIN_PATTERNS = ("gpt2", "cl100k", "o200k")
 """Names of the pretokenization patterns that have hand-written scanners."""
 
+_IDS = np.dtype("<u4")
+"""The dtype of ``encode_to_numpy``'s arrays, built once (parsing ``"<u4"`` on every call shows
+on short texts)."""
+
 
 class Tokenizer:
     """A byte-level BPE tokenizer.
@@ -240,7 +244,7 @@ class Tokenizer:
         Python list in between; special-token arguments as :meth:`encode`."""
         allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
         data = self._core.encode_to_bytes(text, allowed, disallowed, num_threads)
-        return np.frombuffer(data, dtype="<u4")
+        return np.frombuffer(data, dtype=_IDS)
 
     def encode_files(
         self,
@@ -292,6 +296,8 @@ class Tokenizer:
         allowed_special: AbstractSet[str] | str,
         disallowed_special: AbstractSet[str] | Collection[str] | str,
     ) -> tuple[list[str] | None, list[str]]:
+        if allowed_special == "all" and not disallowed_special and disallowed_special != "":
+            return None, []  # the defaults, without building sets on every call
         return special_sets(set(self.special_tokens), allowed_special, disallowed_special)
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
