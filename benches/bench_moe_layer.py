@@ -15,7 +15,9 @@ relative difference is reported: torchtitan's experts always compute in bf16, so
 where lmforge's run in float32, they differ by bf16's rounding; on a GPU both run bf16). Each
 layer is then timed over ``--iters`` forward+backward passes (CUDA events, after ``--warmup``);
 TFLOP/s count the active FLOPs, 6 × the active expert and router parameters per token (forward
-2, backward 4).
+2, backward 4). A third row, ``lmforge-pytorch``, is lmforge's layer with its Triton kernels off
+(``LMFORGE_TRITON=0``: PyTorch's top-k, Inductor's gathers and SwiGLU), which is what the
+kernels buy.
 
     python benches/bench_moe_layer.py [--configs a,b] [--tokens 32768] [--iters 20] [--out PATH]
 
@@ -25,6 +27,7 @@ Results: a table on stdout and one JSON file in ``benches/results/``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -191,13 +194,17 @@ def main() -> int:
         probe = torch.randn(1, a.tokens, D_MODEL, generator=gen).to(device)
         check = compare(ours, theirs, x, probe)
         r = dict(spec=spec, tokens=a.tokens, **check)
-        for who, layer in (("lmforge", ours), ("torchtitan", theirs)):
+        runs = (("lmforge", ours, "1"), ("lmforge-pytorch", ours, "0"), ("torchtitan", theirs, "1"))
+        for who, layer, triton in runs:
+            os.environ["LMFORGE_TRITON"] = triton  # read when the layer is traced
+            torch._dynamo.reset()
             fn = layer if a.no_compile else torch.compile(layer)
             ms = time_layer(fn, x, probe, a.warmup, a.iters)
             r[who] = {"ms": ms, "tflops": active_flops(spec, a.tokens) / ms / 1e9}
+        os.environ.pop("LMFORGE_TRITON")
         r["speedup_vs_torchtitan"] = r["torchtitan"]["ms"] / r["lmforge"]["ms"]
         results[name] = r
-        for who in ("lmforge", "torchtitan"):
+        for who in ("lmforge", "lmforge-pytorch", "torchtitan"):
             rows.append([name, who, f"{r[who]['ms']:.3f}", f"{r[who]['tflops']:.0f}"])
         rows.append(
             [
