@@ -354,7 +354,7 @@ def test_moe_gather_kernel_is_a_copy(monkeypatch, device, dtype):
 def test_custom_ops_pass_opcheck(device):
     """The fake (shape) functions, autograd registrations and schemas of the MoE ops agree with
     the ops (``torch.library.opcheck``), also for non-contiguous inputs."""
-    from lmforge.kernels import moe_rows
+    from lmforge.kernels import moe_counts, moe_rows
     from lmforge.kernels.route_topk import route_topk
     from lmforge.kernels.swiglu import swiglu, swiglu_backward
 
@@ -371,6 +371,7 @@ def test_custom_ops_pass_opcheck(device):
         (swiglu, (h13.contiguous().requires_grad_(),)),
         (swiglu_backward, (h13, grad)),
         (moe_rows.gather_sum, (x, idx, None)),
+        (moe_counts.expert_counts, (idx, 7)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -445,3 +446,18 @@ def test_moe_model_with_and_without_kernels(monkeypatch, device, router):
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("n", "e"), [(1, 1), (5000, 8), (9000, 64), (4096, 3), (100, 160)])
+def test_expert_counts_kernel_matches_torch(monkeypatch, device, n, e):
+    """Per-block histograms summed equal the scatter-add reference, for any shape of ids."""
+    from lmforge.model.moe.balance import expert_counts
+
+    ids = torch.randint(0, e, (n,), generator=torch.Generator().manual_seed(n + e))
+    ids[: min(n, 7)] = e - 1  # the last expert, next to the spare bin
+    counts = []
+    for triton in ("1", "0"):
+        monkeypatch.setenv("LMFORGE_TRITON", triton)
+        counts.append(expert_counts(ids.to(device).view(-1, 1), e).cpu())
+    assert counts[0].dtype == torch.int64 and counts[0].sum() == n
+    torch.testing.assert_close(counts[0], counts[1], rtol=0, atol=0)

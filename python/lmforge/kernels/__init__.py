@@ -12,6 +12,7 @@ environment (the switch for debugging and for measuring what a kernel buys).
 * :mod:`lmforge.kernels.moe_rows`: the Mixture-of-Experts row gathers and the combine's backward.
 * :mod:`lmforge.kernels.route_topk`: a Mixture-of-Experts router's top-k selection.
 * :mod:`lmforge.kernels.swiglu`: the experts' SwiGLU on stacked ``[gate | up]`` rows.
+* :mod:`lmforge.kernels.moe_counts`: assignments per expert, from per-block histograms.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lmforge.kernels import moe_counts, use_triton
+
 __all__ = [
     "device_balance_loss",
     "expert_counts",
@@ -47,6 +49,10 @@ def expert_counts(experts: Tensor, n_experts: int) -> Tensor:
         int64 ``(n_experts,)``.
     """
     flat = experts.reshape(-1)
+    # per-block histograms (no atomics queueing on E counters) for up to 1,024 bins, which fit
+    # a program's registers; expert-choice counts tokens, N bins, the reference way
+    if n_experts <= moe_counts.MAX_BINS and use_triton(flat):
+        return moe_counts.expert_counts(flat, n_experts)
     counts = torch.zeros(n_experts, dtype=torch.int64, device=flat.device)
     return counts.scatter_add_(0, flat, torch.ones_like(flat))
 
