@@ -372,6 +372,7 @@ def test_custom_ops_pass_opcheck(device):
         (swiglu_backward, (h13, grad)),
         (moe_rows.gather_sum, (x, idx, None)),
         (moe_counts.expert_counts, (idx, 7)),
+        (moe_counts.route_sort, (idx.view(-1), 7, 2)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -461,3 +462,20 @@ def test_expert_counts_kernel_matches_torch(monkeypatch, device, n, e):
         counts.append(expert_counts(ids.to(device).view(-1, 1), e).cpu())
     assert counts[0].dtype == torch.int64 and counts[0].sum() == n
     torch.testing.assert_close(counts[0], counts[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("n", "k", "e"), [(700, 3, 8), (1500, 2, 64), (5, 1, 1), (2100, 4, 100)])
+def test_route_sort_matches_argsort(device, n, k, e):
+    """The counting sort's maps equal those of the stable ``argsort`` (``sort_maps``)."""
+    from lmforge.kernels.moe_counts import route_sort
+    from lmforge.model.moe.balance import expert_counts
+    from lmforge.model.moe.permute import sort_maps
+
+    gen = torch.Generator().manual_seed(n * k + e)
+    choices = torch.stack([torch.randperm(max(e, k), generator=gen)[:k] % e for _ in range(n)])
+    experts = choices.t().reshape(-1)
+    token_of_row, rows, counts = route_sort(experts.to(device), e, n)
+    ref_tokens, ref_rows = sort_maps(torch.argsort(experts, stable=True), n, k)
+    torch.testing.assert_close(token_of_row.cpu(), ref_tokens, rtol=0, atol=0)
+    torch.testing.assert_close(rows.cpu().view(k, n).t(), ref_rows, rtol=0, atol=0)
+    torch.testing.assert_close(counts.cpu(), expert_counts(experts, e), rtol=0, atol=0)

@@ -4,7 +4,8 @@ Token-choice (``k`` experts per token, ``A = N·k`` assignments):
 
 1. **Sort** the assignments by expert (a stable sort, so within an expert they keep the router's
    priority order: all first choices, then all second choices — GShard's rule for who is dropped
-   when an expert is full) and gather the tokens into that order.
+   when an expert is full) and gather the tokens into that order. On CUDA the sort is a
+   counting sort (:func:`lmforge.kernels.moe_counts.route_sort`), elsewhere ``argsort``.
 2. **Grouped GEMM**: the experts' SwiGLUs on contiguous row groups. On CUDA with bf16 on
    Hopper or newer this is ``torch._grouped_mm`` (one CUTLASS kernel per matrix for all experts,
    group offsets read on the device: no host sync, one compiled graph; MegaBlocks, Gale et al.
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmforge.kernels import use_triton
+from lmforge.kernels import moe_counts, use_triton
 from lmforge.kernels.swiglu import swiglu
 from lmforge.model.moe.balance import expert_counts
 from lmforge.model.moe.permute import combine_rows, gather_rows, sort_maps, sum_dtype
@@ -198,11 +199,17 @@ def dispatch_token_choice(
         of assignments over capacity (a 0-d tensor, 0 when dropless).
     """
     n, k = routing.experts.shape
+    n_experts = w1.shape[0]
     experts = routing.experts.t().reshape(-1)  # choice-major: all first choices, then second
-    order = torch.argsort(experts, stable=True)
-    if counts is None:
-        counts = expert_counts(experts, w1.shape[0])
-    token_of_row, rows_of_token = sort_maps(order, n, k)
+    if n_experts <= moe_counts.MAX_BINS and use_triton(experts):  # a counting sort, on CUDA
+        token_of_row, rows, sorted_counts = moe_counts.route_sort(experts, n_experts, n)
+        rows_of_token = rows.view(k, n).t().contiguous()
+        counts = sorted_counts if counts is None else counts
+    else:
+        order = torch.argsort(experts, stable=True)
+        if counts is None:
+            counts = expert_counts(experts, n_experts)
+        token_of_row, rows_of_token = sort_maps(order, n, k)
     xs = gather_rows(x, token_of_row, rows_of_token)
     if capacity is None:
         hs = expert_swiglu(xs, counts, w1, w3, w2, impl)
