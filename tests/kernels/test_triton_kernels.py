@@ -464,7 +464,9 @@ def test_expert_counts_kernel_matches_torch(monkeypatch, device, n, e):
     torch.testing.assert_close(counts[0], counts[1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("n", "k", "e"), [(700, 3, 8), (1500, 2, 64), (5, 1, 1), (2100, 4, 100)])
+@pytest.mark.parametrize(
+    ("n", "k", "e"), [(700, 3, 8), (1500, 2, 64), (5, 1, 1), (2100, 4, 100), (1100, 3, 1024)]
+)
 def test_route_sort_matches_argsort(device, n, k, e):
     """The counting sort's maps equal those of the stable ``argsort`` (``sort_maps``)."""
     from lmforge.kernels.moe_counts import route_sort

@@ -3,17 +3,20 @@
 The reference is ``balance.expert_counts``: ``zeros(E).scatter_add_(0, experts, ones)``. On a
 GPU every one of the ``N·k`` assignments then adds to one of ``E`` counters, and the atomic adds
 queue up on them (one H200, 64 experts top-8 at ``gpt2-124M`` batch 32: 61 µs a layer for 1 MB
-of ids). Here each program counts a block of ids into a histogram of its own (``tl.histogram``,
-in registers), writes it as one row of a ``(blocks, E)`` table, and the table's column sums are
-the counts — deterministic, and one small reduction.
+of ids). Here each program counts a block of ids into a histogram of its own (``tl.histogram``:
+atomics in the program's shared memory, not on global counters), writes it as one row of a
+``(blocks, E)`` table, and the table's column sums are the counts — deterministic, and one
+small reduction. Ids must lie in ``[0, E)`` (a router's output): others are dropped, where
+the scatter-add would raise.
 
 :func:`route_sort` goes on from the same table to a stable counting sort of the assignments by
 expert, the dispatch's permutation: an assignment's row is its expert's first row, plus the
 rows its expert got in earlier blocks (prefix sums over the table's columns), plus its rank
 among the same expert's assignments in its own block. It replaces ``torch.argsort(stable=True)``
 (a radix sort of eight passes: 64 µs a layer at 64 experts top-8) and the scatter that inverted
-it; the ranks in a block are ``E`` prefix sums over the block, cheap for the tens of experts of
-a layer.
+it. The ranks in a block are ``E`` prefix sums over the block: cheap for tens of experts, but
+their cost grows with ``E`` (estimated on par with the radix sort near 250 experts), so the
+dispatch uses it up to :data:`SORT_MAX_EXPERTS`.
 
 The ops are ``lmforge::expert_counts`` and ``lmforge::route_sort``, opaque to ``torch.compile``.
 """
@@ -25,12 +28,15 @@ import functools
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_BINS", "expert_counts", "route_sort"]
+__all__ = ["MAX_BINS", "SORT_MAX_EXPERTS", "expert_counts", "route_sort"]
 
 _BLOCK = 4096
 
 MAX_BINS = 1024
-"""The most experts the kernel counts (its histogram lives in registers)."""
+"""The most experts the kernels count (a program's histogram has a bin for each)."""
+
+SORT_MAX_EXPERTS = 128
+"""The most experts for which the dispatch sorts with :func:`route_sort` rather than ``argsort``."""
 
 
 @functools.cache
@@ -134,10 +140,10 @@ def route_sort(experts: Tensor, n_experts: int, n_tokens: int) -> tuple[Tensor, 
     bins = 1 << n_experts.bit_length()
     histograms, place = _kernel()
     histograms[(blocks,)](flat, table, n, n_experts, BLOCK=_SORT_BLOCK, BINS=bins)
-    table = table.to(torch.int64)
-    counts = table.sum(dim=0)
-    earlier = table.cumsum(dim=0) - table  # rows each expert got in the blocks before
-    base = (earlier + (counts.cumsum(0) - counts)).contiguous()
+    counts = table.sum(dim=0, dtype=torch.int64)
+    base = table.cumsum(dim=0, dtype=torch.int64)
+    base -= table  # rows each expert got in the blocks before this one
+    base += counts.cumsum(0) - counts  # and the rows of the experts before it
     place[(blocks,)](flat, base, rows, token_of_row, n, n_experts, n_tokens, BLOCK=_SORT_BLOCK)
     return token_of_row, rows, counts
 

@@ -49,8 +49,8 @@ def expert_counts(experts: Tensor, n_experts: int) -> Tensor:
         int64 ``(n_experts,)``.
     """
     flat = experts.reshape(-1)
-    # per-block histograms (no atomics queueing on E counters) for up to 1,024 bins, which fit
-    # a program's registers; expert-choice counts tokens, N bins, the reference way
+    # per-block histograms (no atomics queueing on E global counters) for up to 1,024 bins;
+    # beyond that (expert-choice counting N > 1,024 tokens) the scatter-add
     if n_experts <= moe_counts.MAX_BINS and use_triton(flat):
         return moe_counts.expert_counts(flat, n_experts)
     counts = torch.zeros(n_experts, dtype=torch.int64, device=flat.device)

@@ -201,7 +201,7 @@ def dispatch_token_choice(
     n, k = routing.experts.shape
     n_experts = w1.shape[0]
     experts = routing.experts.t().reshape(-1)  # choice-major: all first choices, then second
-    if n_experts <= moe_counts.MAX_BINS and use_triton(experts):  # a counting sort, on CUDA
+    if n_experts <= moe_counts.SORT_MAX_EXPERTS and use_triton(experts):  # a counting sort
         token_of_row, rows, sorted_counts = moe_counts.route_sort(experts, n_experts, n)
         rows_of_token = rows.view(k, n).t().contiguous()
         counts = sorted_counts if counts is None else counts
