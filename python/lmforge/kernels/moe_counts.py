@@ -74,6 +74,20 @@ def _kernel():  # built on first use
     return block_histograms, place_rows
 
 
+def _check(n_experts: int, op: str) -> None:
+    if not 1 <= n_experts <= MAX_BINS:
+        raise ValueError(f"{op} takes 1 to {MAX_BINS} experts, got {n_experts}")
+
+
+def _histograms(flat: Tensor, n_experts: int, block: int) -> Tensor:
+    """Each ``block`` ids' counts per expert, int32 ``(blocks, E)``; ``flat`` non-empty."""
+    blocks = -(-flat.numel() // block)
+    table = torch.empty(blocks, n_experts, dtype=torch.int32, device=flat.device)  # all written
+    bins = 1 << n_experts.bit_length()  # a power of two above n_experts - 1: one spare bin
+    _kernel()[0][(blocks,)](flat, table, flat.numel(), n_experts, BLOCK=block, BINS=bins)
+    return table
+
+
 @torch.library.custom_op("lmforge::expert_counts", mutates_args=())
 def expert_counts(experts: Tensor, n_experts: int) -> Tensor:
     """How many times each of ``n_experts`` experts appears in ``experts``.
@@ -88,17 +102,11 @@ def expert_counts(experts: Tensor, n_experts: int) -> Tensor:
     Raises:
         ValueError: more than :data:`MAX_BINS` experts.
     """
-    if not 1 <= n_experts <= MAX_BINS:
-        raise ValueError(f"expert_counts counts 1 to {MAX_BINS} experts, got {n_experts}")
+    _check(n_experts, "expert_counts")
     flat = experts.reshape(-1).contiguous()
-    n = flat.numel()
-    if n == 0:
+    if flat.numel() == 0:
         return torch.zeros(n_experts, dtype=torch.int64, device=flat.device)
-    blocks = -(-n // _BLOCK)
-    table = torch.empty(blocks, n_experts, dtype=torch.int32, device=flat.device)  # all written
-    bins = 1 << n_experts.bit_length()  # a power of two above n_experts - 1: one spare bin
-    _kernel()[0][(blocks,)](flat, table, n, n_experts, BLOCK=_BLOCK, BINS=bins)
-    return table.sum(dim=0, dtype=torch.int64)
+    return _histograms(flat, n_experts, _BLOCK).sum(dim=0, dtype=torch.int64)
 
 
 @expert_counts.register_fake
@@ -127,24 +135,20 @@ def route_sort(experts: Tensor, n_experts: int, n_tokens: int) -> tuple[Tensor, 
     Raises:
         ValueError: more than :data:`MAX_BINS` experts.
     """
-    if not 1 <= n_experts <= MAX_BINS:
-        raise ValueError(f"route_sort sorts by 1 to {MAX_BINS} experts, got {n_experts}")
+    _check(n_experts, "route_sort")
     flat = experts.reshape(-1).contiguous()
     n = flat.numel()
     token_of_row = torch.empty(n, dtype=torch.int64, device=flat.device)
     rows = torch.empty(n, dtype=torch.int64, device=flat.device)
     if n == 0:
         return token_of_row, rows, torch.zeros(n_experts, dtype=torch.int64, device=flat.device)
-    blocks = -(-n // _SORT_BLOCK)
-    table = torch.empty(blocks, n_experts, dtype=torch.int32, device=flat.device)
-    bins = 1 << n_experts.bit_length()
-    histograms, place = _kernel()
-    histograms[(blocks,)](flat, table, n, n_experts, BLOCK=_SORT_BLOCK, BINS=bins)
+    table = _histograms(flat, n_experts, _SORT_BLOCK)
     counts = table.sum(dim=0, dtype=torch.int64)
     base = table.cumsum(dim=0, dtype=torch.int64)
     base -= table  # rows each expert got in the blocks before this one
     base += counts.cumsum(0) - counts  # and the rows of the experts before it
-    place[(blocks,)](flat, base, rows, token_of_row, n, n_experts, n_tokens, BLOCK=_SORT_BLOCK)
+    grid = (table.shape[0],)
+    _kernel()[1][grid](flat, base, rows, token_of_row, n, n_experts, n_tokens, BLOCK=_SORT_BLOCK)
     return token_of_row, rows, counts
 
 
