@@ -88,10 +88,17 @@ def test_moe_kernels_agree_with_pytorch_compiled_bf16(monkeypatch) -> None:
             out = torch.compile(model)(idx, tgt, return_logits=False)
         out.loss.backward()
         grads = {n: p.grad.float() for n, p in model.named_parameters()}
-        results.append((out.loss.float(), grads, out.metrics["moe/L0/load"]))
-    (loss_a, grads_a, load_a), (loss_b, grads_b, load_b) = results
+        loads = [out.metrics[f"moe/L{i}/load"] for i in range(2)]
+        results.append((out.loss.float(), grads, loads))
+    (loss_a, grads_a, loads_a), (loss_b, grads_b, loads_b) = results
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(load_a, load_b, rtol=0, atol=0)  # the same first-layer routing
+    torch.testing.assert_close(loads_a[0], loads_b[0], rtol=0, atol=0)  # same first-layer routing
+    # The second layer's input differs by bf16 rounding, so a near-tied choice may flip for a
+    # few of its 1,024 tokens (seen on an H200: its router's gradient then moved by 3.3%, its
+    # experts' w1 by 4%). That layer's router and expert gradients sum over exactly those
+    # choices: 10% when its loads differ, 3% like every other gradient when they are equal.
+    flipped = not torch.equal(loads_a[1], loads_b[1])
     for name, g in grads_a.items():  # relative to the norm, as above
         ref = grads_b[name]
-        assert (g - ref).norm().item() <= 3e-2 * ref.norm().item() + 1e-6, name
+        tol = 1e-1 if flipped and name.startswith("layers.1.mlp.") else 3e-2
+        assert (g - ref).norm().item() <= tol * ref.norm().item() + 1e-6, name
