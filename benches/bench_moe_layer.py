@@ -13,7 +13,10 @@ builds ``torchtitan.models.common.moe.MoE`` from its configs; lmforge's weights 
 Before timing, the two outputs and input gradients are compared on the same input (their
 relative difference is reported: torchtitan's experts always compute in bf16, so on the CPU,
 where lmforge's run in float32, they differ by bf16's rounding; on a GPU both run bf16). Each
-layer is then timed over ``--iters`` forward+backward passes (CUDA events, after ``--warmup``);
+layer is then timed over ``--iters`` forward+backward passes (CUDA events, after ``--warmup``),
+and on a GPU also by the sum of its kernels' own times over as many passes (the profiler's
+``kernel ms``: one layer alone can be bound by the host's launches, which a whole model's queue
+hides, so the wall clock can understate a layer with more, shorter kernels);
 TFLOP/s count the active FLOPs, 6 × the active expert and router parameters per token (forward
 2, backward 4). A third row, ``lmforge-pytorch``, is lmforge's layer with its Triton kernels off
 (``LMFORGE_TRITON=0``: PyTorch's top-k, Inductor's gathers and SwiGLU), which is what the
@@ -154,6 +157,23 @@ def time_layer(layer, x, probe, warmup: int, iters: int) -> float:
     return (time.perf_counter() - t) / iters * 1e3
 
 
+def kernel_ms(layer, x, probe, iters: int) -> float | None:
+    """GPU milliseconds per forward+backward: the sum of the kernels' own times (profiler), which
+    one layer run alone can leave below the wall clock when the host's launches are the bound.
+    ``None`` on the CPU."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    if x.device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fwd_bwd(layer, x, probe)
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
+
+
 def active_flops(spec: dict, tokens: int) -> float:
     per_token = (spec["top_k"] + spec["shared"]) * 3 * D_MODEL * spec["width"] + D_MODEL * spec[
         "experts"
@@ -200,21 +220,33 @@ def main() -> int:
             torch._dynamo.reset()
             fn = layer if a.no_compile else torch.compile(layer)
             ms = time_layer(fn, x, probe, a.warmup, a.iters)
-            r[who] = {"ms": ms, "tflops": active_flops(spec, a.tokens) / ms / 1e9}
+            gpu = kernel_ms(fn, x, probe, a.iters)
+            r[who] = {"ms": ms, "kernel_ms": gpu, "tflops": active_flops(spec, a.tokens) / ms / 1e9}
         os.environ.pop("LMFORGE_TRITON")
         r["speedup_vs_torchtitan"] = r["torchtitan"]["ms"] / r["lmforge"]["ms"]
+        ours_gpu, theirs_gpu = r["lmforge"]["kernel_ms"], r["torchtitan"]["kernel_ms"]
+        if ours_gpu and theirs_gpu:
+            r["kernel_speedup_vs_torchtitan"] = theirs_gpu / ours_gpu
         results[name] = r
+
+        def cell(v: float | None) -> str:
+            return "" if v is None else f"{v:.3f}"
+
         for who in ("lmforge", "lmforge-pytorch", "torchtitan"):
-            rows.append([name, who, f"{r[who]['ms']:.3f}", f"{r[who]['tflops']:.0f}"])
+            q = r[who]
+            rows.append([name, who, f"{q['ms']:.3f}", cell(q["kernel_ms"]), f"{q['tflops']:.0f}"])
+        gpu_ratio = r.get("kernel_speedup_vs_torchtitan")
         rows.append(
             [
                 name,
                 "ratio",
                 f"{r['speedup_vs_torchtitan']:.2f}x",
+                "" if gpu_ratio is None else f"{gpu_ratio:.2f}x",
                 f"out diff {check['output_rel_diff']:.1e}",
             ]
         )
-    print_table(["config", "library", "ms fwd+bwd", "TFLOP/s (active)"], rows)
+    header = ["config", "library", "ms fwd+bwd", "kernel ms", "TFLOP/s (active, wall)"]
+    print_table(header, rows)
     out = a.out or default_out_path("moe-layer")
     write_json(
         out,
