@@ -10,7 +10,10 @@ differ), each trained by this script re-invoked as a child process — bf16 auto
   (DeepSeek-V3: sigmoid router, auxiliary-loss-free bias, sequence-wise loss), dropless —
   active parameters +5.7% over dense (the shared expert);
 * ``b``: 8 routed experts of width 1024 (``d_ff``/2), top-2, softmax token-choice router with
-  the Switch auxiliary loss, dropless — active parameters equal to dense.
+  the Switch auxiliary loss, dropless — active parameters equal to dense;
+* ``a1``, ``b1``: ``a`` and ``b`` with the first block's MLP dense (``first_dense_layers=1``,
+  as DeepSeekMoE: the first router sees little more than the token embedding, and its layer
+  was the whole of ``b``'s imbalance).
 
 and, in the same call, the plain compiled baseline ``gpt_baseline.py`` at the dense shape.
 MFU counts active FLOPs (``lmforge.accounting.flops_per_token``: 6 × active non-embedding
@@ -72,6 +75,8 @@ CONFIGS: dict[str, list[str]] = {
     ],
 }
 """Each benchmarked model as ``--set`` overrides of the ``gpt2-124M`` preset."""
+CONFIGS["a1"] = [*CONFIGS["a"], "model.moe.first_dense_layers=1"]
+CONFIGS["b1"] = [*CONFIGS["b"], "model.moe.first_dense_layers=1"]
 
 PRESET = "gpt2-124M"
 
