@@ -163,7 +163,6 @@ impl PieceCache {
         if key == 0 {
             if start < slot {
                 merge(&text[start..slot], sink.vec());
-                sink.sync();
             }
             return;
         }
@@ -206,7 +205,6 @@ impl PieceCache {
             entry.ids = [0; MAX_IDS];
             entry.ids[..ids.len()].copy_from_slice(ids);
         }
-        sink.sync();
     }
 }
 
@@ -229,7 +227,6 @@ mod tests {
             cache.encode_later(&mut pipe, text, start, end, &mut sink, merge);
         }
         cache.finish(&mut pipe, text, &mut sink, merge);
-        drop(sink);
         (out, merges.get())
     }
 
