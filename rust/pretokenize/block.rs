@@ -8,13 +8,13 @@
 //! and ANDs the bitmap of the bytes where a pretoken starts, and then emits the pretokens between
 //! consecutive starts: per pretoken only a `trailing_zeros` and a clear-lowest-bit remain.
 //!
-//! Only ASCII is classified here, and for GPT-2's scanner the characters of two bytes (see
+//! Only ASCII is classified here, and for GPT-2's scanner the characters of two and three bytes (see
 //! `Block::load`): a window stops at its first other byte, and the scanners take the general
 //! path there. The bitmaps are built sixteen bytes at a time with SSE2 on x86_64 (part of its
 //! baseline, so no runtime detection), elsewhere eight at a time with SWAR
 //! (SIMD-within-a-register) range tests, which need no `unsafe` and no target features.
 
-use super::classes::{two_byte_class, LETTER, NUMBER, SPACE};
+use super::classes::{three_byte_class, two_byte_class, LETTER, NUMBER, SPACE};
 
 /// Eight copies of byte `x`.
 pub(crate) const fn splat(x: u8) -> u64 {
@@ -128,7 +128,7 @@ fn classify(window: &[u8; 64]) -> Block {
 }
 
 /// Bitmaps of the classes of 64 bytes of text, exact below `valid`: ASCII bytes, and with
-/// `load::<true>` two-byte characters too (see there). Bits at or above `valid` are meaningless.
+/// `load::<true>` characters of two and three bytes too (see there). Bits at or above `valid` are meaningless.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Block {
     /// `[A-Za-z]`.
@@ -157,28 +157,30 @@ impl Block {
     /// window that stops almost at once is not worth its cost; the caller's general path is
     /// faster there).
     ///
-    /// With `TWO_BYTE`, for the scanners whose classes of non-ASCII characters are only
+    /// With `MULTI_BYTE`, for the scanners whose classes of non-ASCII characters are only
     /// letters, numbers, whitespace and the rest (GPT-2's), the window also goes on over the
-    /// characters of two bytes (U+0080..U+07FF: Latin-1, Greek, Cyrillic, Hebrew, Arabic, ...)
-    /// other than whitespace: both bytes of a letter are set in `lower`, both of a number in
-    /// `digit`, and the rest are in no bitmap (`punct`). It stops at a two-byte whitespace
-    /// character (whose run end the byte-level rules would misplace), at a longer character, and
-    /// at a character cut by the window's end; the first sixteen bytes need only hold no longer
-    /// character. Random Latin-1 text, half of it two-byte characters, otherwise takes the
-    /// general path a character at a time, at a mispredicted branch each.
+    /// characters of two and three bytes (U+0080..U+FFFF: Latin-1, Greek, Cyrillic, Hebrew,
+    /// Arabic, ..., curly quotes and dashes, CJK) other than whitespace: every byte of a letter
+    /// is set in `lower`, every byte of a number in `digit`, and the rest are in no bitmap
+    /// (`punct`). It stops at a non-ASCII whitespace character (whose run end the byte-level
+    /// rules would misplace), at a character of four bytes, and at a character cut by the
+    /// window's end; the first sixteen bytes need only hold no four-byte character. Random
+    /// Latin-1 text, half of it two-byte characters, otherwise takes the general path a
+    /// character at a time, at a mispredicted branch each, and English prose left the window
+    /// at every curly quote (three bytes).
     #[inline(always)]
-    pub fn load<const TWO_BYTE: bool>(b: &[u8], i: usize) -> Option<Block> {
+    pub fn load<const MULTI_BYTE: bool>(b: &[u8], i: usize) -> Option<Block> {
         let window = b.get(i..)?.first_chunk::<64>()?;
-        // Checked before classifying so that non-Latin text, where this fails at almost every
-        // pretoken, pays one load and not a whole window. (`valid` is then at least 16 without
-        // `TWO_BYTE`; with it, it may be 0, at a two-byte space: the window then emits nothing
-        // and the general path takes the pretoken.)
+        // Checked before classifying so that text where this fails at almost every pretoken
+        // pays one load and not a whole window. (`valid` is then at least 16 without
+        // `MULTI_BYTE`; with it, it may be 0, at a non-ASCII space: the window then emits
+        // nothing and the general path takes the pretoken.)
         let head = window
             .first_chunk::<16>()
             .map_or(0, |c| u128::from_le_bytes(*c));
-        let rejected = if TWO_BYTE {
-            // A byte >= 0xE0 (bits 7, 6 and 5 set) starts a character of three or four bytes.
-            head & (head << 1) & (head << 2) & HIGH_128 != 0
+        let rejected = if MULTI_BYTE {
+            // A byte >= 0xF0 (bits 7 to 4 set) starts a character of four bytes.
+            head & (head << 1) & (head << 2) & (head << 3) & HIGH_128 != 0
         } else {
             head & HIGH_128 != 0
         };
@@ -186,16 +188,16 @@ impl Block {
             return None;
         }
         let mut blk = classify(window);
-        if TWO_BYTE && blk.valid < 64 {
-            blk.extend_two_byte(window);
+        if MULTI_BYTE && blk.valid < 64 {
+            blk.extend_multi_byte(window);
         }
         Some(blk)
     }
 
-    /// Classifies the two-byte characters from `valid` on (see `load`), moving `valid` to the
-    /// first byte that is not classified.
+    /// Classifies the characters of two and three bytes from `valid` on (see `load`), moving
+    /// `valid` to the first byte that is not classified.
     #[inline(always)]
-    fn extend_two_byte(&mut self, window: &[u8; 64]) {
+    fn extend_multi_byte(&mut self, window: &[u8; 64]) {
         let mut j = self.valid;
         loop {
             // Valid UTF-8: the next byte >= 0x80 after a whole character starts a character.
@@ -205,21 +207,21 @@ impl Block {
                 break;
             }
             let p = rest.trailing_zeros();
-            let (Some(&b0), Some(&b1)) = (window.get(p as usize), window.get(p as usize + 1))
-            else {
-                j = p;
-                break;
+            let at = |k: u32| window.get((p + k) as usize).copied();
+            let (flag, len) = match (at(0), at(1), at(2)) {
+                (Some(b0 @ 0xC2..=0xDF), Some(b1), _) => (two_byte_class(b0, b1), 2),
+                (Some(b0 @ 0xE0..=0xEF), Some(b1), Some(b2)) => (three_byte_class(b0, b1, b2), 3),
+                _ => (SPACE, 0), // four bytes, or cut by the window's end: stop here
             };
-            let flag = two_byte_class(b0, b1);
-            if b0 >= 0xE0 || flag & SPACE != 0 {
+            if flag & SPACE != 0 {
                 j = p;
                 break;
             }
-            let pair = 3u64 << p;
+            let bytes = low_bits(len) << p;
             let all_if = |f: u8| u64::from(f != 0).wrapping_neg();
-            self.lower |= pair & all_if(flag & LETTER);
-            self.digit |= pair & all_if(flag & NUMBER);
-            j = p + 2;
+            self.lower |= bytes & all_if(flag & LETTER);
+            self.digit |= bytes & all_if(flag & NUMBER);
+            j = p + len;
         }
         self.valid = j;
     }
@@ -237,14 +239,14 @@ impl Block {
     }
 }
 
-/// The scanners' driver (`TWO_BYTE` as in `Block::load`). Where a window loads at a pretoken
+/// The scanners' driver (`MULTI_BYTE` as in `Block::load`). Where a window loads at a pretoken
 /// start `i`, `starts` gives its
 /// start bitmap and the bound below which the bits are exact, and the window's pretokens are
 /// emitted at once; elsewhere, or when a window completes no pretoken, `token_end` takes one
 /// pretoken the general way. `f` gets each pretoken as its byte range `start, end` of `text`
 /// (both char boundaries, by construction).
 #[inline(always)]
-pub(crate) fn scan_windows<const TWO_BYTE: bool>(
+pub(crate) fn scan_windows<const MULTI_BYTE: bool>(
     text: &str,
     f: &mut impl FnMut(usize, usize),
     starts: impl Fn(&Block, &[u8], usize) -> (u64, u32),
@@ -253,7 +255,7 @@ pub(crate) fn scan_windows<const TWO_BYTE: bool>(
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if let Some(blk) = Block::load::<TWO_BYTE>(b, i) {
+        if let Some(blk) = Block::load::<MULTI_BYTE>(b, i) {
             let (bits, limit) = starts(&blk, b, i);
             let done = emit(i, bits, limit, f);
             if done > 0 {

@@ -92,6 +92,14 @@ pub(crate) fn two_byte_class(b0: u8, b1: u8) -> u8 {
     bmp()[usize::from(b0 & 0x1F) << 6 | usize::from(b1 & 0x3F)]
 }
 
+/// The class flag of the three-byte character `b0 b1 b2` (`b0` in 0xE0..=0xEF, `b1` and `b2`
+/// continuation bytes: U+0800..U+FFFF).
+#[inline(always)]
+pub(crate) fn three_byte_class(b0: u8, b1: u8, b2: u8) -> u8 {
+    let cp = usize::from(b0 & 0x0F) << 12 | usize::from(b1 & 0x3F) << 6 | usize::from(b2 & 0x3F);
+    bmp()[cp]
+}
+
 #[inline(never)]
 fn decode_class(b: &[u8], i: usize, b0: u8) -> (u8, usize) {
     // Valid UTF-8 guarantees the continuation bytes exist; `get` keeps a corrupt slice from

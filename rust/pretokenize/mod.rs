@@ -265,12 +265,13 @@ mod tests {
         }
     }
 
-    /// Long texts dense in two-byte characters of every class (letters of both cases and
-    /// without case, numbers, punctuation, marks, whitespace), among ASCII of every class and
-    /// a few longer characters: GPT-2's windows classify two-byte characters themselves, and
-    /// stop at two-byte whitespace, longer characters and characters cut by a window's end.
+    /// Long texts dense in characters of two and three bytes of every class (letters of both
+    /// cases and without case, numbers, punctuation, marks, format characters, whitespace),
+    /// among ASCII of every class and a few four-byte characters: GPT-2's windows classify
+    /// characters of two and three bytes themselves, and stop at non-ASCII whitespace, four-byte
+    /// characters and characters cut by a window's end.
     #[test]
-    fn long_two_byte_texts_match_fancy_regex() {
+    fn long_multi_byte_texts_match_fancy_regex() {
         let words = [
             "\u{e9}",
             "\u{c9}",
@@ -313,6 +314,30 @@ mod tests {
             "\u{1f600}",
             " \u{e9}t\u{e9}",
             "na\u{ef}ve",
+            "\u{201c}",
+            "\u{201d}",
+            "\u{2014}",
+            "\u{2026}",
+            "\u{3002}",
+            "\u{ff0c}",
+            "\u{3042}",
+            "\u{915}\u{94d}",
+            "\u{d55c}",
+            "\u{966}",
+            "\u{2160}",
+            "\u{2460}",
+            "\u{2070}",
+            "\u{2071}",
+            "\u{903}",
+            "\u{20d0}",
+            "\u{200b}",
+            "\u{feff}",
+            "\u{2003}",
+            "\u{3000}",
+            "\u{2028}",
+            "\u{205f}",
+            "\u{202f}",
+            " \u{201c}Hi,\u{201d}",
         ];
         let mut rng = Rng(0x2B17_E5C4_A7A1_0F00);
         for pattern in patterns() {
@@ -320,13 +345,15 @@ mod tests {
         }
     }
 
-    /// A two-byte character at every byte offset of the first windows, the last byte of a window
-    /// included (where the character is cut by the window's end), after runs of each class.
+    /// A character of two or three bytes at every byte offset of the first windows, the last
+    /// bytes of a window included (where the character is cut by the window's end), after runs
+    /// of each class.
     #[test]
-    fn two_byte_characters_at_every_window_offset() {
+    fn multi_byte_characters_at_every_window_offset() {
         let fillers = ["a", " ", "1", ".", "ab ", "'s", "\n "];
         let chars = [
-            "\u{e9}", "\u{b2}", "\u{a7}", "\u{a0}", "\u{85}", "\u{301}", "\u{436}",
+            "\u{e9}", "\u{b2}", "\u{a7}", "\u{a0}", "\u{85}", "\u{301}", "\u{436}", "\u{201c}",
+            "\u{4e2d}", "\u{2160}", "\u{20d0}", "\u{200b}", "\u{3000}", "\u{2028}",
         ];
         for pattern in patterns() {
             let regex = fancy_regex::Regex::new(pattern.regex_source()).expect("published regex");
