@@ -180,6 +180,8 @@ class Tokenizer:
             ValueError: a disallowed special token occurs (the message names it and its
                 character offset), or a name is not a special token of this tokenizer.
         """
+        if allowed_special == "all" and disallowed_special == ():
+            return self._core.encode(text)  # the defaults: no arguments to convert
         allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
         return self._core.encode(text, allowed, disallowed)
 
@@ -242,9 +244,15 @@ class Tokenizer:
     ) -> np.ndarray:
         """Encodes ``text`` into a ``uint32`` array, in parallel for large texts, with no
         Python list in between; special-token arguments as :meth:`encode`."""
-        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
-        data = self._core.encode_to_bytes(text, allowed, disallowed, num_threads)
-        return np.frombuffer(data, _IDS)  # positional: the keyword form costs 0.14 µs more
+        if allowed_special == "all" and disallowed_special == ():
+            # the default special-token arguments: none to convert
+            data = self._core.encode_to_bytes(text, num_threads=num_threads)
+        else:
+            allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+            data = self._core.encode_to_bytes(text, allowed, disallowed, num_threads)
+        # A short text's call costs ~0.5 µs, so the details count: the dtype positional (the
+        # keyword form costs 0.14 µs more), no special-token sets for the defaults (0.2 µs).
+        return np.frombuffer(data, _IDS)
 
     def encode_files(
         self,
