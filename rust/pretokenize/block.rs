@@ -8,9 +8,9 @@
 //! and ANDs the bitmap of the bytes where a pretoken starts, and then emits the pretokens between
 //! consecutive starts: per pretoken only a `trailing_zeros` and a clear-lowest-bit remain.
 //!
-//! Only ASCII is classified here, and for GPT-2's scanner the characters of two and three bytes (see
-//! `Block::load`): a window stops at its first other byte, and the scanners take the general
-//! path there. The bitmaps are built sixteen bytes at a time with SSE2 on x86_64 (part of its
+//! Only ASCII is classified here, and for GPT-2's scanner the characters of two and three
+//! bytes (see `Block::load`): a window stops at its first other byte, and the scanners take the
+//! general path there. The bitmaps are built sixteen bytes at a time with SSE2 on x86_64 (part of its
 //! baseline, so no runtime detection), elsewhere eight at a time with SWAR
 //! (SIMD-within-a-register) range tests, which need no `unsafe` and no target features.
 
@@ -128,7 +128,8 @@ fn classify(window: &[u8; 64]) -> Block {
 }
 
 /// Bitmaps of the classes of 64 bytes of text, exact below `valid`: ASCII bytes, and with
-/// `load::<true>` characters of two and three bytes too (see there). Bits at or above `valid` are meaningless.
+/// `load::<true>` characters of two and three bytes too (see there). Bits at or above `valid`
+/// are meaningless.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Block {
     /// `[A-Za-z]`.
