@@ -10,8 +10,8 @@
 //!
 //! Only ASCII is classified here, and for GPT-2's scanner the characters of two and three
 //! bytes (see `Block::load`): a window stops at its first other byte, and the scanners take the
-//! general path there. The bitmaps are built sixteen bytes at a time with SSE2 on x86_64 (part of its
-//! baseline, so no runtime detection), elsewhere eight at a time with SWAR
+//! general path there. The bitmaps are built sixteen bytes at a time with SSE2 on x86_64 (part
+//! of its baseline, so no runtime detection), elsewhere eight at a time with SWAR
 //! (SIMD-within-a-register) range tests, which need no `unsafe` and no target features.
 
 use super::classes::{three_byte_class, two_byte_class, LETTER, NUMBER, SPACE};
