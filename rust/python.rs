@@ -12,6 +12,7 @@ use pyo3::exceptions::{
     PyValueError,
 };
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
@@ -445,7 +446,8 @@ impl CoreTokenizer {
     fn encode_batch<'py>(
         &self,
         py: Python<'py>,
-        texts: Vec<String>,
+        // borrowed from the Python strings (their UTF-8), not copied
+        texts: Vec<PyBackedStr>,
         allowed: Option<Vec<String>>,
         disallowed: Vec<String>,
         num_threads: Option<usize>,
