@@ -26,7 +26,7 @@
 
 use std::cell::RefCell;
 
-use super::sink::Sink;
+use super::sink::push_ids;
 use crate::hugepages::{Zeroable, ZeroedArray};
 use crate::prefetch::prefetch;
 use crate::shortkey::ShortKey;
@@ -121,7 +121,7 @@ impl PieceCache {
         text: &[u8],
         start: usize,
         end: usize,
-        sink: &mut Sink<'_>,
+        out: &mut Vec<u32>,
         merge: impl Fn(&[u8], &mut Vec<u32>),
     ) {
         // An empty pretoken (a custom regex may match the empty string) has key 0 and is held
@@ -137,7 +137,7 @@ impl PieceCache {
         let new = Held { key, slot, start };
         let oldest = std::mem::replace(&mut pipe.ring[pipe.head % DEPTH], new);
         pipe.head = pipe.head.wrapping_add(1);
-        self.encode_keyed(text, oldest, sink, merge);
+        self.encode_keyed(text, oldest, out, merge);
     }
 
     /// Encodes the pretokens `pipe` still holds, and empties it.
@@ -145,12 +145,12 @@ impl PieceCache {
         &mut self,
         pipe: &mut Pipeline,
         text: &[u8],
-        sink: &mut Sink<'_>,
+        out: &mut Vec<u32>,
         merge: impl Fn(&[u8], &mut Vec<u32>),
     ) {
         for k in 0..DEPTH {
             let held = std::mem::take(&mut pipe.ring[pipe.head.wrapping_add(k) % DEPTH]);
-            self.encode_keyed(text, held, sink, &merge);
+            self.encode_keyed(text, held, out, &merge);
         }
     }
 
@@ -159,21 +159,21 @@ impl PieceCache {
         &mut self,
         text: &[u8],
         Held { key, slot, start }: Held,
-        sink: &mut Sink<'_>,
+        out: &mut Vec<u32>,
         merge: impl Fn(&[u8], &mut Vec<u32>),
     ) {
         if key == 0 {
             if start < slot {
-                merge(&text[start..slot], sink.vec());
+                merge(&text[start..slot], out);
             }
             return;
         }
         let entry = &self.entries[slot & (SLOTS - 1)];
         if entry.key & KEY_MASK == key {
-            sink.push(&entry.ids, (entry.key >> COUNT_SHIFT) as usize);
+            push_ids(out, &entry.ids, (entry.key >> COUNT_SHIFT) as usize);
         } else {
             let end = start + (key >> 120) as usize;
-            self.miss(slot, key, &text[start..end], sink, merge);
+            self.miss(slot, key, &text[start..end], out, merge);
         }
     }
 
@@ -183,18 +183,17 @@ impl PieceCache {
         slot: usize,
         key: u128,
         piece: &[u8],
-        sink: &mut Sink<'_>,
+        out: &mut Vec<u32>,
         merge: impl Fn(&[u8], &mut Vec<u32>),
     ) {
         let slot = slot & (SLOTS - 1);
         let other = self.entries[slot ^ 1];
         if other.key & KEY_MASK == key {
-            sink.push(&other.ids, (other.key >> COUNT_SHIFT) as usize);
+            push_ids(out, &other.ids, (other.key >> COUNT_SHIFT) as usize);
             self.entries[slot ^ 1] = self.entries[slot];
             self.entries[slot] = other;
             return;
         }
-        let out = sink.vec();
         let start = out.len();
         merge(piece, out);
         let ids = &out[start..];
@@ -230,12 +229,11 @@ mod tests {
             out.push(id_of(piece));
         };
         let mut out = Vec::new();
-        let mut sink = Sink::new(&mut out);
         let mut pipe = Pipeline::new();
         for &(start, end) in pieces {
-            cache.encode_later(&mut pipe, text, start, end, &mut sink, merge);
+            cache.encode_later(&mut pipe, text, start, end, &mut out, merge);
         }
-        cache.finish(&mut pipe, text, &mut sink, merge);
+        cache.finish(&mut pipe, text, &mut out, merge);
         (out, merges.get())
     }
 
