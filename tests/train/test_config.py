@@ -109,6 +109,9 @@ def test_train_data_may_be_a_mixture():
         TrainConfig(train_data=[], max_iters=1)
 
 
+GRAPHS = "reduce-overhead"
+
+
 @pytest.mark.parametrize(
     "sets, world, device, expected",
     [
@@ -116,7 +119,11 @@ def test_train_data_may_be_a_mixture():
         ([], 1, "cpu", None),
         ([], 2, "cuda", None),
         (["train.grad_accum=2"], 1, "cuda", None),
-        (["model.moe.n_routed_experts=4"], 1, "cuda", None),
+        (["model.moe.n_routed_experts=4"], 1, "cuda", "reduce-overhead"),
+        (["model.moe.n_routed_experts=4", 'model.moe.router="sigmoid"'], 1, "cuda", GRAPHS),
+        (["model.moe.n_routed_experts=4", 'model.moe.router="hash"'], 1, "cuda", None),
+        (["model.moe.n_routed_experts=4", 'model.moe.router="expert_choice"'], 1, "cuda", None),
+        (["model.moe.n_routed_experts=4", "model.moe.capacity_factor=1.25"], 1, "cuda", None),
         (['train.compile_mode="default"'], 1, "cuda", None),
         (['train.compile_mode="max-autotune"'], 1, "cuda", "max-autotune"),
     ],

@@ -91,7 +91,8 @@ class TrainConfig:
         dtype: ``"bf16"`` (autocast with fp32 master weights; CUDA only) or ``"fp32"``.
         compile: ``torch.compile`` the model.
         compile_mode: ``torch.compile``'s mode: ``"auto"`` (``"reduce-overhead"`` where it
-            applies — one process on CUDA, ``grad_accum = 1``, a dense causal LM — else
+            applies — one process on CUDA, ``grad_accum = 1``, a causal LM that is dense or a
+            dropless token-choice MoE — else
             ``"default"``), ``"default"``, ``"reduce-overhead"`` (the forward and backward
             replayed as CUDA graphs: no per-kernel launch cost, which bounds small models; one
             process, ``grad_accum = 1``), ``"max-autotune"`` (CUDA graphs and tuned matmuls;

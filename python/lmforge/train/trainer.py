@@ -113,12 +113,18 @@ def resolve_compile_mode(config: RunConfig, world_size: int, device_type: str) -
     """``torch.compile``'s mode for ``train.compile_mode`` (``None``: the default).
 
     ``"auto"`` replays CUDA graphs (``"reduce-overhead"``) where they are known to apply and to
-    pay off: one process on CUDA, no gradient accumulation, a dense causal LM (Mixture-of-Experts
-    layers and the masked-LM objective run without them until measured).
+    pay off: one process on CUDA, no gradient accumulation, a causal LM whose MLPs are dense or
+    dropless token-choice Mixture-of-Experts (softmax or sigmoid router: a GPU test trains one
+    under graphs like the default compile, loss-free bias updates included; +0.3–0.6 MFU points
+    at ``gpt2-124M`` size on an H200). Expert-choice, hash and capacity routing and the
+    masked-LM objective run without them until measured.
     """
     tc, mc = config.train, config.model
     if tc.compile_mode == "auto":
-        simple = mc.moe is None and tc.objective == "clm" and tc.grad_accum == 1
+        moe_ok = mc.moe is None or (
+            mc.moe.router in ("token_choice", "sigmoid") and mc.moe.capacity_factor is None
+        )
+        simple = moe_ok and tc.objective == "clm" and tc.grad_accum == 1
         graphs = simple and world_size == 1 and device_type == "cuda"
         return "reduce-overhead" if graphs else None
     return None if tc.compile_mode == "default" else tc.compile_mode
