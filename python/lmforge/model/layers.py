@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.model.functional import at_least_float32
+from lmforge.model.mixed_linear import mixed_linear
 
 __all__ = ["Embedding", "Linear", "RMSNorm", "SwiGLU", "trunc_normal_"]
 
@@ -94,8 +95,9 @@ class Linear(nn.Module):
         trunc_normal_(self.weight, self.init_scale / math.sqrt(self.d_in))
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(..., d_in)`` → ``(..., d_out)``."""
-        return F.linear(x, self.weight)
+        """``x``: ``(..., d_in)`` → ``(..., d_out)`` (under CUDA bf16 autocast the weight
+        gradient is written in float32 by the GEMM: :mod:`lmforge.model.mixed_linear`)."""
+        return mixed_linear(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, bias=False"
