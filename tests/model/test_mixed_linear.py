@@ -55,13 +55,26 @@ def test_matches_autocast_and_keeps_the_weight_gradient_unrounded() -> None:
     assert ref_err > 10 * err  # autocast's is rounded (2⁻⁹ relative): the test can tell
 
 
-def test_only_the_cuda_bf16_autocast_case_changes_path() -> None:
+def _path(x, w):  # type: ignore[no-untyped-def]
+    """Which backward a ``mixed_linear`` call recorded: ``"mixed"`` or autocast's own."""
+    y = mixed_linear(x, w)
+    return "mixed" if type(y.grad_fn).__name__.startswith("_MixedLinear") else "autocast"
+
+
+def test_the_cpu_keeps_autocast_path() -> None:
     x, w, _ = _operands("cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _path(x, w) == "autocast"
         assert torch.equal(mixed_linear(x, w), F.linear(x, w))
-    assert torch.equal(mixed_linear(x, w), F.linear(x, w))
-    with torch.no_grad():
-        assert torch.equal(mixed_linear(x, w), F.linear(x, w))
+    assert _path(x, w) == "autocast"
+
+
+def test_backward_is_not_differentiated_again() -> None:
+    x, w, probe = _operands("cpu")
+    y = _MixedLinear.apply(x, w, torch.bfloat16)
+    (dx,) = torch.autograd.grad(y, x, probe.to(y.dtype), create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        dx.sum().backward()
 
 
 def test_input_gradient_off_and_input_in_bf16() -> None:
@@ -72,6 +85,20 @@ def test_input_gradient_off_and_input_in_bf16() -> None:
     assert w.grad is not None and w.grad.dtype == torch.float32
     exact = _weight_grad_f64(xb, probe)
     assert (w.grad.double() - exact).abs().max().item() < 1e-5 * exact.abs().max().item()
+
+
+@pytest.mark.gpu
+def test_which_cuda_calls_take_the_float32_gradient_path() -> None:
+    x, w, _ = _operands("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert _path(x, w) == "mixed"
+        assert _path(x, w.detach()) == "autocast"  # a frozen weight
+        assert _path(x, w.detach().bfloat16().requires_grad_()) == "autocast"  # bf16 weight
+        with torch.no_grad():
+            assert mixed_linear(x, w).grad_fn is None
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert _path(x, w) == "autocast"
+    assert _path(x, w) == "autocast"  # autocast off
 
 
 @pytest.mark.gpu

@@ -11,10 +11,14 @@ torch.float32)``): no cast pass, and no rounding of the gradient. The output and
 gradient are autocast's own operations (bf16 GEMMs; the input's gradient cast back to the
 input's dtype), and the saved tensors are the same bf16 copies autocast saves, so memory does
 not change. Measured on one H200 (``gpt2-124M``, batch 32 × 1,024, compiled, one call,
-alternated runs): 64.4 → 63.7 ms a step.
+alternated runs): 64.4 → 63.7 ms a step; nothing measurable at the ``1B`` shape.
 
-Only the CUDA bf16 autocast case with a float32 weight that needs a gradient takes this path
-(``torch.mm``'s ``out_dtype`` is a CUDA kernel); everything else is ``F.linear``.
+Only the CUDA bf16 autocast case with a float32 weight that needs a gradient takes this path,
+on a PyTorch whose ``torch.mm`` has ``out_dtype`` (2.8 and later; a CUDA kernel); everything else
+is ``F.linear``. So FSDP with bf16 parameters in compute (the weight is bf16 there) and
+``LoRALinear`` (its own forward; its base weight is frozen) keep autocast's path. The backward
+pass is not itself differentiable (``create_graph=True`` through it gives gradients that
+cannot be differentiated again: an error, not a wrong value).
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["mixed_linear"]
+
+_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
+"""Whether ``torch.mm`` takes ``out_dtype`` (PyTorch 2.8 and later)."""
 
 
 def _mm_float32(a: Tensor, b: Tensor) -> Tensor:
@@ -45,6 +53,7 @@ class _MixedLinear(torch.autograd.Function):
             return F.linear(xc, wc)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         xc, wc = ctx.saved_tensors
         grad = grad.to(wc.dtype)
@@ -66,7 +75,8 @@ def mixed_linear(x: Tensor, weight: Tensor) -> Tensor:
         weight: ``(d_out, d_in)``.
     """
     if (
-        x.is_cuda
+        _MM_OUT_DTYPE
+        and x.is_cuda
         and weight.dtype == torch.float32
         and weight.requires_grad
         and torch.is_grad_enabled()
