@@ -29,8 +29,10 @@ read at import (``RAYON_NUM_THREADS``) apply and peak RSS is one process's own:
    then into arrays through ``encode_to_numpy`` (lmforge's and tiktoken's), where no Python int
    is built: the whole text in one call, and one call per document (the "speed-up" of these
    rows is against lmforge's array the same way).
-2. thread scaling: ``encode_batch`` over all documents at each of ``--threads-list``, one child per
-   thread count; MB/s and efficiency = rate(t) / (t * rate(1)). Beside it, the machine's ceiling:
+2. thread scaling: ``encode_batch`` over all documents at each of ``--threads-list`` (and, as
+   ``LIB-flat``, into one flat array with offsets: lmforge's ``encode_batch_to_numpy``,
+   Gigatoken's ``encode_batch``), one child per thread count; MB/s and efficiency = rate(t) /
+   (t * rate(1)). Beside it, the machine's ceiling:
    ``t`` independent single-threaded processes encoding their own 8 MB slices at once.
 3. worst case: 1 MB of ``"a"``, of ``"ab"``, of random bytes read as Latin-1, and one 1 MB word of
    random ASCII letters, beside 1 MB of the text, each timed on its first call in a fresh child
@@ -403,7 +405,57 @@ def child_batch(spec: dict) -> dict:
             r |= {"checked_against": ref_lib, **count_mismatches(ref, ids)}
         results[lib] = r
         del ids
+    if ref is not None:
+        results |= flat_batches(spec, docs, n_bytes, threads, ref, ref_lib)
     return results
+
+
+FLAT_LIBS = ("lmforge-flat", "gigatoken-flat")
+
+
+def flat_batches(
+    spec: dict, docs: list[str], n_bytes: int, threads: int, ref: list, ref_lib: str
+) -> dict:
+    """The batch into one flat array with offsets, no Python ints: lmforge's
+    ``encode_batch_to_numpy`` and Gigatoken's ``encode_batch`` (an awkward array, timed as it is
+    returned and converted afterwards for the check), best of 3 calls, checked against the
+    reference's lists."""
+    import numpy as np
+
+    # each library's call, and how its result becomes (ids, offsets) after the timing
+    flat: dict[str, tuple[Callable[[list[str]], Any], Callable[[Any], tuple[Any, Any]]]] = {}
+    if "lmforge" in spec["libs"]:
+        tok = load_lmforge(spec)
+        if hasattr(tok, "encode_batch_to_numpy"):
+            call = lambda d: tok.encode_batch_to_numpy(d, num_threads=threads)  # noqa: E731
+            flat["lmforge-flat"] = (call, lambda r: r)
+    if "gigatoken" in spec["libs"]:
+        import awkward as ak
+
+        g = build_gigatoken(spec)
+        flat["gigatoken-flat"] = (
+            g.encode_batch,
+            lambda r: (ak.flatten(r).to_numpy(), np.concatenate([[0], np.cumsum(ak.num(r))])),
+        )
+    want_ids = np.concatenate([np.asarray(x, dtype=np.int64) for x in ref]) if ref else None
+    want_lens = np.array([len(x) for x in ref])
+    out: dict[str, Any] = {}
+    for lib, (encode, to_flat) in flat.items():
+        encode(docs[: 4 * threads])
+        seconds, result = timed(lambda f=encode: f(docs), repeat=3)
+        ids, offsets = to_flat(result)
+        same = (
+            want_ids is not None
+            and np.array_equal(np.diff(offsets), want_lens)
+            and np.array_equal(ids, want_ids)
+        )
+        out[lib] = {
+            "seconds": seconds,
+            "mb_per_s": n_bytes / 1e6 / seconds,
+            "checked_against": ref_lib,
+            "mismatched_docs": 0 if same else -1,  # -1: some document differs
+        }
+    return out
 
 
 def child_numpy_scaling(spec: dict) -> dict:
@@ -664,6 +716,8 @@ def check_text(r: dict) -> str:
     if "mismatched_docs" not in r:
         return "reference" if "seconds" in r or "loop_seconds" in r else "-"
     n = r["mismatched_docs"]
+    if n < 0:  # counted as a whole (the flat arrays)
+        return f"differs from {r['checked_against']}"
     return "identical" if n == 0 else f"{n} docs differ from {r['checked_against']}"
 
 
@@ -729,7 +783,7 @@ def part_batch(vocabs: dict, ctx: dict) -> dict:
             }
             per_t[str(t)] = run_measurement("batch", spec | {"threads": t}, env)
         base = per_t.get("1", {})
-        for lib in spec["libs"]:
+        for lib in [*spec["libs"], *(f for f in FLAT_LIBS if f in base)]:
             rate1 = base.get(lib, {}).get("mb_per_s")
             for t in threads_list:
                 x = per_t[str(t)].get(lib, {})

@@ -52,6 +52,13 @@ class CoreTokenizer:
         disallowed: list[str] = ...,
         num_threads: int | None = None,
     ) -> list[list[int]]: ...
+    def encode_batch_to_bytes(
+        self,
+        texts: list[str],
+        allowed: list[str] | None = None,
+        disallowed: list[str] = ...,
+        num_threads: int | None = None,
+    ) -> tuple[bytearray, bytearray]: ...
     def encode_to_bytes(
         self,
         text: str,

@@ -66,6 +66,31 @@ def test_encode_batch_equals_encode(tok, texts):
     ]
 
 
+@given(texts=st.lists(st.one_of(ASSIGNED, TRICKY), max_size=12))
+def test_encode_batch_to_numpy_equals_encode_batch(tok, texts):
+    for kw in ({}, {"num_threads": 1}, {"num_threads": 2, "allowed_special": set()}):
+        ids, offsets = tok.encode_batch_to_numpy(texts, **kw)
+        assert ids.dtype == np.dtype("<u4") and offsets.dtype == np.dtype("<i8")
+        assert offsets.shape == (len(texts) + 1,) and offsets[0] == 0
+        lists = tok.encode_batch(texts, **kw)
+        assert [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)] == lists
+
+
+def test_encode_batch_to_numpy_on_real_text_and_bad_input(tok, sample_corpus):
+    docs = sample_corpus.read_text(encoding="utf-8").split("<|endoftext|>")[:300]
+    ids, offsets = tok.encode_batch_to_numpy(docs, num_threads=2)
+    assert ids.tolist() == [i for d in docs for i in tok.encode(d)]
+    assert np.diff(offsets).tolist() == [len(tok.encode(d)) for d in docs]
+    empty_ids, empty_offsets = tok.encode_batch_to_numpy([])
+    assert empty_ids.size == 0 and empty_offsets.tolist() == [0]
+    with pytest.raises(ValueError, match="num_threads"):
+        tok.encode_batch_to_numpy(docs, num_threads=0)
+    with pytest.raises(ValueError, match=r"'<\|pad\|>' at character offset 1"):
+        tok.encode_batch_to_numpy(
+            ["ok", "x<|pad|>"], allowed_special=set(), disallowed_special="all"
+        )
+
+
 def test_encode_to_numpy_equals_encode_on_a_large_text(tok, sample_corpus):
     text = sample_corpus.read_text(encoding="utf-8")  # ~1.9 MB
     expected = tok.encode(text)

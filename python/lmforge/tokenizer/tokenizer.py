@@ -41,6 +41,7 @@ BUILTIN_PATTERNS = ("gpt2", "cl100k", "o200k")
 """Names of the pretokenization patterns that have hand-written scanners."""
 
 _IDS = np.dtype("<u4")
+_OFFSETS = np.dtype("<i8")
 """The dtype of ``encode_to_numpy``'s arrays, built once (parsing ``"<u4"`` on every call shows
 on short texts)."""
 
@@ -233,6 +234,24 @@ class Tokenizer:
         all cores); special-token arguments as :meth:`encode`."""
         allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
         return self._core.encode_batch(list(texts), allowed, disallowed, num_threads)
+
+    def encode_batch_to_numpy(
+        self,
+        texts: Sequence[str],
+        *,
+        num_threads: int | None = None,
+        allowed_special: AbstractSet[str] | str = "all",
+        disallowed_special: AbstractSet[str] | Collection[str] | str = (),
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encodes many texts in parallel into one flat array: ``(ids, offsets)``, ``uint32`` ids
+        of every text one after another and ``int64`` offsets (``len(texts) + 1``, from 0), so
+        that text ``i``'s ids are ``ids[offsets[i]:offsets[i + 1]]``. No Python list or per-text
+        array is made (``encode_batch`` returns lists); threads and special-token arguments as
+        :meth:`encode_batch`."""
+        allowed, disallowed = self._special_sets(allowed_special, disallowed_special)
+        core = self._core
+        ids, offsets = core.encode_batch_to_bytes(list(texts), allowed, disallowed, num_threads)
+        return np.frombuffer(ids, _IDS), np.frombuffer(offsets, _OFFSETS)
 
     def encode_to_numpy(
         self,
