@@ -280,6 +280,31 @@ impl CoreTokenizer {
         })
     }
 
+    /// The ids of each of `texts`, encoded in parallel on `pool` with the GIL released.
+    fn encode_each(
+        &self,
+        py: Python<'_>,
+        pool: &rayon::ThreadPool,
+        texts: &[PyBackedStr],
+        allowed: &Option<Vec<String>>,
+        disallowed: &[String],
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let allowed = allowed_of(allowed);
+        py.detach(|| {
+            pool.install(|| {
+                texts
+                    .par_iter()
+                    .map(|t| {
+                        let mut out = Vec::with_capacity(t.len() / 3 + 1);
+                        self.inner.encode_with(t, allowed, disallowed, &mut out)?;
+                        Ok(out)
+                    })
+                    .collect::<crate::Result<Vec<Vec<u32>>>>()
+            })
+        })
+        .map_err(to_py_err)
+    }
+
     /// `ids` as a Python list.
     fn id_list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
         let n = self.inner.vocab().n_vocab();
@@ -453,23 +478,10 @@ impl CoreTokenizer {
         num_threads: Option<usize>,
     ) -> PyResult<Vec<Bound<'py, PyList>>> {
         let pool = thread_pool(num_threads).map_err(to_py_err)?;
-        let allowed = allowed_of(&allowed);
-        py.detach(|| {
-            pool.install(|| {
-                texts
-                    .par_iter()
-                    .map(|t| {
-                        let mut out = Vec::with_capacity(t.len() / 3 + 1);
-                        self.inner.encode_with(t, allowed, &disallowed, &mut out)?;
-                        Ok(out)
-                    })
-                    .collect::<crate::Result<Vec<Vec<u32>>>>()
-            })
-        })
-        .map_err(to_py_err)?
-        .iter()
-        .map(|ids| self.id_list(py, ids))
-        .collect()
+        self.encode_each(py, &pool, &texts, &allowed, &disallowed)?
+            .iter()
+            .map(|ids| self.id_list(py, ids))
+            .collect()
     }
 
     /// Encodes many texts in parallel into one run of little-endian uint32 ids and the
@@ -485,21 +497,7 @@ impl CoreTokenizer {
         num_threads: Option<usize>,
     ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
         let pool = thread_pool(num_threads).map_err(to_py_err)?;
-        let allowed = allowed_of(&allowed);
-        let per_text = py
-            .detach(|| {
-                pool.install(|| {
-                    texts
-                        .par_iter()
-                        .map(|t| {
-                            let mut out = Vec::with_capacity(t.len() / 3 + 1);
-                            self.inner.encode_with(t, allowed, &disallowed, &mut out)?;
-                            Ok(out)
-                        })
-                        .collect::<crate::Result<Vec<Vec<u32>>>>()
-                })
-            })
-            .map_err(to_py_err)?;
+        let per_text = self.encode_each(py, &pool, &texts, &allowed, &disallowed)?;
         let mut offsets = Vec::with_capacity(8 * (per_text.len() + 1));
         let mut total = 0usize;
         offsets.extend_from_slice(&0i64.to_le_bytes());
@@ -508,22 +506,11 @@ impl CoreTokenizer {
             // a length in memory fits an i64
             offsets.extend_from_slice(&(total as i64).to_le_bytes());
         }
+        let parts: Vec<&[u32]> = per_text.iter().map(Vec::as_slice).collect();
         let ids = ids_bytearray(py, total, |dst| {
-            py.detach(|| {
-                pool.install(|| {
-                    let mut rest = dst;
-                    let mut parts = Vec::with_capacity(per_text.len());
-                    for ids in &per_text {
-                        let (head, tail) = rest.split_at_mut(ids.len());
-                        parts.push((head, ids.as_slice()));
-                        rest = tail;
-                    }
-                    parts
-                        .into_par_iter()
-                        .for_each(|(d, ids)| crate::encode::write_le(d, ids));
-                })
-            })
+            py.detach(|| pool.install(|| crate::encode::write_parts_le(dst, &parts)));
         })?;
+        drop(parts);
         py.detach(move || drop(per_text));
         Ok((ids, PyByteArray::new(py, &offsets)))
     }

@@ -310,17 +310,24 @@ impl Encoded {
             self.len(),
             "write_le needs room for exactly the ids"
         );
-        let mut rest = dst;
-        let mut pairs = Vec::with_capacity(self.spans.len());
-        for part in self.parts() {
-            let (head, tail) = rest.split_at_mut(part.len());
-            pairs.push((head, part));
-            rest = tail;
-        }
-        pairs
-            .into_par_iter()
-            .for_each(|(dst, ids)| write_le(dst, ids));
+        write_parts_le(dst, &self.parts());
     }
+}
+
+/// Writes `parts` one after another as little-endian `u32` into `dst` (memory not yet
+/// initialised is fine), one task per part on the current rayon pool, so a fresh buffer's pages
+/// are first touched in parallel. `dst` must hold at least all the parts' ids.
+pub fn write_parts_le(dst: &mut [MaybeUninit<[u8; 4]>], parts: &[&[u32]]) {
+    let mut rest = dst;
+    let mut pairs = Vec::with_capacity(parts.len());
+    for &part in parts {
+        let (head, tail) = rest.split_at_mut(part.len());
+        pairs.push((head, part));
+        rest = tail;
+    }
+    pairs
+        .into_par_iter()
+        .for_each(|(dst, ids)| write_le(dst, ids));
 }
 
 /// Writes `ids` as little-endian `u32` into `dst` (memory not yet initialised is fine), as far
