@@ -72,7 +72,7 @@ impl Filter {
             .map_or(true, |&word| word >> (filter_bit(h) % 64) & 1 == 1)
     }
 
-    fn memory(&self) -> usize {
+    pub fn memory(&self) -> usize {
         self.0.len() * 8
     }
 }

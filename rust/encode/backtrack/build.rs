@@ -11,14 +11,13 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{stands, Backtracks, Token, NONE};
+use super::{stands, Backtracks, Pairs, Token, NONE, SMALL};
 use crate::encode::trie::Trie;
-use crate::flat::FlatTable;
 use crate::vocab::Vocab;
 
 impl Backtracks {
     /// The tables for `vocab`, or `None` when its merge trees are not rank-ordered (or it is too
-    /// large to number its tokens in `u32`).
+    /// large to number its tokens in 21 bits, `pairs::NUMBER_BITS`).
     pub fn build(vocab: &Vocab) -> Option<Backtracks> {
         let n = u32::try_from(256 + vocab.merges().len())
             .ok()
@@ -48,19 +47,56 @@ impl Backtracks {
                     split,
                 })
             })
-            .collect::<Option<_>>()?;
-        let pairs = (256..n).filter(|&k| splits[k as usize].0 != NONE).map(|k| {
-            let (a, b) = splits[k as usize];
-            (u64::from(a) << 32 | u64::from(b), k, k)
-        });
-        let pairs = FlatTable::new(pairs.collect::<Vec<_>>().into_iter(), true);
+            .collect::<Option<Vec<Token>>>()?;
+        let pairs: Vec<(u32, u32, u32)> = (256..n)
+            .filter(|&k| splits[k as usize].0 != NONE)
+            .map(|k| (splits[k as usize].0, splits[k as usize].1, k))
+            .collect();
+        let pairs = Pairs::new(&pairs)?;
+        let small = small_pairs(&tokens);
         Some(Backtracks {
             trie,
             ids,
             tokens,
             pairs,
+            small,
         })
     }
+}
+
+/// The validity bits of the pairs of tokens numbered below `SMALL` (`Backtracks::small`;
+/// pairs with a token that does not encode to itself, never placed, stay 0). Those tokens'
+/// merge trees stay below `SMALL`, so the walks need only the joins among them: a dense
+/// `SMALL × SMALL` table (512 KiB, for this build only) makes the 2^18 walks take a few
+/// milliseconds, where the hashed table of all joins took ~20 (GPT-2's ranks).
+fn small_pairs(tokens: &[Token]) -> Box<[u64]> {
+    let s = SMALL as usize;
+    // The token that `x`, `y` form, capped at `SMALL`: the walk only asks whether it is below a
+    // limit of at most `SMALL` (or forms at all).
+    let mut joins = vec![u16::MAX; s * s];
+    for (k, t) in tokens.iter().enumerate().skip(256) {
+        let (a, b) = (t.split.0 as usize, t.split.1 as usize);
+        if t.split.0 != NONE && a < s && b < s {
+            joins[a * s + b] = k.min(s) as u16;
+        }
+    }
+    let join = |x: u32, y: u32| {
+        let c = joins[x as usize * s + y as usize];
+        (c != u16::MAX).then_some(u32::from(c))
+    };
+    let split = |t: u32| tokens[t as usize].split;
+    let placed = |t: &u32| tokens[*t as usize].split.0 != NONE;
+    let small = SMALL.min(tokens.len() as u32);
+    let mut bits = vec![0u64; s * s / 64].into_boxed_slice();
+    for a in (0..small).filter(placed) {
+        for b in (0..small).filter(placed) {
+            if stands(join, split, a, b, NONE) {
+                let bit = a as usize * s + b as usize;
+                bits[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+    }
+    bits
 }
 
 /// Each token's split (`(NONE, NONE)`: it does not encode to itself), or `None` if a split's
@@ -82,11 +118,7 @@ fn splits(vocab: &Vocab, ids: &[u32], bytes: &[&[u8]]) -> Option<Vec<(u32, u32)>
         let k = 256 + r as u32;
         let (l, right) = (number[l as usize], number[right as usize]);
         let known = |t: u32| t < k && splits[t as usize].0 != NONE;
-        let join = |x: u32, y: u32| {
-            joins
-                .get(&(u64::from(x) << 32 | u64::from(y)))
-                .map(|&c| (c, 0))
-        };
+        let join = |x: u32, y: u32| joins.get(&(u64::from(x) << 32 | u64::from(y))).copied();
         let split = if known(l) && known(right) && stands(join, |t| splits[t as usize], l, right, k)
         {
             Some((l, right))

@@ -23,12 +23,13 @@
 
 mod build;
 mod memo;
+mod pairs;
 
 use std::cell::RefCell;
 
 use crate::encode::trie::Trie;
-use crate::flat::FlatTable;
 use memo::Memo;
+use pairs::Pairs;
 
 /// Marks "no token".
 const NONE: u32 = u32::MAX;
@@ -47,8 +48,15 @@ pub struct Backtracks {
     /// otherwise, BPE on its own bytes would have crossed their boundary, and so would BPE on
     /// any text where they stand side by side), so the splits are all the joins the validity
     /// walk needs: a table of one entry a token instead of one per way to cut it.
-    pairs: FlatTable<u64>,
+    pairs: Pairs,
+    /// Bit `a * SMALL + b`: whether `a` then `b` is a valid pair, for the first `SMALL` tokens
+    /// (the bytes and the earliest merges), which make a third of the checks on random letters
+    /// and all of them on runs of two letters: one load in L1/L2 instead of a memo and a walk.
+    small: Box<[u64]>,
 }
+
+/// Tokens numbered below this have their pairs' validity in `Backtracks::small` (32 KiB).
+const SMALL: u32 = 512;
 
 impl std::fmt::Debug for Backtracks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +122,7 @@ impl Backtracks {
         alive.resize(n / 64 + 1, u64::MAX);
         memo.reset(n);
         let is_alive = |alive: &[u64], pos: usize| alive[pos / 64] >> (pos % 64) & 1 == 1;
+        let small = &self.small;
         let mut pos = 0;
         let Some(mut next) = self.longest(piece) else {
             return n == 0;
@@ -124,6 +133,10 @@ impl Backtracks {
                 let end = pos + self.tokens[token as usize].len as usize;
                 let fits = is_alive(alive, end)
                     && tokens.last().map_or(true, |&last| {
+                        if last | token < SMALL {
+                            let bit = (last * SMALL + token) as usize;
+                            return small[bit / 64] >> (bit % 64) & 1 == 1;
+                        }
                         memo.get_or(last, token, || self.is_valid_pair(last, token))
                     });
                 if fits {
@@ -164,8 +177,13 @@ impl Backtracks {
 
     /// Whether BPE run on the bytes of token `a` then token `b` leaves exactly `a`, `b`.
     fn is_valid_pair(&self, a: u32, b: u32) -> bool {
-        let join = |x: u32, y: u32| self.pairs.get(u64::from(x) << 32 | u64::from(y));
-        stands(join, |t| self.tokens[t as usize].split, a, b, NONE)
+        stands(
+            |x, y| self.pairs.get(x, y),
+            |t| self.tokens[t as usize].split,
+            a,
+            b,
+            NONE,
+        )
     }
 
     /// Bytes of memory the tables hold.
@@ -174,6 +192,7 @@ impl Backtracks {
             + 4 * self.ids.len()
             + std::mem::size_of::<Token>() * self.tokens.len()
             + self.pairs.memory()
+            + 8 * self.small.len()
     }
 }
 
@@ -190,7 +209,7 @@ impl Backtracks {
 /// token's, where the pair is the leftmost. The final pair stands until `limit` (`NONE`: for
 /// ever, the question `is_valid_pair` asks).
 fn stands(
-    join: impl Fn(u32, u32) -> Option<(u32, u32)>,
+    join: impl Fn(u32, u32) -> Option<u32>,
     split: impl Fn(u32) -> (u32, u32),
     a: u32,
     b: u32,
@@ -198,7 +217,7 @@ fn stands(
 ) -> bool {
     let (mut a, mut b, mut limit) = (a, b, limit);
     loop {
-        if join(a, b).is_some_and(|(c, _)| c < limit) {
+        if join(a, b).is_some_and(|c| c < limit) {
             return false;
         }
         if a > b {

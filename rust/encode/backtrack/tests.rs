@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use rustc_hash::FxHashMap;
 
+use super::SMALL;
 use super::*;
 use crate::encode::bpe::merge_long;
 use crate::vocab::Vocab;
@@ -187,6 +188,11 @@ fn agrees_on_a_trained_vocabulary() {
         .filter(|t| t.split.0 == NONE)
         .count();
     eprintln!("{left_out} of 300 tokens do not encode to themselves");
+    // Pairs of tokens numbered below `SMALL` are answered by a table, the rest by the walk.
+    assert!(
+        tables.tokens.len() > SMALL as usize,
+        "both ways of checking a pair are used"
+    );
     check_many(&v, &[b"ab", b"abc", b"abcde", b"abcdefg"], 150, 10);
     let mut rng = Rng(5);
     let all: Vec<u8> = (0..=255).collect();
