@@ -11,7 +11,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{stands, Backtracks, Pairs, Token, NONE, SMALL};
+use super::{pairs, stands, Backtracks, Pairs, Token, NONE, SMALL};
 use crate::encode::trie::Trie;
 use crate::vocab::Vocab;
 
@@ -21,7 +21,7 @@ impl Backtracks {
     pub fn build(vocab: &Vocab) -> Option<Backtracks> {
         let n = u32::try_from(256 + vocab.merges().len())
             .ok()
-            .filter(|&n| n < NONE)?;
+            .filter(|&n| n <= 1 << pairs::NUMBER_BITS)?;
         let mut ids: Vec<u32> = (0..=255u8).map(|b| vocab.byte_id(b)).collect();
         ids.extend((0..n - 256).map(|r| vocab.merge_result(r)));
         let bytes = ids

@@ -43,7 +43,7 @@ pub struct Backtracks {
     ids: Vec<u32>,
     /// What the search needs of each token, in one place (one cache miss, not three).
     tokens: Vec<Token>,
-    /// `a << 32 | b` -> the number of the token split into `a`, `b`. Two neighbours BPE
+    /// `(a, b)` -> the number of the token split into `a`, `b`. Two neighbours BPE
     /// leaves standing can only ever join into the token that splits into them (were it made
     /// otherwise, BPE on its own bytes would have crossed their boundary, and so would BPE on
     /// any text where they stand side by side), so the splits are all the joins the validity

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use rustc_hash::FxHashMap;
 
-use super::SMALL;
 use super::*;
 use crate::encode::bpe::merge_long;
 use crate::vocab::Vocab;
