@@ -118,6 +118,7 @@ impl Backtracks {
         } = scratch;
         let n = piece.len();
         tokens.clear();
+        tokens.reserve(n);
         alive.clear();
         alive.resize(n / 64 + 1, u64::MAX);
         memo.reset(n);
