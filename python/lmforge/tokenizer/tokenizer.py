@@ -41,9 +41,10 @@ BUILTIN_PATTERNS = ("gpt2", "cl100k", "o200k")
 """Names of the pretokenization patterns that have hand-written scanners."""
 
 _IDS = np.dtype("<u4")
-_OFFSETS = np.dtype("<i8")
 """The dtype of ``encode_to_numpy``'s arrays, built once (parsing ``"<u4"`` on every call shows
 on short texts)."""
+_OFFSETS = np.dtype("<i8")
+"""The dtype of ``encode_batch_to_numpy``'s offsets, built once likewise."""
 
 
 class Tokenizer:
