@@ -77,6 +77,10 @@ CONFIGS: dict[str, list[str]] = {
 """Each benchmarked model as ``--set`` overrides of the ``gpt2-124M`` preset."""
 CONFIGS["a1"] = [*CONFIGS["a"], "model.moe.first_dense_layers=1"]
 CONFIGS["b1"] = [*CONFIGS["b"], "model.moe.first_dense_layers=1"]
+CONFIGS["a2"] = [*CONFIGS["a1"], 'model.moe.expert_dtype="bfloat16"']
+CONFIGS["b2"] = [*CONFIGS["b1"], 'model.moe.expert_dtype="bfloat16"']
+"""``a1``/``b1``: the first block dense; ``a2``/``b2``: and the routed experts stored in bf16
+(float32 masters in AdamW: no weight casts in the step)."""
 
 PRESET = "gpt2-124M"
 

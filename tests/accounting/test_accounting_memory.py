@@ -180,3 +180,38 @@ def test_lmforge_optimizer_state_matches() -> None:
         assert estimate_training_memory(cfg, 2, 8, optimizer=name).optimizer_state == (
             _state_bytes(opt)
         )
+
+
+def test_bf16_experts_states_match_real_tensors_after_one_step() -> None:
+    """``moe.expert_dtype = "bfloat16"``: the routed experts' weights and gradients in bf16,
+    AdamW's float32 masters and moments for them; the estimate counts the real tensors."""
+    from lmforge.model.moe import MoEConfig
+    from lmforge.model.transformer import Transformer
+    from lmforge.optim import OptimConfig, build_optimizer
+
+    moe = MoEConfig(n_routed_experts=4, top_k=2, n_shared_experts=1, expert_dtype="bfloat16")
+    cfg = ModelConfig(vocab_size=96, context_length=8, d_model=16, n_layers=2, n_heads=4, moe=moe)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    kinds = model.param_kinds()
+    low = [p for p in model.parameters() if p.dtype == torch.bfloat16]
+    assert len(low) == 3 * cfg.n_layers  # w1, w3, w2 of each layer's routed experts
+    opt = build_optimizer([(p, kinds[n]) for n, p in model.named_parameters()], OptimConfig())
+    idx = torch.randint(0, cfg.vocab_size, (2, 8))
+    model(idx, torch.roll(idx, -1, 1)).loss.backward()
+    opt.step()
+    params = list(model.parameters())
+    est = estimate_training_memory(cfg, 2, 8)
+    assert est.parameters == sum(p.numel() * p.element_size() for p in params)
+    assert est.gradients == sum(p.grad.numel() * p.grad.element_size() for p in params)
+    assert est.optimizer_state == _state_bytes(opt)
+    assert est.by_dtype("parameters")["bf16"] == 2 * sum(p.numel() for p in low)
+
+
+def test_pure_bf16_adamw_keeps_float32_masters_and_moments() -> None:
+    n = count_params(TINY).total
+    est = estimate_training_memory(TINY, B, T, param_dtype="bf16", compute_dtype="bf16")
+    assert est.optimizer_state == 12 * n
+    sgd = estimate_training_memory(TINY, B, T, param_dtype="bf16", compute_dtype="bf16",
+                                   optimizer="sgd")  # fmt: skip
+    assert sgd.optimizer_state == 2 * n

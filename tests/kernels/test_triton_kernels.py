@@ -168,6 +168,39 @@ def test_fused_adamw_matches_torch(monkeypatch, device):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_adamw_updates_low_precision_params_through_masters(monkeypatch, device, dtype):
+    """bfloat16/float16 parameters: the kernel reads their gradients, updates the float32
+    masters like the multi-tensor path, and stores the masters rounded into the parameters;
+    clipping's factor multiplies the widened gradient in both."""
+    shapes = [(4100,), (33, 70), (3,)]
+    runs = []
+    for triton in (True, False):
+        monkeypatch.setenv("LMFORGE_TRITON", "1" if triton else "0")
+        gen = torch.Generator().manual_seed(7)
+        params = [
+            torch.randn(s, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+            for s in shapes
+        ]
+        params = [p.requires_grad_() for p in params]
+        opt = AdamW(params, lr=1e-2, weight_decay=0.1)
+        for _ in range(6):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(device, dtype)
+            opt.step(grad_scale=torch.tensor(0.5, device=device))
+        runs.append((params, opt))
+    (fused, opt), (ref, ref_opt) = runs
+    for p, q in zip(fused, ref, strict=True):
+        master, ref_master = opt.state[p]["master"], ref_opt.state[q]["master"]
+        assert master.dtype == torch.float32
+        torch.testing.assert_close(master, ref_master, rtol=1e-6, atol=1e-6)
+        if INTERPRETED and dtype == torch.bfloat16:  # the interpreter truncates to bfloat16
+            torch.testing.assert_close(p.detach(), master.to(dtype), rtol=2**-7, atol=0)
+        else:
+            assert torch.equal(p.detach(), master.to(dtype))
+        assert opt.state[p]["exp_avg"].dtype == torch.float32
+
+
 def test_fused_flag_is_validated():
     with pytest.raises(ValueError, match="fused"):
         AdamW([torch.zeros(2, requires_grad=True)], lr=1e-3, fused="yes")  # type: ignore[arg-type]

@@ -156,3 +156,17 @@ def test_nccl_on_two_gpus_matches_one_gpu(stories_data, tmp_path, strategy, dtyp
     run = tmp_path / strategy
     torchrun_train(stories_data, run, "train.grad_accum=2", f"train.strategy={strategy}", *sets)
     assert_same_run(run, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_refuses_bf16_experts_beside_float32_weights():
+    """FSDP shards one dtype per block; the message names the setting to change."""
+    from lmforge.model import Transformer
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.moe import MoEConfig
+    from lmforge.train.distributed import DistContext, wrap_model
+
+    moe = MoEConfig(n_routed_experts=4, top_k=2, expert_dtype="bfloat16")
+    cfg = ModelConfig(vocab_size=64, context_length=8, d_model=16, n_layers=1, n_heads=2, moe=moe)
+    ctx = DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), is_main=True)
+    with pytest.raises(ValueError, match=r"fsdp.*expert_dtype.*ddp"):
+        wrap_model(Transformer(cfg), ctx, "fsdp", None)

@@ -49,8 +49,12 @@ def test_lmforge_train_moe_logs_metrics_and_lowers_the_loss(stories_data, tmp_pa
     assert config["moe"]["router"] == "sigmoid" and config["moe"]["n_routed_experts"] == 8
 
 
-def test_resume_restores_the_bias_buffers(stories_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("expert_dtype", ["float32", "bfloat16"])
+def test_resume_restores_the_bias_buffers(stories_data, tmp_path, monkeypatch, expert_dtype):
+    """Bit for bit, also with bfloat16 experts (their float32 masters in the optimizer's
+    state, which the checkpoint carries)."""
     extra = [*MOE_TINY, "model.moe.router=sigmoid", "model.moe.seq_aux_loss_weight=1e-4"]
+    extra += [f'model.moe.expert_dtype="{expert_dtype}"']
     extra += ["train.max_iters=8", "train.ckpt_interval=4", "train.log_interval=1"]
     extra += ["train.eval_interval=0", "train.keep_checkpoints=0"]
     whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
@@ -79,6 +83,10 @@ def test_resume_restores_the_bias_buffers(stories_data, tmp_path, monkeypatch):
     assert len(biases) == 2
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    experts = [k for k in a["model"] if ".experts." in k]
+    assert experts and all(a["model"][k].dtype == getattr(torch, expert_dtype) for k in experts)
+    masters = [s["master"] for s in a["optimizer"]["state"].values() if "master" in s]
+    assert len(masters) == (len(experts) if expert_dtype == "bfloat16" else 0)
 
 
 def test_init_from_a_dense_run_upcycles_with_the_dense_first_loss(stories_data, tmp_path):

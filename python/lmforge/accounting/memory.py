@@ -164,31 +164,62 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
-def _model_states(pc: ParamCount, optimizer: str, param: str) -> dict[str, list[TensorGroup]]:
-    """Parameters, gradients, optimizer state and the optimizer step's temporaries."""
+def _model_states(
+    pc: ParamCount, optimizer: str, param: str, low: tuple[int, str]
+) -> dict[str, list[TensorGroup]]:
+    """Parameters, gradients, optimizer state and the optimizer step's temporaries.
+
+    ``low``: how many parameters are stored in a low-precision dtype, and which. Adam(W) keeps
+    a float32 master weight for each and all its moments in float32
+    (:mod:`lmforge.optim._common`); the other optimizers refuse such parameters, and their
+    states are counted in the parameters' dtype.
+    """
     per_other, per_muon = OPTIMIZER_STATES[optimizer]
+    n_low, low_dtype = low
+    masters = n_low if optimizer in ("adam", "adamw") else 0
+    state = "fp32" if masters else param
     # Muon takes the blocks' matrices and experts; MoE routers ("other") stay with AdamW.
     muon = pc.blocks_matmul - pc.router if optimizer == "muon" else 0
     rest = pc.total - muon
     states = [
-        TensorGroup(f"{optimizer} state ({per_other} per parameter)", per_other * rest, param)
+        TensorGroup(f"{optimizer} state ({per_other} per parameter)", per_other * rest, state)
     ]
     if muon:
         states.append(TensorGroup("Muon momentum (matrices)", per_muon * muon, param))
+    if masters:
+        states.append(TensorGroup("float32 master weights", masters, "fp32"))
     # The groups of lmforge.optim.param_groups: decayed (matrices, head) and not (embedding,
     # norms). Adam/AdaGrad's foreach step builds one sqrt buffer per group, SGD a direction;
     # Muon holds the Nesterov updates and their orthogonalisation for all matrices at once.
     decayed = pc.blocks_matmul + pc.head
     largest_group = max(decayed - muon, pc.embedding + pc.norms)
-    transient = [TensorGroup("foreach step buffer (largest group)", largest_group, param)]
+    transient = [TensorGroup("foreach step buffer (largest group)", largest_group, state)]
     if muon:
         transient = [TensorGroup("Muon updates and orthogonalised updates", 2 * muon, param)]
+    if n_low and low_dtype != param:  # the MoE experts, narrower than the rest
+        wide = pc.total - n_low
+        stored = [(wide, param, ""), (n_low, low_dtype, f" stored in {low_dtype}")]
+    else:
+        stored = [(pc.total, param, "")]
     return {
-        "parameters": [TensorGroup("parameters", pc.total, param)],
-        "gradients": [TensorGroup("gradients", pc.total, param)],
+        "parameters": [TensorGroup(f"parameters{what}", n, dt) for n, dt, what in stored],
+        "gradients": [TensorGroup(f"gradients{what}", n, dt) for n, dt, what in stored],
         "optimizer_state": states,
         "optimizer_transient": transient,
     }
+
+
+def _low_precision(cfg: ModelConfig, param: str) -> tuple[int, str]:
+    """How many parameters are stored narrower than float32, and in which dtype: all of them
+    with ``param_dtype`` bf16/fp16, else the routed experts' with ``moe.expert_dtype``."""
+    if param != "fp32":
+        return count_params(cfg).total, param
+    if cfg.moe is None or cfg.moe.expert_dtype == "float32":
+        return 0, param
+    assert cfg.d_ff is not None
+    moe_layers = sum(cfg.moe.is_moe_layer(i) for i in range(cfg.n_layers))
+    per_layer = 3 * cfg.d_model * cfg.moe.expert_width(cfg.d_ff) * cfg.moe.n_routed_experts
+    return moe_layers * per_layer, "bf16"
 
 
 def _block_backward(
@@ -312,7 +343,7 @@ def estimate_training_memory(
         activation_checkpointing
     )  # fmt: skip
     pc = count_params(cfg)
-    parts = _model_states(pc, optimizer, param_dtype)
+    parts = _model_states(pc, optimizer, param_dtype, _low_precision(cfg, param_dtype))
     parts["workspace"] = [TensorGroup("cuBLAS workspaces", workspace_bytes, "uint8")]
     parts.update(
         _activation_parts(

@@ -275,7 +275,8 @@ def moe_weight_copies(
 ) -> list[TensorGroup]:
     """The casts of one MoE MLP's weights that its matmuls save.
 
-    The routed experts' weights in ``compute`` (cast by ``GroupedExperts`` at every call), the
+    The routed experts' weights in ``compute`` (cast by ``GroupedExperts`` at every call unless
+    stored in that dtype, ``moe.expert_dtype``; then only ``w1`` and ``w3`` stacked), the
     shared experts' (autocast's cached copies); the router computes in float32, so its weight
     is copied only when the parameters are narrower.
 
@@ -295,7 +296,8 @@ def moe_weight_copies(
         rows.append(TensorGroup("autocast copies of the shared experts' weights", shared, compute))
     if autocast_only:
         return rows
-    if param != compute:
+    stored = "bf16" if moe.expert_dtype == "bfloat16" else param
+    if stored != compute:
         routed = 3 * d * f * moe.n_routed_experts
         rows.append(TensorGroup("casts of the routed experts' weights", routed, compute))
     else:  # no cast, but w1 and w3 are stacked into one copy for their single GEMM (note 7)

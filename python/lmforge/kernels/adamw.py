@@ -1,4 +1,4 @@
-"""The Adam(W) update of a whole list of float32 tensors in one Triton launch.
+"""The Adam(W) update of a whole list of tensors in one Triton launch.
 
 The multi-tensor (``torch._foreach_*``) path of :mod:`lmforge.optim.adamw` launches one kernel
 per operation and reads or writes every parameter-sized tensor about twenty times per step
@@ -12,6 +12,11 @@ The arithmetic is that of the reference, operation for operation, in float32: de
 ``p ← p·(1 − lr·wd)`` (AdamW) or ``g ← g + wd·p`` (Adam), ``m ← m + (1 − β₁)(g − m)``,
 ``v ← β₂ v + (1 − β₂) g²``, ``p ← p − lr/bc₁ · m / (√v / √bc₂ + ε)``, where ``g`` is the
 gradient times an optional ``grad_scale`` (gradient clipping's factor, applied as it is loaded).
+
+Low-precision parameters (:mod:`lmforge.optim._common`'s master weights): ``p`` is then the
+float32 master, the gradient is read in the parameter's dtype (bfloat16 or float16) and widened,
+and the updated master is also stored, rounded, into the parameter (``rounded``), so such a
+step moves 28 bytes per weight, as a float32 one does, and no cast runs elsewhere.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def _kernel():  # built on first use
         M,
         V,
         SCALE,
+        OUT,
         SIZES,
         BLOCK_TENSOR,
         BLOCK_START,
@@ -54,6 +60,9 @@ def _kernel():  # built on first use
         eps,
         DECOUPLED: tl.constexpr,
         HAS_SCALE: tl.constexpr,
+        G_DTYPE: tl.constexpr,
+        HAS_OUT: tl.constexpr,
+        OUT_DTYPE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -61,13 +70,13 @@ def _kernel():  # built on first use
         start = tl.load(BLOCK_START + pid)
         n = tl.load(SIZES + t)
         p_ptr = tl.load(P + t).to(tl.pointer_type(tl.float32))
-        g_ptr = tl.load(G + t).to(tl.pointer_type(tl.float32))
+        g_ptr = tl.load(G + t).to(tl.pointer_type(G_DTYPE))
         m_ptr = tl.load(M + t).to(tl.pointer_type(tl.float32))
         v_ptr = tl.load(V + t).to(tl.pointer_type(tl.float32))
         offs = start + tl.arange(0, BLOCK)
         inside = offs < n
         p = tl.load(p_ptr + offs, mask=inside)
-        g = tl.load(g_ptr + offs, mask=inside)
+        g = tl.load(g_ptr + offs, mask=inside).to(tl.float32)
         m = tl.load(m_ptr + offs, mask=inside)
         v = tl.load(v_ptr + offs, mask=inside)
         if HAS_SCALE:
@@ -81,6 +90,9 @@ def _kernel():  # built on first use
         denom = tl.sqrt(v) / bc2_sqrt + eps
         p = p + neg_step_size * (m / denom)
         tl.store(p_ptr + offs, p, mask=inside)
+        if HAS_OUT:
+            out_ptr = tl.load(OUT + t).to(tl.pointer_type(OUT_DTYPE))
+            tl.store(out_ptr + offs, p.to(OUT_DTYPE), mask=inside)
         tl.store(m_ptr + offs, m, mask=inside)
         tl.store(v_ptr + offs, v, mask=inside)
 
@@ -135,16 +147,23 @@ def adam_multi_tensor_(
     bias_correction1: float,
     bias_correction2_sqrt: float,
     grad_scale: Tensor | None = None,
+    rounded: list[Tensor] | None = None,
 ) -> None:
     """One Adam(W) step, in place, for tensors that share a device and a step count.
 
-    Every tensor must be contiguous float32 on one device (the caller checks; see
-    :func:`fits`). The step counters are the caller's. ``grad_scale``, a float32 scalar
-    tensor on that device, multiplies every gradient as it is loaded (gradient clipping's
-    factor, applied without a pass of its own; the gradients themselves are not modified).
+    Every tensor must be contiguous and on one device, ``params`` and the moments float32,
+    the gradients float32 or of one low-precision dtype (the caller checks; see :func:`fits`).
+    The step counters are the caller's. ``grad_scale``, a float32 scalar tensor on that
+    device, multiplies every gradient as it is loaded (gradient clipping's factor, applied
+    without a pass of its own; the gradients themselves are not modified). ``rounded``:
+    low-precision tensors that receive the updated ``params`` rounded to their dtype (the
+    parameters whose float32 masters ``params`` are).
     """
     if not params:
         return
+    import triton.language as tl
+
+    tl_dtypes = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
     device = params[0].device
     sizes, block_tensor, block_start = _block_tables(tuple(p.numel() for p in params), device)
     _kernel()[(block_tensor.numel(),)](
@@ -153,6 +172,7 @@ def adam_multi_tensor_(
         _cached_addresses(exp_avgs, device),
         _cached_addresses(exp_avg_sqs, device),
         grad_scale if grad_scale is not None else sizes,  # unread without HAS_SCALE
+        sizes if rounded is None else _cached_addresses(rounded, device),  # read if HAS_OUT
         sizes,
         block_tensor,
         block_start,
@@ -166,11 +186,29 @@ def adam_multi_tensor_(
         eps,
         DECOUPLED=decoupled,
         HAS_SCALE=grad_scale is not None,
+        G_DTYPE=tl_dtypes[grads[0].dtype],
+        HAS_OUT=rounded is not None,
+        OUT_DTYPE=tl_dtypes[grads[0].dtype],
         BLOCK=_BLOCK,
         num_warps=_WARPS,
     )
 
 
-def fits(*lists: list[Tensor]) -> bool:
-    """Whether the kernel can update these tensors: contiguous float32, non-empty lists."""
-    return all(t.dtype == torch.float32 and t.is_contiguous() for tensors in lists for t in tensors)
+def fits(
+    params: list[Tensor],
+    grads: list[Tensor],
+    *moments: list[Tensor],
+    low_precision: list[Tensor] | None = None,
+) -> bool:
+    """Whether the kernel can update these tensors: all contiguous; ``params`` and
+    ``moments`` float32; the gradients float32, or, with ``low_precision`` (the parameters
+    that take the rounded masters ``params``), all of those parameters' one dtype."""
+    fp32 = [*params, *(t for tensors in moments for t in tensors)]
+    grad_dtype = torch.float32 if low_precision is None else low_precision[0].dtype
+    low = low_precision or []
+    return (
+        all(t.dtype == torch.float32 for t in fp32)
+        and all(t.dtype == grad_dtype for t in (*grads, *low))
+        and grad_dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and all(t.is_contiguous() for t in (*fp32, *grads, *low))
+    )

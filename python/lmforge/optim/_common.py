@@ -11,6 +11,16 @@ Step counters are per-parameter ``float32`` scalar tensors on the CPU, as in ``t
 ``Optimizer.load_state_dict`` leaves a ``"step"`` entry where it is (it casts every other float
 state to the parameter's dtype), a float32 counts exactly to 2**24, and reading it with
 ``.item()`` never waits on a GPU. It also keeps our state dicts laid out like torch's.
+
+**Master weights.** An optimizer whose ``master_weights`` is true (Adam and AdamW) also takes
+bfloat16 or float16 parameters — the MoE experts' weights with ``moe.expert_dtype =
+"bfloat16"`` — and keeps a float32 copy of each in its state (``"master"``): the update reads
+the low-precision gradient, runs in float32 on the master and its float32 moments, and writes
+the master rounded back into the parameter. The forward pass then reads the weight it computes
+with, with no cast, and the gradient stays in the GEMM's dtype. The others (SGD, AdaGrad,
+Muon) refuse such parameters rather than train them in low precision. ``load_state_dict``
+keeps every floating-point state of a low-precision parameter in float32 (torch's would cast
+the master and the moments to the parameter's dtype).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 __all__ = [
+    "LOW_PRECISION",
     "GroupOptimizer",
     "check_beta",
     "check_foreach",
@@ -37,21 +48,61 @@ __all__ = [
 ]
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+"""Parameter dtypes that need float32 master weights in the optimizer."""
+
+
 class GroupOptimizer(Optimizer):
     """An ``Optimizer`` whose ``step`` walks the groups and hands each one's live grads on.
 
     Subclasses implement :meth:`_check_group` (raise ``ValueError`` on bad hyperparameters;
     it sees the group with the defaults filled in, before the group is added) and
-    :meth:`_step_group` (update the parameters of one group that have gradients).
+    :meth:`_step_group` (update the parameters of one group that have gradients), and set
+    ``master_weights`` if they keep float32 masters of low-precision parameters.
     """
 
+    master_weights = False
+    """Whether bfloat16/float16 parameters are updated through float32 masters."""
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Validate ``param_group`` (defaults filled in), then add it as ``Optimizer`` does."""
+        """Validate ``param_group`` (defaults filled in), then add it as ``Optimizer`` does.
+
+        Raises:
+            ValueError: a bad hyperparameter, or a low-precision parameter given to an
+                optimizer without master weights.
+        """
         params = param_group["params"]
         if not isinstance(params, (Tensor, set)):  # a generator must be read once; torch
             param_group = {**param_group, "params": list(params)}  # rejects sets itself
         self._check_group({**self.defaults, **param_group})
+        listed = [param_group["params"]] if isinstance(params, Tensor) else param_group["params"]
+        low = [p for p in listed if isinstance(p, Tensor) and p.dtype in LOW_PRECISION]
+        if low and not self.master_weights:
+            raise ValueError(
+                f"{type(self).__name__} does not keep float32 master weights, so it cannot "
+                f"train {low[0].dtype} parameters (shape {tuple(low[0].shape)}) without "
+                "losing their small updates; use AdamW or Adam, or keep the parameters in "
+                'float32 (for MoE experts: moe.expert_dtype = "float32")'
+            )
         super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``Optimizer.load_state_dict``, keeping low-precision parameters' states in float32.
+
+        Torch casts every floating-point state to its parameter's dtype; for a bfloat16 or
+        float16 parameter that would round its master weight and moments, so those are put
+        back from ``state_dict`` in float32 (the ``step`` counters stay where torch puts them).
+        """
+        saved = state_dict["state"]
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        super().load_state_dict(state_dict)
+        for i, p in zip(ids, params, strict=False):  # torch checked the lengths
+            if p.dtype not in LOW_PRECISION or i not in saved:
+                continue
+            for key, value in saved[i].items():
+                if key != "step" and isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(p.device, torch.float32, copy=True)
 
     @overload
     def step(self, closure: None = None) -> None: ...

@@ -14,7 +14,11 @@ operation (``m.lerp_(g, 1 − β₁)``; ``v ← β₂ v + (1 − β₂) g²``; `
 eps``; ``p ← p − lr / bc₁ · m / denom``), so the two agree to rounding. The multi-tensor path
 allocates one temporary per parameter (the denominator) and works in place otherwise. State per
 parameter: ``step`` (a CPU float32 tensor), ``exp_avg``, ``exp_avg_sq`` — torch's names, so
-state dicts interchange with ``torch.optim.AdamW``.
+state dicts interchange with ``torch.optim.AdamW`` — and, for a bfloat16 or float16 parameter,
+``master``: its float32 master weight (:mod:`lmforge.optim._common`). The update of such a
+parameter is the float32 update of its master with the gradient widened to float32, then the
+master rounded into the parameter: the same numbers as a float32 parameter whose gradient
+happened to be the low-precision one, and a forward pass that reads the rounded weight.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from lmforge.kernels import use_triton
 from lmforge.kernels.adamw import adam_multi_tensor_
 from lmforge.kernels.adamw import fits as fused_fits
 from lmforge.optim._common import (
+    LOW_PRECISION,
     GroupOptimizer,
     check_beta,
     check_foreach,
@@ -55,14 +60,18 @@ class Adam(GroupOptimizer):
         weight_decay: L2 penalty coefficient added to the gradient (>= 0).
         foreach: multi-tensor path; ``None`` uses it when a group is on one device type.
         fused: one Triton kernel for the whole update (:mod:`lmforge.kernels.adamw`);
-            ``None`` uses it for float32 tensors on a GPU with Triton (``LMFORGE_TRITON=0``
+            ``None`` uses it for contiguous tensors on a GPU with Triton (``LMFORGE_TRITON=0``
             turns it off), ``False`` never. Same arithmetic as the other paths.
+
+    bfloat16 and float16 parameters are updated through float32 master weights kept in the
+    state (see the module docstring).
 
     Raises:
         ValueError: on an out-of-range hyperparameter (in the defaults or in any group).
     """
 
     decoupled_weight_decay = False
+    master_weights = True
 
     def __init__(
         self,
@@ -194,6 +203,7 @@ def adam_group_step(
         grad_scale: a scalar tensor the gradients are multiplied by before the update.
     """
     states = [_init_state(state[p], p) for p in params]
+    masters = [s.get("master", p) for s, p in zip(states, params, strict=True)]
     exp_avgs = [s["exp_avg"] for s in states]
     exp_avg_sqs = [s["exp_avg_sq"] for s in states]
     steps = [s["step"] for s in states]
@@ -207,29 +217,52 @@ def adam_group_step(
         decoupled=decoupled,
     )
     if not resolve_foreach(group["foreach"], params):
+        grads = [_widen(g, m) for g, m in zip(grads, masters, strict=True)]
         if grad_scale is not None:
             grads = [g * grad_scale.to(g.device) for g in grads]
-        _adam_loop(params, grads, exp_avgs, exp_avg_sqs, steps, **hyper)
+        _adam_loop(masters, grads, exp_avgs, exp_avg_sqs, steps, **hyper)
+        _round_into(params, masters)
         return
-    for bucket, (b_grads, b_avgs, b_sqs, b_steps) in group_by_device_dtype(
-        params, grads, exp_avgs, exp_avg_sqs, steps
+    for bucket, (b_masters, b_grads, b_avgs, b_sqs, b_steps) in group_by_device_dtype(
+        params, masters, grads, exp_avgs, exp_avg_sqs, steps
     ):
-        lists = (bucket, b_grads, b_avgs, b_sqs)
-        if group.get("fused") is not False and use_triton(bucket[0]) and fused_fits(*lists):
+        low = bucket[0].dtype in LOW_PRECISION
+        lists = (b_masters, b_grads, b_avgs, b_sqs)
+        fused = group.get("fused") is not False and use_triton(bucket[0])
+        if fused and fused_fits(*lists, low_precision=bucket if low else None):
             scale = None if grad_scale is None else grad_scale.to(bucket[0].device, torch.float32)
-            _adam_fused(*lists, b_steps, **hyper, grad_scale=scale)
-        else:
-            if grad_scale is not None:  # in the factor's own precision, as clip_grad_norm_
-                b_grads = list(torch._foreach_mul(b_grads, grad_scale.to(bucket[0].device)))
-            _adam_foreach(bucket, b_grads, b_avgs, b_sqs, b_steps, **hyper)
+            _adam_fused(*lists, b_steps, **hyper, grad_scale=scale, rounded=bucket if low else None)
+            continue
+        if low:  # widened first, so the factor multiplies in float32 as in the fused kernel
+            b_grads = [_widen(g, m) for g, m in zip(b_grads, b_masters, strict=True)]
+        if grad_scale is not None:  # in the factor's own precision, as clip_grad_norm_
+            b_grads = list(torch._foreach_mul(b_grads, grad_scale.to(bucket[0].device)))
+        _adam_foreach(b_masters, b_grads, b_avgs, b_sqs, b_steps, **hyper)
+        if low:
+            torch._foreach_copy_(bucket, b_masters)
 
 
 def _init_state(state: dict[str, Any], p: Tensor) -> dict[str, Any]:
     if not state:
         state["step"] = new_step()
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if p.dtype in LOW_PRECISION:
+            state["master"] = p.detach().to(torch.float32, memory_format=torch.preserve_format)
+        like = state.get("master", p)
+        state["exp_avg"] = torch.zeros_like(like, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(like, memory_format=torch.preserve_format)
     return state
+
+
+def _widen(grad: Tensor, master: Tensor) -> Tensor:
+    """The gradient in its master's dtype (float32 for a low-precision parameter)."""
+    return grad if grad.dtype == master.dtype else grad.to(master.dtype)
+
+
+def _round_into(params: list[Tensor], masters: list[Tensor]) -> None:
+    """Write each master weight, rounded, into its low-precision parameter."""
+    for p, master in zip(params, masters, strict=True):
+        if master is not p:
+            p.copy_(master)
 
 
 def _adam_loop(
@@ -302,9 +335,13 @@ def _adam_fused(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     steps: list[Tensor],
+    *,
+    rounded: list[Tensor] | None = None,
     **hyper: Any,
 ) -> None:
-    """The same update with one Triton launch per distinct step count (usually one)."""
+    """The same update with one Triton launch per distinct step count (usually one);
+    ``rounded`` (if given) are low-precision parameters that receive their updated masters
+    ``params``, rounded, in the same pass."""
     torch._foreach_add_(steps, 1.0)
     by_step: dict[float, list[int]] = {}
     for i, s in enumerate(steps):
@@ -317,6 +354,7 @@ def _adam_fused(
             [exp_avgs[i] for i in idx],
             [exp_avg_sqs[i] for i in idx],
             **hyper,
+            rounded=None if rounded is None else [rounded[i] for i in idx],
             bias_correction1=1 - beta1**step,
             bias_correction2_sqrt=math.sqrt(1 - beta2**step),
         )

@@ -12,7 +12,8 @@ tensor), so an expert that got no token still has a (zero) gradient: DDP's
 matrices, and under Muon orthogonalised one expert at a time.
 
 Under autocast the weights are cast to the autocast dtype here (autocast does not cover the
-grouped GEMM); the combined output is in that dtype too (float32 for expert-choice, whose
+grouped GEMM; weights stored in that dtype, ``moe.expert_dtype = "bfloat16"``, are used as
+they are); the combined output is in that dtype too (float32 for expert-choice, whose
 scatter-add would round in bf16), as a dense MLP's is.
 Whether the device has the grouped GEMM is looked up when the weights are created or moved
 (``.to``), not in ``forward``, so a compiled forward never queries the GPU.
@@ -90,10 +91,16 @@ class GroupedExperts(nn.Module):
         return out
 
     def reset_parameters(self) -> None:
-        """Truncated normal, std ``1/sqrt(fan_in)`` (``w2``: times ``out_init_scale``)."""
-        trunc_normal_(self.w1, 1 / math.sqrt(self.d_model))
-        trunc_normal_(self.w3, 1 / math.sqrt(self.d_model))
-        trunc_normal_(self.w2, self.out_init_scale / math.sqrt(self.d_ff))
+        """Truncated normal, std ``1/sqrt(fan_in)`` (``w2``: times ``out_init_scale``), drawn in
+        float32 at least and rounded into lower-precision weights (the same numbers as a
+        float32 model's first cast)."""
+        stds = (1 / math.sqrt(self.d_model),) * 2 + (self.out_init_scale / math.sqrt(self.d_ff),)
+        for weight, std in zip((self.w1, self.w3, self.w2), stds, strict=True):
+            if weight.dtype in (torch.bfloat16, torch.float16):
+                with torch.no_grad():
+                    weight.copy_(trunc_normal_(torch.empty_like(weight, dtype=torch.float32), std))
+            else:
+                trunc_normal_(weight, std)
 
     def forward(
         self,

@@ -92,7 +92,7 @@ class MoE(nn.Module):
             width,
             out_init_scale=out_init_scale,
             device=device,
-            dtype=dtype,
+            dtype=torch.bfloat16 if moe.expert_dtype == "bfloat16" else dtype,
         )
         self.shared: SwiGLU | None = None
         if moe.n_shared_experts:
