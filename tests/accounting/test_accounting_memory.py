@@ -195,7 +195,7 @@ def test_bf16_experts_states_match_real_tensors_after_one_step() -> None:
     model = Transformer(cfg)
     kinds = model.param_kinds()
     low = [p for p in model.parameters() if p.dtype == torch.bfloat16]
-    assert len(low) == 3 * cfg.n_layers  # w1, w3, w2 of each layer's routed experts
+    assert len(low) == 2 * cfg.n_layers  # w13 and w2 of each layer's routed experts
     opt = build_optimizer([(p, kinds[n]) for n, p in model.named_parameters()], OptimConfig())
     idx = torch.randint(0, cfg.vocab_size, (2, 8))
     model(idx, torch.roll(idx, -1, 1)).loss.backward()

@@ -20,9 +20,17 @@ from lmforge.model.moe import (
 
 
 def weights(n_experts: int, d: int, f: int, seed: int, dtype=torch.float64) -> list[torch.Tensor]:
+    """``[w13, w2]``: the gate and up weights stacked ``(E, 2f, d)``, the down weights."""
     g = torch.Generator().manual_seed(seed)
-    shapes = [(n_experts, f, d), (n_experts, f, d), (n_experts, d, f)]
+    shapes = [(n_experts, 2 * f, d), (n_experts, d, f)]
     return [(torch.randn(s, generator=g, dtype=dtype) / d**0.5).requires_grad_() for s in shapes]
+
+
+def split(w: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(w1, w3, w2)`` for :func:`reference_moe`: views of the stacked weights."""
+    w13, w2 = w
+    f = w2.shape[-1]
+    return w13[:, :f], w13[:, f:], w2
 
 
 def token_routing(n: int, n_experts: int, k: int, seed: int, skew: float) -> TokenRouting:
@@ -57,7 +65,7 @@ def test_token_choice_equals_expert_loop(n, n_experts, k, capacity, skew, seed) 
     w = weights(n_experts, d, f, seed + 1)
     routing = token_routing(n, n_experts, k, seed + 2, skew)
     y, dropped = dispatch_token_choice(x, routing, *w, capacity=capacity, impl="padded")
-    ref = reference_moe(x, *routing.assignments(), *w, capacity=capacity)
+    ref = reference_moe(x, *routing.assignments(), *split(w), capacity=capacity)
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     inputs = [x, routing.gates, *w]
     for got, want in zip(grads(y, inputs), grads(ref, inputs), strict=True):
@@ -84,7 +92,7 @@ def test_expert_choice_equals_expert_loop(n, n_experts, capacity, seed) -> None:
     probs = torch.zeros(n, n_experts, dtype=torch.float64)
     routing = ExpertRouting(tokens, gates, probs, probs)
     y, dropped = dispatch_expert_choice(x, routing, *w)
-    ref = reference_moe(x, *routing.assignments(), *w)
+    ref = reference_moe(x, *routing.assignments(), *split(w))
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     inputs = [x, gates, *w]
     for got, want in zip(grads(y, inputs), grads(ref, inputs), strict=True):
@@ -116,12 +124,13 @@ def test_capacity_drops_later_choices_first_and_reports_the_fraction() -> None:
     # expert 1's: the first choice of token 1, then second choices of tokens 0, 2, 3
     kept = {(0, 0), (2, 0), (1, 1), (0, 1)}  # (token, expert)
     assert dropped.item() == pytest.approx(4 / 8)
+    w1, w3, w2 = split(w)
     for t in range(4):
         want = torch.zeros(8, dtype=torch.float64)
         for e in range(2):
             if (t, e) in kept:
-                h = torch.nn.functional.silu(x[t] @ w[0][e].T) * (x[t] @ w[1][e].T)
-                want += 0.5 * (h @ w[2][e].T)
+                h = torch.nn.functional.silu(x[t] @ w1[e].T) * (x[t] @ w3[e].T)
+                want += 0.5 * (h @ w2[e].T)
         torch.testing.assert_close(y[t], want.detach(), rtol=1e-12, atol=1e-12)
     assert torch.equal(y[3], torch.zeros(8, dtype=torch.float64))  # fully dropped: residual only
 
@@ -154,7 +163,7 @@ def test_grouped_mm_matches_the_reference_on_cuda(skew: float) -> None:
     x64 = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     w64 = weights(n_experts, d, f, 1)
     routing = token_routing(n, n_experts, k, 2, skew)
-    ref = reference_moe(x64.requires_grad_(), *routing.assignments(), *w64)
+    ref = reference_moe(x64.requires_grad_(), *routing.assignments(), *split(w64))
     ref_grads = grads(ref, [x64, *w64])
     dev = torch.device("cuda")
     x = x64.detach().to(dev, torch.bfloat16).requires_grad_()

@@ -110,8 +110,9 @@ def test_bf16_experts_train_like_float32_experts_compiled() -> None:
 
     Not bit for bit: the two compiled graphs differ (the casts), and the embedding's backward
     adds with atomics, so gradients differ by rounding, which Adam's normalised steps turn
-    into differences of up to a step's size for weights whose gradients are near zero. The
-    weights are compared relative to how far they moved."""
+    into differences of up to a step's size for weights whose gradients are near zero (5% of
+    how far a matrix moved in three steps, seen on an H200). The weights are compared relative
+    to that distance; the bf16 weights must be their masters rounded, exactly."""
     import dataclasses
 
     from lmforge.optim import OptimConfig, build_optimizer
@@ -146,6 +147,9 @@ def test_bf16_experts_train_like_float32_experts_compiled() -> None:
     (wide, _, wide_losses, start), (narrow, opt, narrow_losses, _) = runs
     torch.testing.assert_close(narrow_losses, wide_losses, rtol=1e-3, atol=1e-3)
     for (name, a), b in zip(wide.named_parameters(), narrow.parameters(), strict=True):
-        weight = opt.state[b]["master"] if b.dtype == torch.bfloat16 else b
+        weight = b
+        if b.dtype == torch.bfloat16:
+            weight = opt.state[b]["master"]
+            assert torch.equal(b.detach(), weight.to(torch.bfloat16)), name
         moved = (a - start[name]).norm().item()
-        assert moved > 0 and (weight - a).norm().item() <= 0.05 * moved, name
+        assert moved > 0 and (weight - a).norm().item() <= 0.15 * moved, name

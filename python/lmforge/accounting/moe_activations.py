@@ -46,10 +46,10 @@ Notes, each a property of PyTorch the count relies on:
    tensors).
 6. Only with ``normalize_gates`` (the default for ``top_k > 1``); otherwise the gates are the
    selected probabilities times a constant, which saves nothing.
-7. The routed experts' weights are cast to c in ``GroupedExperts`` at every call (autocast does
-   not cover the grouped GEMM), ``3·E·d·f`` per layer, saved by the GEMMs, with ``w1`` and
-   ``w3`` stacked into one ``(E, 2f, d)`` copy for their single GEMM (without a cast that stack
-   is the only copy, ``2·E·d·f``); they count with the weight copies
+7. The routed experts' weights (``w1`` and ``w3`` stored stacked as one ``(E, 2f, d)``
+   parameter) are cast to c in ``GroupedExperts`` at every call (autocast does not cover the
+   grouped GEMM), ``3·E·d·f`` per layer, saved by the GEMMs — unless they are stored in c
+   (``moe.expert_dtype``), when there is no copy at all; they count with the weight copies
    (:func:`moe_weight_copies`) but, not being autocast's cached casts, die with each block's
    forward under activation checkpointing.
 
@@ -276,7 +276,7 @@ def moe_weight_copies(
     """The casts of one MoE MLP's weights that its matmuls save.
 
     The routed experts' weights in ``compute`` (cast by ``GroupedExperts`` at every call unless
-    stored in that dtype, ``moe.expert_dtype``; then only ``w1`` and ``w3`` stacked), the
+    stored in that dtype, ``moe.expert_dtype``), the
     shared experts' (autocast's cached copies); the router computes in float32, so its weight
     is copied only when the parameters are narrower.
 
@@ -297,12 +297,9 @@ def moe_weight_copies(
     if autocast_only:
         return rows
     stored = "bf16" if moe.expert_dtype == "bfloat16" else param
-    if stored != compute:
+    if stored != compute:  # stored in the compute dtype, they are used as they are
         routed = 3 * d * f * moe.n_routed_experts
         rows.append(TensorGroup("casts of the routed experts' weights", routed, compute))
-    else:  # no cast, but w1 and w3 are stacked into one copy for their single GEMM (note 7)
-        routed = 2 * d * f * moe.n_routed_experts
-        rows.append(TensorGroup("routed experts' w1 and w3, stacked", routed, compute))
     if param != "fp32" and moe.router != "hash":
         router = moe.n_routed_experts * d
         rows.append(TensorGroup("float32 copy of the router weight", router, "fp32"))

@@ -70,7 +70,8 @@ def param_kinds(model: nn.Module) -> dict[str, str]:
     """The ``param_kind`` of the module owning each parameter of ``model``, for the optimiser.
 
     Args:
-        model: any module whose parameter-holding submodules declare a ``param_kind``.
+        model: any module whose parameter-holding submodules declare a ``param_kind``: one
+            kind for all their parameters, or a dict from parameter name to kind.
 
     Returns:
         ``{name: kind}`` in ``named_parameters()`` order.
@@ -82,6 +83,8 @@ def param_kinds(model: nn.Module) -> dict[str, str]:
     for mod_name, module in model.named_modules():
         for p_name, _ in module.named_parameters(recurse=False):
             kind = getattr(module, "param_kind", None)
+            if isinstance(kind, dict):  # one kind per parameter name
+                kind = kind.get(p_name)
             if not isinstance(kind, str):
                 raise TypeError(
                     f"module {mod_name!r} ({type(module).__name__}) has parameters but no "

@@ -3,10 +3,12 @@
 The optimizer knows nothing of models: the model labels each parameter with a KIND
 (``"embedding"``, ``"head"``, ``"norm"``, ``"matrix"`` for the 2-D hidden weights of attention
 and MLP, ``"expert"`` for Mixture-of-Experts weights stacked as ``(E, d_out, d_in)``,
-``"other"``) and this module turns the labels into param groups. Expert weights are treated as
-``E`` matrices: decayed like ``matrix`` weights, and under Muon orthogonalised one expert at a
-time (each expert is its own linear map; orthogonalising the stack as one matrix would couple
-experts that never see the same tokens).
+``"expert_pair"`` for two such matrices per expert stacked along the output, ``(E, 2·d_out,
+d_in)`` — the SwiGLU's gate and up weights — and ``"other"``) and this module turns the labels
+into param groups. Expert weights are treated as ``E`` (or ``2·E``) matrices: decayed like
+``matrix`` weights, and under Muon orthogonalised one matrix at a time (each expert is its own
+linear map; orthogonalising the stack as one matrix would couple experts that never see the
+same tokens). Muon's pair groups carry ``row_blocks = 2`` (:class:`lmforge.optim.Muon`).
 
 Weight decay: on by default for ``matrix`` and ``head`` weights; off for norm gains (decaying
 a gain towards 0 fights the normalisation it scales; nanoGPT, GPT-3) and for embeddings (each
@@ -32,7 +34,7 @@ from lmforge.optim._common import check_non_negative
 
 __all__ = ["KINDS", "param_groups"]
 
-KINDS = ("embedding", "head", "norm", "matrix", "expert", "other")
+KINDS = ("embedding", "head", "norm", "matrix", "expert", "expert_pair", "other")
 """The labels a model may give its parameters."""
 
 
@@ -51,9 +53,10 @@ def param_groups(
         weight_decay: the coefficient of the decayed groups (the others get 0).
         decay_embeddings: decay ``embedding`` parameters too.
         decay_norms: decay ``norm`` parameters too.
-        muon: put ``matrix`` and ``expert`` parameters in their own groups flagged
-            ``use_muon=True`` (and every other group ``use_muon=False``), as
-            :class:`lmforge.optim.Muon` expects.
+        muon: put ``matrix``, ``expert`` and ``expert_pair`` parameters in their own groups
+            flagged ``use_muon=True`` (and every other group ``use_muon=False``), as
+            :class:`lmforge.optim.Muon` expects; ``expert_pair`` ones in groups of their own
+            with ``row_blocks=2``.
 
     Returns:
         Param-group dicts with keys ``params``, ``weight_decay``, ``kinds`` (and ``use_muon``
@@ -64,7 +67,7 @@ def param_groups(
             parameter at all.
     """
     check_non_negative("weight_decay", weight_decay)
-    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    groups: dict[tuple[bool, bool, int], dict[str, Any]] = {}
     seen: set[int] = set()
     for p, kind in labelled:
         if kind not in KINDS:
@@ -75,14 +78,17 @@ def param_groups(
             continue
         seen.add(id(p))
         decay = _decays(kind, p, decay_embeddings=decay_embeddings, decay_norms=decay_norms)
-        use_muon = muon and kind in ("matrix", "expert")
-        group = groups.get((use_muon, decay))
+        use_muon = muon and kind in ("matrix", "expert", "expert_pair")
+        blocks = 2 if use_muon and kind == "expert_pair" else 1
+        group = groups.get((use_muon, decay, blocks))
         if group is None:
             group = {"params": [], "weight_decay": float(weight_decay) if decay else 0.0}
             group["kinds"] = []
             if muon:
                 group["use_muon"] = use_muon
-            groups[(use_muon, decay)] = group
+            if blocks > 1:
+                group["row_blocks"] = blocks
+            groups[(use_muon, decay, blocks)] = group
         group["params"].append(p)
         if kind not in group["kinds"]:
             group["kinds"].append(kind)

@@ -26,7 +26,9 @@ so this equals the SGD form. Weight decay, when on, is decoupled: ``p ← p · (
 
 Muon is for hidden matrices only; embeddings, the LM head, norms and other parameters go to
 AdamW (Jordan's advice). A 3-D parameter is a stack of matrices (Mixture-of-Experts weights
-``(E, d_out, d_in)``): each ``(d_out, d_in)`` slice is orthogonalised and scaled on its own.
+``(E, d_out, d_in)``): each ``(d_out, d_in)`` slice is orthogonalised and scaled on its own. A
+group's ``row_blocks`` (default 1) says each slice's rows are that many matrices stacked (MoE
+gate and up weights ``(E, 2·d_ff, d_model)``: ``row_blocks = 2``), each orthogonalised alone.
 Both live in ONE optimizer so the trainer treats it like any other:
 each param group is flagged ``use_muon``; Muon groups read ``lr, momentum, nesterov, ns_steps,
 weight_decay`` and hold a ``momentum_buffer``; the others read ``lr, betas, eps, weight_decay``
@@ -114,6 +116,8 @@ class Muon(GroupOptimizer):
         weight_decay: decoupled weight decay of Muon groups (>= 0).
         nesterov: use the Nesterov direction ``g.lerp(b, momentum)`` (default) or ``b``.
         ns_steps: Newton–Schulz iterations.
+        row_blocks: each matrix of a Muon group is this many matrices stacked along its rows,
+            orthogonalised and scaled one by one (groups set it; 1 by default).
         adam_lr: default learning rate of the AdamW groups.
         adam_betas: AdamW's moment decay rates.
         adam_eps: AdamW's epsilon.
@@ -122,7 +126,7 @@ class Muon(GroupOptimizer):
 
     Raises:
         ValueError: on an out-of-range hyperparameter, or a Muon group holding a parameter
-            that is neither 2-D nor 3-D.
+            that is neither 2-D nor 3-D, or whose rows ``row_blocks`` does not divide.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class Muon(GroupOptimizer):
         *,
         nesterov: bool = True,
         ns_steps: int = 5,
+        row_blocks: int = 1,
         adam_lr: float = 3e-4,
         adam_betas: tuple[float, float] = (0.9, 0.95),
         adam_eps: float = 1e-8,
@@ -147,6 +152,7 @@ class Muon(GroupOptimizer):
             weight_decay=weight_decay,
             nesterov=nesterov,
             ns_steps=ns_steps,
+            row_blocks=row_blocks,
             betas=adam_betas,
             eps=adam_eps,
             use_muon=True,
@@ -173,6 +179,9 @@ class Muon(GroupOptimizer):
         ns_steps = group["ns_steps"]
         if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
             raise ValueError(f"ns_steps must be a positive integer, got {ns_steps!r}")
+        blocks = group["row_blocks"]
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"row_blocks must be a positive integer, got {blocks!r}")
         params = group["params"]
         for p in [params] if isinstance(params, Tensor) else params:
             if p.ndim not in (2, 3):
@@ -181,6 +190,11 @@ class Muon(GroupOptimizer):
                     f"parameter of shape {tuple(p.shape)}; put it in a use_muon=False (AdamW) "
                     "group"
                 )
+            if p.shape[-2] % blocks:
+                raise ValueError(
+                    f"row_blocks={blocks} does not divide the rows of a parameter of shape "
+                    f"{tuple(p.shape)}"
+                )
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         if not group["use_muon"]:
@@ -188,6 +202,7 @@ class Muon(GroupOptimizer):
             return
         bufs = [self._momentum_buffer(p) for p in params]
         hyper = {k: group[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "ns_steps")}
+        hyper["row_blocks"] = group.get("row_blocks", 1)  # absent from older state dicts
         if not resolve_foreach(group["foreach"], params):
             _muon_loop(params, grads, bufs, **hyper)
             return
@@ -211,15 +226,21 @@ def _muon_loop(
     weight_decay: float,
     nesterov: bool,
     ns_steps: int,
+    row_blocks: int = 1,
 ) -> None:
     """The reference, one matrix at a time."""
     for p, grad, buf in zip(params, grads, bufs, strict=True):
         buf.lerp_(grad, 1 - momentum)
-        update = grad.lerp(buf, momentum) if nesterov else buf
-        ortho = newton_schulz(update, ns_steps)
+        update = _split_rows(grad.lerp(buf, momentum) if nesterov else buf, row_blocks)
+        ortho = newton_schulz(update, ns_steps).flatten(-3, -2)
         if weight_decay != 0:
             p.mul_(1 - lr * weight_decay)
-        p.add_(ortho, alpha=-lr * muon_scale(p.shape))
+        p.add_(ortho, alpha=-lr * muon_scale(update.shape))
+
+
+def _split_rows(update: Tensor, blocks: int) -> Tensor:
+    """``(..., rows, cols)`` as ``(..., blocks, rows / blocks, cols)``: the stacked matrices."""
+    return update.unflatten(-2, (blocks, update.shape[-2] // blocks))
 
 
 def _muon_foreach(
@@ -232,15 +253,17 @@ def _muon_foreach(
     weight_decay: float,
     nesterov: bool,
     ns_steps: int,
+    row_blocks: int = 1,
 ) -> None:
     """The same update on one ``(device, dtype)`` bucket: multi-tensor momentum and apply,
     and one batched Newton–Schulz per distinct matrix shape."""
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     updates = torch._foreach_lerp(grads, bufs, momentum) if nesterov else bufs
-    orthos = _batched_newton_schulz(list(updates), ns_steps)
+    split = [_split_rows(u, row_blocks) for u in updates]
+    orthos = [o.flatten(-3, -2) for o in _batched_newton_schulz(split, ns_steps)]
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_mul_(orthos, [-lr * muon_scale(p.shape) for p in params])
+    torch._foreach_mul_(orthos, [-lr * muon_scale(u.shape) for u in split])
     torch._foreach_add_(params, orthos)
 
 

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from lmforge._atomic import write_atomic
+from lmforge.model.moe.experts import stack_legacy_gate_up
 
 __all__ = [
     "FORMAT",
@@ -295,7 +296,7 @@ def _load_model(model: nn.Module, saved: Mapping[str, Any], origin: str) -> None
     target = _unwrap(model)
     expected = target.state_dict()
     by_canon = {_canonical(k): k for k in expected}
-    saved = {_canonical(k): v for k, v in saved.items()}
+    saved = stack_legacy_gate_up({_canonical(k): v for k, v in saved.items()})
     # a checkpoint from elsewhere may carry a DDP prefix on every key
     if all(k.startswith("module.") for k in saved) and not all(
         k.startswith("module.") for k in by_canon

@@ -98,21 +98,8 @@ def _group_positions(counts: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
     return expert_of_row, pos
 
 
-def _gate_up(w1: Tensor, w3: Tensor) -> Tensor:
-    """``w1`` and ``w3`` stacked along the output: ``(E, 2·d_ff, d_model)``.
-
-    One GEMM then gives both halves of the SwiGLU input, and in the backward pass the input's
-    gradient is one GEMM over ``2·d_ff`` instead of two GEMMs whose ``(A, d_model)`` outputs are
-    added (for 64 experts top-8 at ``gpt2-124M`` batch 32 that add moved 1.2 GB per layer).
-    The parameters stay separate (checkpoints, upcycling and Muon see ``w1`` and ``w3``); the
-    copy is of the weights, not of the tokens, and under ``torch.compile`` it fuses with their
-    cast to the compute dtype.
-    """
-    return torch.cat([w1, w3], dim=1)
-
-
 def _swiglu(h13: Tensor) -> Tensor:
-    """``silu(gate) * up`` of ``[gate | up]`` rows (the output of :func:`_gate_up`'s GEMM).
+    """``silu(gate) * up`` of ``[gate | up]`` rows (the output of the ``w13`` GEMM).
 
     On CUDA one Triton pass each way (:mod:`lmforge.kernels.swiglu`): Inductor's backward for
     this layout ran at half the memory bandwidth."""
@@ -123,29 +110,30 @@ def _swiglu(h13: Tensor) -> Tensor:
 
 
 def _padded_swiglu(
-    xs: Tensor, expert_of_row: Tensor, pos: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, rows: int
+    xs: Tensor, expert_of_row: Tensor, pos: Tensor, w13: Tensor, w2: Tensor, rows: int
 ) -> Tensor:
     """SwiGLU experts on an ``(E, rows, d)`` padded layout; rows ranked ``>= rows`` give 0."""
-    n_experts, d = w1.shape[0], xs.shape[-1]
+    n_experts, d = w13.shape[0], xs.shape[-1]
     slot = torch.where(pos < rows, expert_of_row * rows + pos, n_experts * rows)
     buf = xs.new_zeros(n_experts * rows + 1, d).index_add(0, slot, xs)  # the last row: dropped
     grouped = buf[:-1].view(n_experts, rows, d)
-    h = _swiglu(torch.bmm(grouped, _gate_up(w1, w3).mT))
+    h = _swiglu(torch.bmm(grouped, w13.mT))
     out = torch.bmm(h, w2.mT).reshape(n_experts * rows, -1)
     return torch.cat([out, out.new_zeros(1, out.shape[-1])])[slot]
 
 
 def expert_swiglu(
-    xs: Tensor, counts: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, impl: str = "auto"
+    xs: Tensor, counts: Tensor, w13: Tensor, w2: Tensor, impl: str = "auto"
 ) -> Tensor:
     """Each expert's SwiGLU ``w2[e](silu(w1[e] x) * w3[e] x)`` on its contiguous rows.
 
     Args:
         xs: ``(A, d_model)`` rows sorted by expert.
         counts: int64 ``(E,)`` rows per expert (summing to ``A``).
-        w1: ``(E, d_ff, d_model)`` gate weights (``w3`` likewise; ``w2``: ``(E, d_model, d_ff)``).
-        w3: up weights.
-        w2: down weights.
+        w13: ``(E, 2·d_ff, d_model)``: each expert's gate weights ``w1`` stacked on its up
+            weights ``w3`` (one GEMM gives both halves of the SwiGLU's input, and the input's
+            gradient is one GEMM over ``2·d_ff``).
+        w2: ``(E, d_model, d_ff)`` down weights.
         impl: one of :data:`IMPLS`.
 
     Returns:
@@ -156,12 +144,12 @@ def expert_swiglu(
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    use_grouped = impl == "grouped_mm" or (impl == "auto" and grouped_mm_supported(xs, w1))
+    use_grouped = impl == "grouped_mm" or (impl == "auto" and grouped_mm_supported(xs, w13))
     if use_grouped:
         if not hasattr(torch, "_grouped_mm"):
             raise ValueError("impl='grouped_mm' needs a PyTorch with torch._grouped_mm (>= 2.8)")
         offs = counts.cumsum(0).to(torch.int32)
-        h = _swiglu(torch._grouped_mm(xs, _gate_up(w1, w3).mT, offs=offs))
+        h = _swiglu(torch._grouped_mm(xs, w13.mT, offs=offs))
         return torch._grouped_mm(h, w2.mT, offs=offs)
     n_rows = xs.shape[0]
     expert_of_row, pos = _group_positions(counts, n_rows)
@@ -169,14 +157,13 @@ def expert_swiglu(
         rows = n_rows  # a static bound: no host sync inside a compiled graph
     else:
         rows = max(int(counts.max()), 1)
-    return _padded_swiglu(xs, expert_of_row, pos, w1, w3, w2, rows)
+    return _padded_swiglu(xs, expert_of_row, pos, w13, w2, rows)
 
 
 def dispatch_token_choice(
     x: Tensor,
     routing: TokenRouting,
-    w1: Tensor,
-    w3: Tensor,
+    w13: Tensor,
     w2: Tensor,
     capacity: int | None = None,
     impl: str = "auto",
@@ -187,8 +174,7 @@ def dispatch_token_choice(
     Args:
         x: ``(N, d_model)`` tokens, already in the matmul dtype.
         routing: each token's experts and gates.
-        w1: ``(E, d_ff, d_model)`` (see :func:`expert_swiglu`).
-        w3: ``(E, d_ff, d_model)``.
+        w13: ``(E, 2·d_ff, d_model)``, gate and up weights (see :func:`expert_swiglu`).
         w2: ``(E, d_model, d_ff)``.
         capacity: assignments per expert (``None``: dropless).
         impl: the dropless grouped GEMM (:data:`IMPLS`).
@@ -199,7 +185,7 @@ def dispatch_token_choice(
         of assignments over capacity (a 0-d tensor, 0 when dropless).
     """
     n, k = routing.experts.shape
-    n_experts = w1.shape[0]
+    n_experts = w13.shape[0]
     experts = routing.experts.t().reshape(-1)  # choice-major: all first choices, then second
     if n_experts <= moe_counts.SORT_MAX_EXPERTS and use_triton(experts):  # a counting sort
         token_of_row, rows, sorted_counts = moe_counts.route_sort(experts, n_experts, n)
@@ -212,26 +198,25 @@ def dispatch_token_choice(
         token_of_row, rows_of_token = sort_maps(order, n, k)
     xs = gather_rows(x, token_of_row, rows_of_token)
     if capacity is None:
-        hs = expert_swiglu(xs, counts, w1, w3, w2, impl)
+        hs = expert_swiglu(xs, counts, w13, w2, impl)
         dropped = torch.zeros((), device=x.device)
     else:
         expert_of_row, pos = _group_positions(counts, xs.shape[0])
-        hs = _padded_swiglu(xs, expert_of_row, pos, w1, w3, w2, capacity)
+        hs = _padded_swiglu(xs, expert_of_row, pos, w13, w2, capacity)
         dropped = (pos >= capacity).float().mean()
     y = combine_rows(hs, routing.gates, token_of_row, rows_of_token)  # Σ_j g_tj · h_tj
     return y, dropped
 
 
 def dispatch_expert_choice(
-    x: Tensor, routing: ExpertRouting, w1: Tensor, w3: Tensor, w2: Tensor
+    x: Tensor, routing: ExpertRouting, w13: Tensor, w2: Tensor
 ) -> tuple[Tensor, Tensor]:
     """The routed experts' combined output for expert-choice routing.
 
     Args:
         x: ``(N, d_model)`` tokens, already in the matmul dtype.
         routing: each expert's tokens and gates, ``(E, C)``.
-        w1: ``(E, d_ff, d_model)`` (see :func:`expert_swiglu`).
-        w3: ``(E, d_ff, d_model)``.
+        w13: ``(E, 2·d_ff, d_model)``, gate and up weights (see :func:`expert_swiglu`).
         w2: ``(E, d_model, d_ff)``.
 
     Returns:
@@ -241,7 +226,7 @@ def dispatch_expert_choice(
     n_experts, capacity = routing.tokens.shape
     flat = routing.tokens.reshape(-1)
     grouped = x[flat].view(n_experts, capacity, -1)
-    h = _swiglu(torch.bmm(grouped, _gate_up(w1, w3).mT))
+    h = _swiglu(torch.bmm(grouped, w13.mT))
     out = torch.bmm(h, w2.mT)
     out_dtype = sum_dtype(out.dtype, routing.gates.dtype)
     weighted = out.to(out_dtype) * routing.gates.to(out_dtype).unsqueeze(-1)
