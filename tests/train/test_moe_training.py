@@ -4,6 +4,7 @@ and the loss falls; resuming restores the loss-free bias buffers bit for bit."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -87,6 +88,16 @@ def test_resume_restores_the_bias_buffers(stories_data, tmp_path, monkeypatch, e
     assert experts and all(a["model"][k].dtype == getattr(torch, expert_dtype) for k in experts)
     masters = [s["master"] for s in a["optimizer"]["state"].values() if "master" in s]
     assert len(masters) == (len(experts) if expert_dtype == "bfloat16" else 0)
+
+
+def test_bf16_experts_with_accumulation_train_and_warn(stories_data, tmp_path, caplog):
+    extra = [*MOE_TINY, 'model.moe.expert_dtype="bfloat16"', "train.grad_accum=2"]
+    extra += ["train.max_iters=2", "train.log_interval=1", "train.eval_interval=0"]
+    extra += ["optim.warmup_iters=0"]
+    with caplog.at_level("WARNING", logger="lmforge.train.trainer"):
+        run = Trainer(tiny_config(stories_data, tmp_path / "run", *extra)).fit().run_dir
+    assert "summed in that dtype over the 2 micro-batches" in caplog.text
+    assert all(math.isfinite(loss) for loss in train_losses(run).values())
 
 
 def test_init_from_a_dense_run_upcycles_with_the_dense_first_loss(stories_data, tmp_path):

@@ -169,6 +169,13 @@ class Trainer:
         self.optimizer = build_optimizer(  # after sharding: FSDP's parameters are new DTensors
             [(p, kinds[name]) for name, p in self.model.named_parameters()], config.optim
         )
+        if mc.moe is not None and mc.moe.expert_dtype != "float32" and ctx.is_main:
+            if tc.grad_accum > 1 or ctx.distributed:
+                log.warning(
+                    "moe.expert_dtype = %r: the experts' gradients are summed in that dtype "
+                    "over the %d micro-batches and %d ranks of a step (float32 experts: in float32)",
+                    mc.moe.expert_dtype, tc.grad_accum, ctx.world_size,
+                )  # fmt: skip
         self.global_batch = tc.batch_size * tc.grad_accum * ctx.world_size
         self.tokens_per_step = self.global_batch * mc.context_length
         self.sampler = MixtureSampler(
