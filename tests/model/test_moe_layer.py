@@ -222,3 +222,14 @@ def test_state_dict_with_separate_w1_w3_loads_stacked() -> None:
         load(fresh, dict(legacy))
         for key, value in fresh.state_dict().items():
             assert torch.equal(value, state[key]), key
+
+
+def test_grouped_experts_alone_load_separate_w1_w3() -> None:
+    from lmforge.model.moe.experts import GroupedExperts
+
+    experts = GroupedExperts(3, 8, 6)
+    w1, w3 = (t.clone() for t in experts.w13.detach().chunk(2, dim=1))
+    legacy = {"w1": w1, "w3": w3, "w2": experts.w2.detach().clone()}
+    fresh = GroupedExperts(3, 8, 6)
+    fresh.load_state_dict(legacy)
+    assert torch.equal(fresh.w1, w1) and torch.equal(fresh.w3, w3)

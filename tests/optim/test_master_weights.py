@@ -100,3 +100,48 @@ def test_optimizers_without_masters_refuse_low_precision_params(make) -> None:
     params = [nn.Parameter(torch.zeros(4, 4, dtype=torch.bfloat16))]
     with pytest.raises(ValueError, match=r"master weights.*AdamW or Adam.*expert_dtype"):
         make(params)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_bf16_state_into_float32_params_continues_from_the_masters(foreach: bool) -> None:
+    low, _ = _pair(torch.bfloat16)
+    opt = AdamW(low, lr=1e-2, foreach=foreach)
+    gen = torch.Generator().manual_seed(3)
+    _grads(low, gen, torch.bfloat16)
+    opt.step()
+    wide = [nn.Parameter(p.detach().float()) for p in low]  # as a model state would load
+    resumed = AdamW(wide, lr=1e-2, foreach=foreach)
+    resumed.load_state_dict(roundtrip(opt.state_dict()))
+    _grads(low, gen, torch.bfloat16)
+    for p, q in zip(low, wide, strict=True):
+        q.grad = p.grad.float()
+    opt.step()
+    resumed.step()
+    for p, q in zip(low, wide, strict=True):
+        assert "master" not in resumed.state[q]
+        assert torch.equal(q.detach(), opt.state[p]["master"])
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_float32_state_into_bf16_params_makes_masters(foreach: bool) -> None:
+    _, wide = _pair(torch.bfloat16)
+    opt = AdamW(wide, lr=1e-2, foreach=foreach)
+    gen = torch.Generator().manual_seed(3)
+    _grads(wide, gen, torch.float32)
+    opt.step()
+    low = [nn.Parameter(p.detach().to(torch.bfloat16)) for p in wide]
+    resumed = AdamW(low, lr=1e-2, foreach=foreach)
+    resumed.load_state_dict(roundtrip(opt.state_dict()))
+    before = [p.detach().clone() for p in low]
+    _grads(low, gen, torch.bfloat16)
+    resumed.step()
+    for p, b in zip(low, before, strict=True):
+        state = resumed.state[p]
+        assert state["exp_avg"].dtype == state["master"].dtype == torch.float32
+        assert torch.equal(p.detach(), state["master"].to(torch.bfloat16))
+        assert not torch.equal(p.detach(), b)
+
+
+def test_frozen_low_precision_params_are_not_refused() -> None:
+    frozen = nn.Parameter(torch.zeros(3, dtype=torch.bfloat16), requires_grad=False)
+    SGD([frozen, nn.Parameter(torch.zeros(3))], lr=0.1)

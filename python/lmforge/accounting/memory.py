@@ -169,14 +169,13 @@ def _model_states(
 ) -> dict[str, list[TensorGroup]]:
     """Parameters, gradients, optimizer state and the optimizer step's temporaries.
 
-    ``low``: how many parameters are stored in a low-precision dtype, and which. Adam(W) keeps
+    ``low``: how many parameters are stored in a low-precision dtype, and which; Adam(W) keeps
     a float32 master weight for each and all its moments in float32
-    (:mod:`lmforge.optim._common`); the other optimizers refuse such parameters, and their
-    states are counted in the parameters' dtype.
+    (:mod:`lmforge.optim._common`; the other optimizers refuse such parameters).
     """
     per_other, per_muon = OPTIMIZER_STATES[optimizer]
     n_low, low_dtype = low
-    masters = n_low if optimizer in ("adam", "adamw") else 0
+    masters = n_low  # only Adam(W) gets here with low-precision parameters
     state = "fp32" if masters else param
     # Muon takes the blocks' matrices and experts; MoE routers ("other") stay with AdamW.
     muon = pc.blocks_matmul - pc.router if optimizer == "muon" else 0
@@ -217,7 +216,8 @@ def _low_precision(cfg: ModelConfig, param: str) -> tuple[int, str]:
     if cfg.moe is None or cfg.moe.expert_dtype == "float32":
         return 0, param
     assert cfg.d_ff is not None
-    moe_layers = sum(cfg.moe.is_moe_layer(i) for i in range(cfg.n_layers))
+    blocks = range(cfg.n_layers + cfg.mtp_depth)  # the MTP modules' blocks number on
+    moe_layers = sum(cfg.moe.is_moe_layer(i) for i in blocks)
     per_layer = 3 * cfg.d_model * cfg.moe.expert_width(cfg.d_ff) * cfg.moe.n_routed_experts
     return moe_layers * per_layer, "bf16"
 
@@ -343,7 +343,13 @@ def estimate_training_memory(
         activation_checkpointing
     )  # fmt: skip
     pc = count_params(cfg)
-    parts = _model_states(pc, optimizer, param_dtype, _low_precision(cfg, param_dtype))
+    low = _low_precision(cfg, param_dtype)
+    if low[0] and optimizer not in ("adam", "adamw"):
+        raise ValueError(
+            f"optimizer {optimizer!r} does not keep float32 master weights, so lmforge refuses "
+            f"the {low[1]} parameters of this setup (param_dtype or moe.expert_dtype)"
+        )
+    parts = _model_states(pc, optimizer, param_dtype, low)
     parts["workspace"] = [TensorGroup("cuBLAS workspaces", workspace_bytes, "uint8")]
     parts.update(
         _activation_parts(

@@ -487,7 +487,8 @@ class Transformer(nn.Module):
             ``{name: kind}`` with kind ``"embedding"`` (token embedding; also the head when tied),
             ``"head"`` (the untied LM head), ``"norm"`` (RMSNorm gains), ``"matrix"`` (2-D
             attention and MLP weights), ``"expert"`` (stacked ``(E, d_out, d_in)`` MoE expert
-            weights) or ``"other"`` (MoE router weights).
+            weights: ``w2``), ``"expert_pair"`` (the experts' gate and up weights stacked,
+            ``(E, 2·d_ff, d_model)``: ``w13``) or ``"other"`` (MoE router weights).
 
         Raises:
             TypeError: if a module holding parameters declares no ``param_kind``.

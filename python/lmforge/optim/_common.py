@@ -20,7 +20,10 @@ the master rounded back into the parameter. The forward pass then reads the weig
 with, with no cast, and the gradient stays in the GEMM's dtype. The others (SGD, AdaGrad,
 Muon) refuse such parameters rather than train them in low precision. ``load_state_dict``
 keeps every floating-point state of a low-precision parameter in float32 (torch's would cast
-the master and the moments to the parameter's dtype).
+the master and the moments to the parameter's dtype). Adam keeps a master exactly for its
+low-precision parameters: a state loaded from a run whose parameter was float32 gets one from the
+parameter at the next step, and a float32 parameter whose loaded state has a master takes the
+master's value and drops it.
 """
 
 from __future__ import annotations
@@ -76,7 +79,11 @@ class GroupOptimizer(Optimizer):
             param_group = {**param_group, "params": list(params)}  # rejects sets itself
         self._check_group({**self.defaults, **param_group})
         listed = [param_group["params"]] if isinstance(params, Tensor) else param_group["params"]
-        low = [p for p in listed if isinstance(p, Tensor) and p.dtype in LOW_PRECISION]
+        low = [
+            p
+            for p in listed
+            if isinstance(p, Tensor) and p.dtype in LOW_PRECISION and p.requires_grad
+        ]
         if low and not self.master_weights:
             raise ValueError(
                 f"{type(self).__name__} does not keep float32 master weights, so it cannot "

@@ -243,11 +243,16 @@ def adam_group_step(
 
 
 def _init_state(state: dict[str, Any], p: Tensor) -> dict[str, Any]:
-    if not state:
-        state["step"] = new_step()
-        if p.dtype in LOW_PRECISION:
-            state["master"] = p.detach().to(torch.float32, memory_format=torch.preserve_format)
+    """``p``'s state, created on its first step; a master exactly when ``p`` is low-precision
+    (a state loaded from a run whose parameter had the other dtype is converted)."""
+    low = p.dtype in LOW_PRECISION
+    if low and "master" not in state:
+        state["master"] = p.detach().to(torch.float32, memory_format=torch.preserve_format)
+    elif not low and "master" in state:  # the master is the more precise copy of the weight
+        p.copy_(state.pop("master"))
+    if "step" not in state:
         like = state.get("master", p)
+        state["step"] = new_step()
         state["exp_avg"] = torch.zeros_like(like, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(like, memory_format=torch.preserve_format)
     return state

@@ -162,8 +162,9 @@ def build_optimizer(
         A ``torch.optim.Optimizer`` (``AdamW``, ``Adam``, ``AdaGrad``, ``SGD`` or ``Muon``).
 
     Raises:
-        ValueError: on bad labels, no trainable parameter, or (Muon) a ``matrix`` or ``expert``
-            parameter that is neither 2-D nor 3-D.
+        ValueError: on bad labels, no trainable parameter, (Muon) a ``matrix``, ``expert`` or
+            ``expert_pair`` parameter that is neither 2-D nor 3-D, or a bfloat16/float16
+            parameter given to an optimizer without master weights (all but Adam and AdamW).
     """
     groups = param_groups(
         labelled,

@@ -107,7 +107,9 @@ class Muon(GroupOptimizer):
     the other groups.
 
     A group without a ``use_muon`` key is a Muon group, so ``Muon(matrices)`` works alone.
-    Build mixed groups with :func:`lmforge.optim.param_groups` (``muon=True``).
+    Build mixed groups with :func:`lmforge.optim.param_groups` (``muon=True``), which also puts
+    the MoE experts' stacked gate and up weights (kind ``expert_pair``) in a group with
+    ``row_blocks = 2``; given to a plain Muon group they would be orthogonalised as one matrix.
 
     Args:
         params: parameters or param-group dicts (each may override any hyperparameter).

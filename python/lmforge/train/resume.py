@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lmforge.model.config import ModelConfig
 from lmforge.train.config import RunConfig
 
 __all__ = ["apply_hyperparameters", "check_resumable", "hyperparameters"]
@@ -61,7 +62,7 @@ def check_resumable(
     if not saved:
         return []
     current = now.to_dict()
-    refused = _diff("model", saved.get("model", {}), current["model"])
+    refused = _diff("model", _with_defaults(saved.get("model", {})), current["model"])
     saved_train = saved.get("train", {})
     if saved.get("optim", {}).get("name", current["optim"]["name"]) != current["optim"]["name"]:
         refused.append(
@@ -96,6 +97,15 @@ def _global_batch(
     batch, accum = (int(train.get(k, default[k])) for k in ("batch_size", "grad_accum"))
     total = batch * accum * world_size
     return total, f"{batch} x {accum} x {world_size} = {total}"
+
+
+def _with_defaults(model: dict[str, Any]) -> dict[str, Any]:
+    """A saved model config with the fields added since it was written at their defaults (a
+    config that no longer parses is compared as it is)."""
+    try:
+        return ModelConfig.from_dict(model).to_dict()
+    except (TypeError, ValueError):
+        return model
 
 
 def _diff(table: str, saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -173,7 +173,7 @@ class Trainer:
             if tc.grad_accum > 1 or ctx.distributed:
                 log.warning(
                     "moe.expert_dtype = %r: the experts' gradients are summed in that dtype "
-                    "over the %d micro-batches and %d ranks of a step (float32 experts: in float32)",
+                    "over the %d micro-batches and %d ranks of a step (float32 experts: float32)",
                     mc.moe.expert_dtype, tc.grad_accum, ctx.world_size,
                 )  # fmt: skip
         self.global_batch = tc.batch_size * tc.grad_accum * ctx.world_size

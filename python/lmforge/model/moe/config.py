@@ -48,10 +48,11 @@ Design choices and defaults:
   in bfloat16 — the dtype the grouped GEMM computes in under bf16 autocast — and the optimizer
   keeps their float32 master weights (AdamW and Adam do; the others refuse bfloat16
   parameters). Each step then skips casting every expert weight to bfloat16 and every expert
-  gradient back to float32 (1.7 ms of an 86 ms step at the ``gpt2-124M`` shape with 64
-  experts, ``benches/NOTES-model.md``), and, with one micro-batch a step and no data
+  gradient back to float32 (1.5 ms of an 87 ms step at the ``gpt2-124M`` shape with 64
+  experts on an H200, ``benches/NOTES-model.md``), and, with one micro-batch a step and no data
   parallelism, trains to the same numbers as float32 storage would from the same (rounded)
-  initial weights. Its costs: gradient accumulation
+  initial weights, but for the rounding of gradient clipping's norm (summed over the
+  parameters in another order). Its costs: gradient accumulation
   over micro-batches and the data-parallel gradient reduction add up the experts' gradients in
   bfloat16; the model's ``state_dict`` holds the rounded weights (the masters are in the
   optimizer's state, which resumes exactly); FSDP is not supported. The default,

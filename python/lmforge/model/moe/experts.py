@@ -4,11 +4,13 @@ The ``E`` experts' matrices are two 3-D parameters, ``w13: (E, 2·d_ff, d_model)
 expert's gate weights ``w1`` stacked on its up weights ``w3`` — and ``w2: (E, d_model, d_ff)``,
 each slice laid out as ``nn.Linear``'s ``(d_out, d_in)``, so one grouped GEMM reads them all
 (torchtitan's ``GroupedExperts``). Stored stacked, ``w1`` and ``w3`` enter their one GEMM with
-no copy (concatenating them each step, and splitting their gradient, cost 1.7 ms of an 86 ms
-step at the ``gpt2-124M`` shape with 64 experts, ``benches/NOTES-model.md``); the read-only views
-:attr:`GroupedExperts.w1` and :attr:`GroupedExperts.w3` name the dense
-:class:`~lmforge.model.layers.SwiGLU`'s halves, and checkpoints with separate ``w1``/``w3``
-load (:meth:`GroupedExperts._load_from_state_dict`). The parameter's kind is
+no copy (with bf16 weights, concatenating them each step and copying their gradient's halves
+out cost 1.7 ms of an 86 ms step at the ``gpt2-124M`` shape with 64 experts,
+``benches/NOTES-model.md``); the read-only views :attr:`GroupedExperts.w1` and
+:attr:`GroupedExperts.w3` name the dense :class:`~lmforge.model.layers.SwiGLU`'s halves, and
+state dicts with separate ``w1``/``w3`` load (:meth:`GroupedExperts._load_from_state_dict`,
+and the ``checkpoint.pt`` reader; not sharded DCP checkpoints, nor the optimizer state of a run
+saved before the change, which therefore cannot be resumed). The parameter's kind is
 ``"expert_pair"``: under Muon each expert's ``w1`` and ``w3`` are orthogonalised apart, as
 ``w2`` is. Each expert is initialised like a :class:`Linear` (truncated normal, std
 ``1/sqrt(fan_in)``; the down projection times ``out_init_scale``).
@@ -48,21 +50,27 @@ from lmforge.model.moe.routers import ExpertRouting, TokenRouting
 __all__ = ["GroupedExperts", "stack_legacy_gate_up"]
 
 
-def stack_legacy_gate_up(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Replace, in place, each ``...experts.w1`` / ``...experts.w3`` pair of a model state dict
-    (checkpoints written before the two were one parameter) by their stack ``...experts.w13``.
+def stack_legacy_gate_up(state: dict[str, Any], prefix: str | None = None) -> dict[str, Any]:
+    """Replace, in place, ``w1`` / ``w3`` pairs of a state dict (written before the two were
+    one parameter) by their stack ``w13``.
 
     Args:
-        state: a model state dict.
-        prefix: only keys starting with it (a module's, when loading that module).
+        state: a state dict.
+        prefix: the experts module's key prefix (``"layers.0.mlp.experts."``, or ``""`` for a
+            ``GroupedExperts`` alone); ``None``: every ``...experts.w1`` / ``...experts.w3``
+            pair of a model's state dict.
 
     Returns:
         ``state``.
     """
-    for key in [k for k in state if k.startswith(prefix) and k.endswith("experts.w1")]:
-        up, stacked = key[:-1] + "3", key + "3"
-        if up in state and stacked not in state:
-            state[stacked] = torch.cat([state.pop(key), state.pop(up)], dim=1)
+    if prefix is None:
+        prefixes = [k[: -len("w1")] for k in state if k.endswith("experts.w1")]
+    else:
+        prefixes = [prefix]
+    for p in prefixes:
+        gate, up, stacked = p + "w1", p + "w3", p + "w13"
+        if gate in state and up in state and stacked not in state:
+            state[stacked] = torch.cat([state.pop(gate), state.pop(up)], dim=1)
     return state
 
 
