@@ -157,3 +157,28 @@ def test_ddp_can_write_shards_that_fsdp_resumes(stories_data, tmp_path):
     got = final_weights(again)
     for name, value in final_weights(run).items():
         torch.testing.assert_close(got[name], value, rtol=RTOL, atol=1e-6, msg=name)
+
+
+def test_weights_with_separate_w1_w3_load_from_a_sharded_checkpoint(tmp_path):
+    """A DCP checkpoint written before the MoE experts' w1 and w3 became one w13 parameter
+    still gives its weights to one process (``lmforge sample``/``eval``/``export``)."""
+    import torch.distributed.checkpoint as dcp
+
+    from lmforge.model import Transformer
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.moe import MoEConfig
+    from lmforge.train.dcp_checkpoint import load_sharded
+
+    moe = MoEConfig(n_routed_experts=4, top_k=2)
+    cfg = ModelConfig(vocab_size=64, context_length=8, d_model=16, n_layers=2, n_heads=2, moe=moe)
+    torch.manual_seed(0)
+    saved = Transformer(cfg)
+    legacy = {k: v.detach().clone() for k, v in saved.state_dict().items()}
+    for key in [k for k in legacy if k.endswith("experts.w13")]:
+        w1, w3 = legacy.pop(key).chunk(2, dim=1)
+        legacy[key[:-1]], legacy[key[:-2] + "3"] = w1.contiguous(), w3.contiguous()
+    dcp.save({"model": legacy}, checkpoint_id=tmp_path, no_dist=True)
+    loaded = Transformer(cfg)
+    load_sharded(tmp_path, loaded, None)
+    for key, value in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -31,7 +31,8 @@ Design choices:
 - **One process reads it without a process group.** ``dcp.load`` without an initialised process
   group runs its plan locally, reassembling full tensors from all the shards; that is how
   :func:`load_weights` serves ``lmforge sample``/``eval``/``export`` and how a single process
-  resumes.
+  resumes. Weights written before the MoE experts' ``w1`` and ``w3`` became one ``w13`` load
+  this way too (not the optimizer state of such a run).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmforge.model.moe.experts import stack_legacy_gate_up
 from lmforge.train.checkpoint import CheckpointError
 
 __all__ = [
@@ -140,8 +142,11 @@ def load_sharded(
     if not (Path(folder) / DCP_METADATA).is_file():
         raise CheckpointError(f"{folder} is not a DCP checkpoint (no {DCP_METADATA} file)")
     state = _state(model, optimizer)
+    reader = dcp.FileSystemReader(os.fspath(folder))
+    legacy = optimizer is None and _alone()
+    if legacy:  # weights written before the experts' w1 and w3 were one parameter
+        state["model"] = _split_gate_up(state["model"], reader)
     try:
-        reader = dcp.FileSystemReader(os.fspath(folder))
         with _quiet_alone():
             dcp.load(state, storage_reader=reader, no_dist=_alone())
     except (Exception, CheckpointException) as e:  # the latter is a BaseException
@@ -153,7 +158,9 @@ def load_sharded(
     if optimizer is None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        set_model_state_dict(model, state["model"])
+        set_model_state_dict(
+            model, stack_legacy_gate_up(state["model"]) if legacy else state["model"]
+        )
     else:
         set_state_dict(
             model,
@@ -161,6 +168,21 @@ def load_sharded(
             model_state_dict=state["model"],
             optim_state_dict=state["optimizer"],
         )
+
+
+def _split_gate_up(model_state: dict[str, Any], reader: Any) -> dict[str, Any]:
+    """``model_state`` with each ``...experts.w13`` that the checkpoint holds as separate
+    ``w1`` and ``w3`` (written before they were one parameter) replaced by tensors for those
+    two, which :func:`~lmforge.model.moe.experts.stack_legacy_gate_up` stacks after reading."""
+    saved = reader.read_metadata().state_dict_metadata
+    out = dict(model_state)
+    for key in [k for k in model_state if k.endswith("experts.w13")]:
+        gate, up = key[: -len("w13")] + "w1", key[: -len("w13")] + "w3"
+        if f"model.{key}" not in saved and f"model.{gate}" in saved and f"model.{up}" in saved:
+            w13 = out.pop(key)
+            half = w13.shape[1] // 2
+            out[gate], out[up] = torch.empty_like(w13[:, :half]), torch.empty_like(w13[:, half:])
+    return out
 
 
 def _cause(err: BaseException) -> str:

@@ -8,9 +8,9 @@ no copy (with bf16 weights, concatenating them each step and copying their gradi
 out cost 1.7 ms of an 86 ms step at the ``gpt2-124M`` shape with 64 experts,
 ``benches/NOTES-model.md``); the read-only views :attr:`GroupedExperts.w1` and
 :attr:`GroupedExperts.w3` name the dense :class:`~lmforge.model.layers.SwiGLU`'s halves, and
-state dicts with separate ``w1``/``w3`` load (:meth:`GroupedExperts._load_from_state_dict`,
-and the ``checkpoint.pt`` reader; not sharded DCP checkpoints, nor the optimizer state of a run
-saved before the change, which therefore cannot be resumed). The parameter's kind is
+weights saved with separate ``w1``/``w3`` load (:meth:`GroupedExperts._load_from_state_dict`,
+the ``checkpoint.pt`` reader, and one process reading a sharded checkpoint); the optimizer state
+of a run saved before the change does not, so such a run cannot be resumed. The parameter's kind is
 ``"expert_pair"``: under Muon each expert's ``w1`` and ``w3`` are orthogonalised apart, as
 ``w2`` is. Each expert is initialised like a :class:`Linear` (truncated normal, std
 ``1/sqrt(fan_in)``; the down projection times ``out_init_scale``).
