@@ -204,6 +204,9 @@ def child(a: argparse.Namespace) -> None:
             tok_s=B * T / dt,
             mfu=flops_tok * B * T / dt / peak if peak else None,
             mem_gb=torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+            # under CUDA graphs the peak leaves out the graph pool (activations, gradients):
+            # it is then the parameters and the optimizer state
+            mem_scope="outside the CUDA graph pool" if graphs else "all",
             warmup_s=warm_s,
             loss_first=float(losses[0]),
             loss_last=float(losses[-1]),
