@@ -57,6 +57,7 @@ def child(
     grad_clip: bool,
     compile_mode: str | None,
     profile: Path | None,
+    moment_dtype: str | None = None,
 ) -> None:
     import torch
 
@@ -71,7 +72,7 @@ def child(
     kinds = model.param_kinds()
     opt = build_optimizer(
         [(p, kinds[n]) for n, p in model.named_parameters()],
-        OptimConfig(name="adamw", lr=3e-4, weight_decay=0.1),
+        OptimConfig(name="adamw", lr=3e-4, weight_decay=0.1, moment_dtype=moment_dtype),
     )
     step_model = torch.compile(model, mode=compile_mode)
     T = cfg.context_length
@@ -202,6 +203,9 @@ def main() -> None:
     p.add_argument(
         "--profile", type=Path, default=None, help="folder for per-shape GPU kernel tables"
     )
+    p.add_argument(
+        "--moment-dtype", choices=["bfloat16"], default=None, help="AdamW's moments in bf16"
+    )
     p.add_argument("--baseline", type=Path, default=Path(".device/gpt_baseline.py"))
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--out", type=Path, default=None)
@@ -213,11 +217,13 @@ def main() -> None:
         batches[k] = int(v)
     if a.child:
         prof = a.profile / f"profile-{a.child}.txt" if a.profile else None
-        child(a.child, batches[a.child], a.steps, not a.no_grad_clip, a.compile_mode, prof)
+        clip = not a.no_grad_clip
+        child(a.child, batches[a.child], a.steps, clip, a.compile_mode, prof, a.moment_dtype)
         return
     results, rows = [], []
     out = a.out or default_out_path("model")
     meta = dict(machine=machine_info(), steps=a.steps, compile_mode=a.compile_mode)
+    meta["moment_dtype"] = a.moment_dtype
     meta["lmforge_triton"] = os.environ.get("LMFORGE_TRITON", "1") != "0"
     for shape in a.shapes.split(","):
         base = None if a.skip_baseline else run_baseline(a.baseline, shape, batches[shape], a.steps)
@@ -225,6 +231,7 @@ def main() -> None:
         cmd += [str(a.steps)] + (["--no-grad-clip"] if a.no_grad_clip else [])
         cmd += ["--compile-mode", a.compile_mode] if a.compile_mode else []
         cmd += ["--profile", str(a.profile)] if a.profile else []
+        cmd += ["--moment-dtype", a.moment_dtype] if a.moment_dtype else []
         code, stdout, _ = run_child(cmd)
         ours = parse_result(stdout) if code == 0 else None
         results.append(dict(shape=shape, batch=batches[shape], baseline=base, lmforge=ours))

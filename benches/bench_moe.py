@@ -126,7 +126,7 @@ def child(a: argparse.Namespace) -> None:
     kinds = model.param_kinds()
     opt = build_optimizer(
         [(p, kinds[n]) for n, p in model.named_parameters()],
-        OptimConfig(name="adamw", lr=a.lr, weight_decay=0.1),
+        OptimConfig(name="adamw", lr=a.lr, weight_decay=0.1, moment_dtype=a.moment_dtype),
     )
     step_model = model if a.no_compile else torch.compile(model, mode=a.compile_mode)
     T, B = cfg.context_length, a.batch
@@ -288,6 +288,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=200, help="untimed steps before timing")
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument(
+        "--moment-dtype", choices=["bfloat16"], default=None, help="AdamW's moments in bf16"
+    )
     p.add_argument("--compile-mode", default=None)
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--device", default="cuda")
@@ -321,6 +324,7 @@ def main() -> None:
         print(f"note: {a.text} or {a.gpt2} missing: training on random ids", file=sys.stderr)
     meta = dict(machine=machine_info(), data=data, preset=PRESET, configs=CONFIGS)
     meta.update(batch=a.batch, warmup=a.warmup, steps=a.steps, compile_mode=a.compile_mode)
+    meta.update(moment_dtype=a.moment_dtype)
     results: dict[str, dict | None] = {}
     rows = []
     if not a.skip_baseline:
@@ -330,6 +334,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", name, "--configs", name]
         cmd += ["--batch", str(a.batch), "--warmup", str(a.warmup), "--steps", str(a.steps)]
         cmd += ["--lr", str(a.lr), "--device", a.device]
+        cmd += ["--moment-dtype", a.moment_dtype] if a.moment_dtype else []
         cmd += ["--compile-mode", a.compile_mode] if a.compile_mode else []
         cmd += ["--no-compile"] if a.no_compile else []
         cmd += [f"--set={s}" for s in a.set]

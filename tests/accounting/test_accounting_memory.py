@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from reference_gpt import ReferenceGPT
@@ -218,3 +220,26 @@ def test_pure_bf16_adamw_keeps_float32_masters_and_moments() -> None:
     with pytest.raises(ValueError, match="master weights"):  # as lmforge.optim.SGD refuses
         estimate_training_memory(TINY, B, T, param_dtype="bf16", compute_dtype="bf16",
                                  optimizer="sgd")  # fmt: skip
+
+
+def test_bf16_moments_state_matches_real_tensors() -> None:
+    """``moment_dtype``: AdamW's moments in bf16 (2 bytes each), also beside bf16 experts'
+    float32 masters."""
+    from lmforge.model.moe import MoEConfig
+    from lmforge.model.transformer import Transformer
+    from lmforge.optim import OptimConfig, build_optimizer
+
+    moe = MoEConfig(n_routed_experts=4, top_k=2, expert_dtype="bfloat16")
+    for cfg in (TINY, dataclasses.replace(TINY, moe=moe)):
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+        kinds = model.param_kinds()
+        labelled = [(p, kinds[n]) for n, p in model.named_parameters()]
+        opt = build_optimizer(labelled, OptimConfig(moment_dtype="bfloat16"))
+        idx = torch.randint(0, cfg.vocab_size, (2, 8))
+        model(idx, torch.roll(idx, -1, 1)).loss.backward()
+        opt.step()
+        est = estimate_training_memory(cfg, 2, 8, moment_dtype="bf16")
+        assert est.optimizer_state == _state_bytes(opt)
+    with pytest.raises(ValueError, match="moment_dtype"):
+        estimate_training_memory(TINY, 2, 8, optimizer="muon", moment_dtype="bf16")

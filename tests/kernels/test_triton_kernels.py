@@ -201,6 +201,41 @@ def test_fused_adamw_updates_low_precision_params_through_masters(monkeypatch, d
         assert opt.state[p]["exp_avg"].dtype == torch.float32
 
 
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16])
+def test_fused_adamw_with_bf16_moments_matches_foreach(monkeypatch, device, param_dtype):
+    """``moment_dtype="bfloat16"``: the kernel widens the stored moments, updates them in
+    float32 and rounds them on the store, as the multi-tensor path does (also over the float32
+    masters of bf16 parameters)."""
+    shapes = [(4100,), (33, 70), (3,)]
+    runs = []
+    for triton in (True, False):
+        monkeypatch.setenv("LMFORGE_TRITON", "1" if triton else "0")
+        gen = torch.Generator().manual_seed(11)
+        init = torch.Generator().manual_seed(2)
+        params = [torch.randn(s, generator=init).to(device, param_dtype).requires_grad_()
+                  for s in shapes]  # fmt: skip
+        opt = AdamW(params, lr=1e-2, weight_decay=0.1, moment_dtype="bfloat16")
+        for _ in range(2 if INTERPRETED else 6):  # (truncation's differences compound)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(device, param_dtype)
+            opt.step()
+        runs.append((params, opt))
+    (fused, opt), (ref, ref_opt) = runs
+    # the interpreter truncates to bfloat16 where the GPU and PyTorch round: an ulp or two
+    for p, q in zip(fused, ref, strict=True):
+        for key in ("exp_avg", "exp_avg_sq"):
+            got, want = opt.state[p][key], ref_opt.state[q][key]
+            assert got.dtype == torch.bfloat16
+            # (on a GPU too an FMA may tip a rounding: one ulp)
+            scale = want.float().abs().max().item()
+            atol = 2**-6 * scale if INTERPRETED else 2**-12 * scale
+            torch.testing.assert_close(got, want, rtol=2**-6 if INTERPRETED else 2**-7, atol=atol)
+        weight = "master" if param_dtype == torch.bfloat16 else None
+        a = opt.state[p][weight] if weight else p.detach()
+        b = ref_opt.state[q][weight] if weight else q.detach()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4 if INTERPRETED else 1e-6)
+
+
 def test_fused_flag_is_validated():
     with pytest.raises(ValueError, match="fused"):
         AdamW([torch.zeros(2, requires_grad=True)], lr=1e-3, fused="yes")  # type: ignore[arg-type]

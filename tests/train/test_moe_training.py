@@ -50,12 +50,17 @@ def test_lmforge_train_moe_logs_metrics_and_lowers_the_loss(stories_data, tmp_pa
     assert config["moe"]["router"] == "sigmoid" and config["moe"]["n_routed_experts"] == 8
 
 
-@pytest.mark.parametrize("expert_dtype", ["float32", "bfloat16"])
-def test_resume_restores_the_bias_buffers(stories_data, tmp_path, monkeypatch, expert_dtype):
+@pytest.mark.parametrize(
+    ("expert_dtype", "moments"), [("float32", None), ("bfloat16", None), ("bfloat16", "bfloat16")]
+)
+def test_resume_restores_the_bias_buffers(
+    stories_data, tmp_path, monkeypatch, expert_dtype, moments
+):
     """Bit for bit, also with bfloat16 experts (their float32 masters in the optimizer's
-    state, which the checkpoint carries)."""
+    state, which the checkpoint carries) and with AdamW's moments in bfloat16."""
     extra = [*MOE_TINY, "model.moe.router=sigmoid", "model.moe.seq_aux_loss_weight=1e-4"]
     extra += [f'model.moe.expert_dtype="{expert_dtype}"']
+    extra += [f'optim.moment_dtype="{moments}"'] if moments else []
     extra += ["train.max_iters=8", "train.ckpt_interval=4", "train.log_interval=1"]
     extra += ["train.eval_interval=0", "train.keep_checkpoints=0"]
     whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
@@ -88,6 +93,8 @@ def test_resume_restores_the_bias_buffers(stories_data, tmp_path, monkeypatch, e
     assert experts and all(a["model"][k].dtype == getattr(torch, expert_dtype) for k in experts)
     masters = [s["master"] for s in a["optimizer"]["state"].values() if "master" in s]
     assert len(masters) == (len(experts) if expert_dtype == "bfloat16" else 0)
+    moment = torch.bfloat16 if moments else torch.float32
+    assert all(s["exp_avg"].dtype == moment for s in a["optimizer"]["state"].values())
 
 
 def test_bf16_experts_with_accumulation_train_and_warn(stories_data, tmp_path, caplog):

@@ -165,13 +165,14 @@ class MemoryEstimate:
 
 
 def _model_states(
-    pc: ParamCount, optimizer: str, param: str, low: tuple[int, str]
+    pc: ParamCount, optimizer: str, param: str, low: tuple[int, str], moments: str | None = None
 ) -> dict[str, list[TensorGroup]]:
     """Parameters, gradients, optimizer state and the optimizer step's temporaries.
 
     ``low``: how many parameters are stored in a low-precision dtype, and which; Adam(W) keeps
     a float32 master weight for each and all its moments in float32
-    (:mod:`lmforge.optim._common`; the other optimizers refuse such parameters).
+    (:mod:`lmforge.optim._common`; the other optimizers refuse such parameters). ``moments``:
+    ``"bf16"`` when Adam(W) stores its moments in bf16.
     """
     per_other, per_muon = OPTIMIZER_STATES[optimizer]
     n_low, low_dtype = low
@@ -181,7 +182,9 @@ def _model_states(
     muon = pc.blocks_matmul - pc.router if optimizer == "muon" else 0
     rest = pc.total - muon
     states = [
-        TensorGroup(f"{optimizer} state ({per_other} per parameter)", per_other * rest, state)
+        TensorGroup(
+            f"{optimizer} state ({per_other} per parameter)", per_other * rest, moments or state
+        )
     ]
     if muon:
         states.append(TensorGroup("Muon momentum (matrices)", per_muon * muon, param))
@@ -298,6 +301,7 @@ def estimate_training_memory(
     workspace_bytes: int = CUBLAS_WORKSPACES,
     moe_impl: str = "auto",
     moe_max_load: float = 1.0,
+    moment_dtype: str | None = None,
 ) -> MemoryEstimate:
     """Predict the peak memory of one training step of ``lmforge.model.Transformer``.
 
@@ -327,6 +331,8 @@ def estimate_training_memory(
             (:mod:`lmforge.accounting.moe_activations`).
         moe_max_load: the busiest expert's assignments over the mean (the ``max_load_ratio``
             metric), which sizes the eager padded layout; 1 is perfect balance.
+        moment_dtype: ``None`` or ``"bf16"``: Adam(W)'s moments stored in bf16
+            (``OptimConfig.moment_dtype``).
 
     Returns:
         A :class:`MemoryEstimate`; ``.total`` is the predicted peak in bytes.
@@ -344,12 +350,16 @@ def estimate_training_memory(
     )  # fmt: skip
     pc = count_params(cfg)
     low = _low_precision(cfg, param_dtype)
+    if moment_dtype not in (None, "bf16"):
+        raise ValueError(f'moment_dtype must be None or "bf16", got {moment_dtype!r}')
+    if moment_dtype is not None and optimizer not in ("adam", "adamw"):
+        raise ValueError(f"moment_dtype applies to adam and adamw, not {optimizer!r}")
     if low[0] and optimizer not in ("adam", "adamw"):
         raise ValueError(
             f"optimizer {optimizer!r} does not keep float32 master weights, so lmforge refuses "
             f"the {low[1]} parameters of this setup (param_dtype or moe.expert_dtype)"
         )
-    parts = _model_states(pc, optimizer, param_dtype, low)
+    parts = _model_states(pc, optimizer, param_dtype, low, moment_dtype)
     parts["workspace"] = [TensorGroup("cuBLAS workspaces", workspace_bytes, "uint8")]
     parts.update(
         _activation_parts(
@@ -370,7 +380,7 @@ def estimate_training_memory(
     inputs = dict(sizes, param_dtype=param_dtype, compute_dtype=compute_dtype,
                   optimizer=optimizer, activation_checkpointing=ckpt, chunked_loss=chunked_loss,
                   compiled=compiled, loss_kernel=loss_kernel, moe_impl=moe_impl,
-                  moe_max_load=moe_max_load)  # fmt: skip
+                  moe_max_load=moe_max_load, moment_dtype=moment_dtype)  # fmt: skip
     return MemoryEstimate(parts, phases, max(phases, key=phases.__getitem__), inputs)
 
 

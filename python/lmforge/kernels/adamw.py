@@ -16,7 +16,9 @@ gradient times an optional ``grad_scale`` (gradient clipping's factor, applied a
 Low-precision parameters (:mod:`lmforge.optim._common`'s master weights): ``p`` is then the
 float32 master, the gradient is read in the parameter's dtype (bfloat16 or float16) and widened,
 and the updated master is also stored, rounded, into the parameter (``rounded``), so such a
-step moves 28 bytes per weight, as a float32 one does, and no cast runs elsewhere.
+step moves 28 bytes per weight, as a float32 one does, and no cast runs elsewhere. The moments
+may be stored in bfloat16 (``moment_dtype``, DeepSeek-V3's choice): read and widened, updated
+in float32, rounded when stored (20 bytes per weight).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def _kernel():  # built on first use
         G_DTYPE: tl.constexpr,
         HAS_OUT: tl.constexpr,
         OUT_DTYPE: tl.constexpr,
+        M_DTYPE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -71,14 +74,14 @@ def _kernel():  # built on first use
         n = tl.load(SIZES + t)
         p_ptr = tl.load(P + t).to(tl.pointer_type(tl.float32))
         g_ptr = tl.load(G + t).to(tl.pointer_type(G_DTYPE))
-        m_ptr = tl.load(M + t).to(tl.pointer_type(tl.float32))
-        v_ptr = tl.load(V + t).to(tl.pointer_type(tl.float32))
+        m_ptr = tl.load(M + t).to(tl.pointer_type(M_DTYPE))
+        v_ptr = tl.load(V + t).to(tl.pointer_type(M_DTYPE))
         offs = start + tl.arange(0, BLOCK)
         inside = offs < n
         p = tl.load(p_ptr + offs, mask=inside)
         g = tl.load(g_ptr + offs, mask=inside).to(tl.float32)
-        m = tl.load(m_ptr + offs, mask=inside)
-        v = tl.load(v_ptr + offs, mask=inside)
+        m = tl.load(m_ptr + offs, mask=inside).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=inside).to(tl.float32)
         if HAS_SCALE:
             g = g * tl.load(SCALE)
         if DECOUPLED:
@@ -93,8 +96,8 @@ def _kernel():  # built on first use
         if HAS_OUT:
             out_ptr = tl.load(OUT + t).to(tl.pointer_type(OUT_DTYPE))
             tl.store(out_ptr + offs, p.to(OUT_DTYPE), mask=inside)
-        tl.store(m_ptr + offs, m, mask=inside)
-        tl.store(v_ptr + offs, v, mask=inside)
+        tl.store(m_ptr + offs, m.to(M_DTYPE), mask=inside)
+        tl.store(v_ptr + offs, v.to(M_DTYPE), mask=inside)
 
     return adam_blocks
 
@@ -189,6 +192,7 @@ def adam_multi_tensor_(
         G_DTYPE=tl_dtypes[grads[0].dtype],
         HAS_OUT=rounded is not None,
         OUT_DTYPE=tl_dtypes[grads[0].dtype],
+        M_DTYPE=tl_dtypes[exp_avgs[0].dtype],
         BLOCK=_BLOCK,
         num_warps=_WARPS,
     )
@@ -197,18 +201,23 @@ def adam_multi_tensor_(
 def fits(
     params: list[Tensor],
     grads: list[Tensor],
-    *moments: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    *,
     low_precision: list[Tensor] | None = None,
 ) -> bool:
-    """Whether the kernel can update these tensors: all contiguous; ``params`` and
-    ``moments`` float32; the gradients float32, or, with ``low_precision`` (the parameters
-    that take the rounded masters ``params``), all of those parameters' one dtype."""
-    fp32 = [*params, *(t for tensors in moments for t in tensors)]
+    """Whether the kernel can update these tensors: all contiguous; ``params`` float32; the
+    moments all float32 or all bfloat16; the gradients float32, or, with ``low_precision``
+    (the parameters that take the rounded masters ``params``), all of those parameters' one
+    dtype."""
     grad_dtype = torch.float32 if low_precision is None else low_precision[0].dtype
     low = low_precision or []
+    moments = [*exp_avgs, *exp_avg_sqs]
     return (
-        all(t.dtype == torch.float32 for t in fp32)
+        all(t.dtype == torch.float32 for t in params)
+        and len({t.dtype for t in moments}) == 1
+        and moments[0].dtype in (torch.float32, torch.bfloat16)
         and all(t.dtype == grad_dtype for t in (*grads, *low))
         and grad_dtype in (torch.float32, torch.bfloat16, torch.float16)
-        and all(t.is_contiguous() for t in (*fp32, *grads, *low))
+        and all(t.is_contiguous() for t in (*params, *moments, *grads, *low))
     )

@@ -64,6 +64,9 @@ class OptimConfig:
         decay_embeddings: weight-decay embedding parameters too.
         decay_norms: weight-decay norm gains too.
         foreach: the optimizers' multi-tensor path (``None``: when possible).
+        moment_dtype: adamw and adam: ``None`` keeps the moments in float32 (the weights'
+            dtype), ``"bfloat16"`` stores them in bfloat16 (DeepSeek-V3; see
+            :mod:`lmforge.optim.adamw`).
     """
 
     name: str = "adamw"
@@ -83,6 +86,7 @@ class OptimConfig:
     decay_embeddings: bool = False
     decay_norms: bool = False
     foreach: bool | None = None
+    moment_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -120,6 +124,10 @@ class OptimConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_foreach(self.foreach)
+        if self.moment_dtype not in (None, "bfloat16"):
+            raise ValueError(f'moment_dtype must be "bfloat16" or unset, got {self.moment_dtype!r}')
+        if self.moment_dtype is not None and self.name not in ("adamw", "adam"):
+            raise ValueError(f"moment_dtype applies to adamw and adam, not {self.name!r}: unset it")
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-serialisable (``betas`` as a list)."""
@@ -188,9 +196,15 @@ def build_optimizer(
             foreach=cfg.foreach,
         )
     if cfg.name == "adamw":
-        return AdamW(groups, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay, foreach=cfg.foreach)
+        return AdamW(
+            groups, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay, foreach=cfg.foreach,
+            moment_dtype=cfg.moment_dtype,
+        )  # fmt: skip
     if cfg.name == "adam":
-        return Adam(groups, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay, foreach=cfg.foreach)
+        return Adam(
+            groups, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay, foreach=cfg.foreach,
+            moment_dtype=cfg.moment_dtype,
+        )  # fmt: skip
     if cfg.name == "adagrad":
         return AdaGrad(
             groups, cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, foreach=cfg.foreach

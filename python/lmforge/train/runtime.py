@@ -73,6 +73,7 @@ def oom_message(config: Any) -> str:
         grad_accum=tc.grad_accum,
         optimizer=config.optim.name,
         loss_kernel=triton_enabled(),
+        moment_dtype=None if config.optim.moment_dtype is None else "bf16",
     )
     return (
         f"CUDA out of memory at batch_size={tc.batch_size}, context {mc.context_length} "
