@@ -377,7 +377,7 @@ def estimate_training_memory(
         )  # fmt: skip
     )
     phases = _phases(parts, pc, grads_live=grad_accum > 1, ckpt=ckpt)
-    inputs = dict(sizes, param_dtype=param_dtype, compute_dtype=compute_dtype,
+    inputs: dict[str, object] = dict(sizes, param_dtype=param_dtype, compute_dtype=compute_dtype,
                   optimizer=optimizer, activation_checkpointing=ckpt, chunked_loss=chunked_loss,
                   compiled=compiled, loss_kernel=loss_kernel, moe_impl=moe_impl,
                   moe_max_load=moe_max_load, moment_dtype=moment_dtype)  # fmt: skip
