@@ -58,6 +58,7 @@ def child(
     compile_mode: str | None,
     profile: Path | None,
     moment_dtype: str | None = None,
+    param_dtype: str | None = None,
 ) -> None:
     import torch
 
@@ -69,6 +70,9 @@ def child(
     cfg = load_run_config(PRESETS[shape], ["train.train_data=unused"]).model
     torch.manual_seed(0)
     model = Transformer(cfg).cuda()
+    if param_dtype == "bfloat16":  # weights only (buffers such as RoPE's tables stay float32);
+        for p in model.parameters():  # AdamW keeps their float32 masters
+            p.data = p.data.to(torch.bfloat16)
     kinds = model.param_kinds()
     opt = build_optimizer(
         [(p, kinds[n]) for n, p in model.named_parameters()],
@@ -111,7 +115,14 @@ def child(
     flops_tok = accounting.flops_per_token(cfg, seq_len=T)
     name = torch.cuda.get_device_name()
     peak = accounting.peak_flops(name, "bf16")
-    est = accounting.estimate_training_memory(cfg, batch, T, compiled=True)
+    est = accounting.estimate_training_memory(
+        cfg,
+        batch,
+        T,
+        compiled=True,
+        param_dtype="bf16" if param_dtype else "fp32",
+        moment_dtype="bf16" if moment_dtype else None,
+    )
     emit_result(
         dict(
             params=sum(p.numel() for p in model.parameters()),
@@ -206,6 +217,12 @@ def main() -> None:
     p.add_argument(
         "--moment-dtype", choices=["bfloat16"], default=None, help="AdamW's moments in bf16"
     )
+    p.add_argument(
+        "--param-dtype",
+        choices=["bfloat16"],
+        default=None,
+        help="weights stored in bf16 (AdamW keeps float32 masters)",
+    )
     p.add_argument("--baseline", type=Path, default=Path(".device/gpt_baseline.py"))
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--out", type=Path, default=None)
@@ -218,12 +235,21 @@ def main() -> None:
     if a.child:
         prof = a.profile / f"profile-{a.child}.txt" if a.profile else None
         clip = not a.no_grad_clip
-        child(a.child, batches[a.child], a.steps, clip, a.compile_mode, prof, a.moment_dtype)
+        child(
+            a.child,
+            batches[a.child],
+            a.steps,
+            clip,
+            a.compile_mode,
+            prof,
+            a.moment_dtype,
+            a.param_dtype,
+        )
         return
     results, rows = [], []
     out = a.out or default_out_path("model")
     meta = dict(machine=machine_info(), steps=a.steps, compile_mode=a.compile_mode)
-    meta["moment_dtype"] = a.moment_dtype
+    meta.update(moment_dtype=a.moment_dtype, param_dtype=a.param_dtype)
     meta["lmforge_triton"] = os.environ.get("LMFORGE_TRITON", "1") != "0"
     for shape in a.shapes.split(","):
         base = None if a.skip_baseline else run_baseline(a.baseline, shape, batches[shape], a.steps)
@@ -232,6 +258,7 @@ def main() -> None:
         cmd += ["--compile-mode", a.compile_mode] if a.compile_mode else []
         cmd += ["--profile", str(a.profile)] if a.profile else []
         cmd += ["--moment-dtype", a.moment_dtype] if a.moment_dtype else []
+        cmd += ["--param-dtype", a.param_dtype] if a.param_dtype else []
         code, stdout, _ = run_child(cmd)
         ours = parse_result(stdout) if code == 0 else None
         results.append(dict(shape=shape, batch=batches[shape], baseline=base, lmforge=ours))
