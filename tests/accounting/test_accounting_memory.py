@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
 from reference_gpt import ReferenceGPT
+from torch import nn
 
 from lmforge.accounting import count_params
 from lmforge.accounting.activations import block_saved, total_bytes
@@ -146,6 +148,21 @@ def _state_bytes(opt: torch.optim.Optimizer) -> int:
     )
 
 
+def _trained_one_step(cfg: ModelConfig, optim_cfg: Any) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """An lmforge ``Transformer`` of ``cfg`` after one step of ``build_optimizer(optim_cfg)``."""
+    from lmforge.model.transformer import Transformer
+    from lmforge.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    kinds = model.param_kinds()
+    opt = build_optimizer([(p, kinds[n]) for n, p in model.named_parameters()], optim_cfg)
+    idx = torch.randint(0, cfg.vocab_size, (2, 8))
+    model(idx, torch.roll(idx, -1, 1)).loss.backward()
+    opt.step()
+    return model, opt
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_model_states_match_real_tensors_after_one_step(tied: bool) -> None:
     cfg = ModelConfig(
@@ -190,21 +207,14 @@ def test_bf16_experts_states_match_real_tensors_after_one_step(mtp_depth: int) -
     AdamW's float32 masters and moments for them (the MTP modules' blocks included); the
     estimate counts the real tensors."""
     from lmforge.model.moe import MoEConfig
-    from lmforge.model.transformer import Transformer
-    from lmforge.optim import OptimConfig, build_optimizer
+    from lmforge.optim import OptimConfig
 
     moe = MoEConfig(n_routed_experts=4, top_k=2, n_shared_experts=1, expert_dtype="bfloat16")
     cfg = ModelConfig(vocab_size=96, context_length=8, d_model=16, n_layers=2, n_heads=4,
                       moe=moe, mtp_depth=mtp_depth)  # fmt: skip
-    torch.manual_seed(0)
-    model = Transformer(cfg)
-    kinds = model.param_kinds()
+    model, opt = _trained_one_step(cfg, OptimConfig())
     low = [p for p in model.parameters() if p.dtype == torch.bfloat16]
     assert len(low) == 2 * (cfg.n_layers + mtp_depth)  # w13 and w2 of each block's experts
-    opt = build_optimizer([(p, kinds[n]) for n, p in model.named_parameters()], OptimConfig())
-    idx = torch.randint(0, cfg.vocab_size, (2, 8))
-    model(idx, torch.roll(idx, -1, 1)).loss.backward()
-    opt.step()
     params = list(model.parameters())
     est = estimate_training_memory(cfg, 2, 8)
     assert est.parameters == sum(p.numel() * p.element_size() for p in params)
@@ -226,19 +236,11 @@ def test_bf16_moments_state_matches_real_tensors() -> None:
     """``moment_dtype``: AdamW's moments in bf16 (2 bytes each), also beside bf16 experts'
     float32 masters."""
     from lmforge.model.moe import MoEConfig
-    from lmforge.model.transformer import Transformer
-    from lmforge.optim import OptimConfig, build_optimizer
+    from lmforge.optim import OptimConfig
 
     moe = MoEConfig(n_routed_experts=4, top_k=2, expert_dtype="bfloat16")
     for cfg in (TINY, dataclasses.replace(TINY, moe=moe)):
-        torch.manual_seed(0)
-        model = Transformer(cfg)
-        kinds = model.param_kinds()
-        labelled = [(p, kinds[n]) for n, p in model.named_parameters()]
-        opt = build_optimizer(labelled, OptimConfig(moment_dtype="bfloat16"))
-        idx = torch.randint(0, cfg.vocab_size, (2, 8))
-        model(idx, torch.roll(idx, -1, 1)).loss.backward()
-        opt.step()
+        _, opt = _trained_one_step(cfg, OptimConfig(moment_dtype="bfloat16"))
         est = estimate_training_memory(cfg, 2, 8, moment_dtype="bf16")
         assert est.optimizer_state == _state_bytes(opt)
     with pytest.raises(ValueError, match="moment_dtype"):

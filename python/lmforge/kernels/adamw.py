@@ -102,6 +102,14 @@ def _kernel():  # built on first use
     return adam_blocks
 
 
+@functools.cache
+def _tl_dtypes() -> dict[torch.dtype, object]:
+    """Triton's names of the dtypes the kernel reads and writes (built once)."""
+    import triton.language as tl
+
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
 @functools.lru_cache(maxsize=64)
 def _block_tables(sizes: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """The per-tensor sizes and the per-program (tensor index, start offset) tables."""
@@ -164,9 +172,7 @@ def adam_multi_tensor_(
     """
     if not params:
         return
-    import triton.language as tl
-
-    tl_dtypes = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+    tl_dtypes = _tl_dtypes()
     device = params[0].device
     sizes, block_tensor, block_start = _block_tables(tuple(p.numel() for p in params), device)
     _kernel()[(block_tensor.numel(),)](

@@ -246,13 +246,12 @@ def adam_group_step(
         decoupled=decoupled,
     )
     if not resolve_foreach(group["foreach"], params):
-        grads = [_widen(g, m) for g, m in zip(grads, masters, strict=True)]
+        grads = _widened(grads, masters)
         if grad_scale is not None:
             grads = [g * grad_scale.to(g.device) for g in grads]
         avgs, sqs = _widened(exp_avgs, masters), _widened(exp_avg_sqs, masters)
         _adam_loop(masters, grads, avgs, sqs, steps, **hyper)
-        _store_rounded(exp_avgs + exp_avg_sqs, avgs + sqs)
-        _round_into(params, masters)
+        _store(exp_avgs + exp_avg_sqs + params, avgs + sqs + masters)
         return
     for bucket, (b_masters, b_grads, b_avgs, b_sqs, b_steps) in group_by_device_dtype(
         params, masters, grads, exp_avgs, exp_avg_sqs, steps
@@ -264,13 +263,13 @@ def adam_group_step(
             scale = None if grad_scale is None else grad_scale.to(bucket[0].device, torch.float32)
             _adam_fused(*lists, b_steps, **hyper, grad_scale=scale, rounded=bucket if low else None)
             continue
-        if low:  # widened first, so the factor multiplies in float32 as in the fused kernel
-            b_grads = [_widen(g, m) for g, m in zip(b_grads, b_masters, strict=True)]
+        # widened first, so that the factor multiplies in float32 as in the fused kernel
+        b_grads = _widened(b_grads, b_masters)
         if grad_scale is not None:  # in the factor's own precision, as clip_grad_norm_
             b_grads = list(torch._foreach_mul(b_grads, grad_scale.to(bucket[0].device)))
         avgs, sqs = _widened(b_avgs, b_masters), _widened(b_sqs, b_masters)
         _adam_foreach(b_masters, b_grads, avgs, sqs, b_steps, **hyper)
-        _store_rounded(b_avgs + b_sqs, avgs + sqs)
+        _store(b_avgs + b_sqs, avgs + sqs)
         if low:
             torch._foreach_copy_(bucket, b_masters)
 
@@ -298,30 +297,20 @@ def _init_state(
     return state
 
 
-def _widen(grad: Tensor, master: Tensor) -> Tensor:
-    """The gradient in its master's dtype (float32 for a low-precision parameter)."""
-    return grad if grad.dtype == master.dtype else grad.to(master.dtype)
-
-
-def _widened(moments: list[Tensor], weights: list[Tensor]) -> list[Tensor]:
-    """The moments in their weights' dtype: copies of bfloat16 ones, the others themselves."""
+def _widened(tensors: list[Tensor], weights: list[Tensor]) -> list[Tensor]:
+    """Gradients or moments in their (master) weights' dtype: widened copies of low-precision
+    ones, the others themselves."""
     return [
-        m if m.dtype == w.dtype else m.to(w.dtype) for m, w in zip(moments, weights, strict=True)
+        t if t.dtype == w.dtype else t.to(w.dtype) for t, w in zip(tensors, weights, strict=True)
     ]
 
 
-def _store_rounded(stored: list[Tensor], updated: list[Tensor]) -> None:
-    """Write updated widened moments back into their (bfloat16) storage."""
-    for m, wide in zip(stored, updated, strict=True):
-        if wide is not m:
-            m.copy_(wide)
-
-
-def _round_into(params: list[Tensor], masters: list[Tensor]) -> None:
-    """Write each master weight, rounded, into its low-precision parameter."""
-    for p, master in zip(params, masters, strict=True):
-        if master is not p:
-            p.copy_(master)
+def _store(narrow: list[Tensor], wide: list[Tensor]) -> None:
+    """Write updated widened tensors (moments, masters) back, rounded, into their storage
+    (bfloat16 moments, low-precision parameters); a tensor that was not widened is skipped."""
+    for n, w in zip(narrow, wide, strict=True):
+        if w is not n:
+            n.copy_(w)
 
 
 def _adam_loop(
