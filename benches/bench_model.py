@@ -66,13 +66,12 @@ def child(
     from lmforge.model import Transformer
     from lmforge.optim import OptimConfig, build_optimizer, clip_coefficient
     from lmforge.train.config import load_run_config
+    from lmforge.train.runtime import store_weights
 
     cfg = load_run_config(PRESETS[shape], ["train.train_data=unused"]).model
     torch.manual_seed(0)
     model = Transformer(cfg).cuda()
-    if param_dtype == "bfloat16":  # weights only (buffers such as RoPE's tables stay float32);
-        for p in model.parameters():  # AdamW keeps their float32 masters
-            p.data = p.data.to(torch.bfloat16)
+    store_weights(model, param_dtype or "float32")  # train.param_dtype; AdamW keeps masters
     kinds = model.param_kinds()
     opt = build_optimizer(
         [(p, kinds[n]) for n, p in model.named_parameters()],

@@ -117,12 +117,15 @@ def child(a: argparse.Namespace) -> None:
     from lmforge.model import Transformer
     from lmforge.optim import OptimConfig, build_optimizer, clip_coefficient
     from lmforge.train.config import GRAPH_MODES, load_run_config
+    from lmforge.train.runtime import store_weights
 
     overrides = ["train.train_data=unused", *CONFIGS[a.child], *a.set]
-    cfg = load_run_config(PRESET, overrides).model
+    run = load_run_config(PRESET, overrides)
+    cfg = run.model
     device = torch.device(a.device)
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
+    store_weights(model, run.train.param_dtype)  # --set 'train.param_dtype="bfloat16"'
     kinds = model.param_kinds()
     opt = build_optimizer(
         [(p, kinds[n]) for n, p in model.named_parameters()],

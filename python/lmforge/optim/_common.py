@@ -89,7 +89,8 @@ class GroupOptimizer(Optimizer):
                 f"{type(self).__name__} does not keep float32 master weights, so it cannot "
                 f"train {low[0].dtype} parameters (shape {tuple(low[0].shape)}) without "
                 "losing their small updates; use AdamW or Adam, or keep the parameters in "
-                'float32 (for MoE experts: moe.expert_dtype = "float32")'
+                'float32 (train.param_dtype = "float32"; for MoE experts '
+                'moe.expert_dtype = "float32")'
             )
         super().add_param_group(param_group)
 

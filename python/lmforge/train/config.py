@@ -48,6 +48,7 @@ __all__ = [
 _PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 _DTYPES = ("bf16", "fp32")
+_PARAM_DTYPES = ("float32", "bfloat16")
 _STRATEGIES = ("ddp", "fsdp")
 _CHECKPOINT_FORMATS = ("auto", "torch", "dcp")
 _COMPILE_MODES = (
@@ -89,6 +90,14 @@ class TrainConfig:
         seed: seeds every RNG (Python, NumPy, torch) and the data sampler.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"bf16"`` (autocast with fp32 master weights; CUDA only) or ``"fp32"``.
+        param_dtype: how the model's weights are stored: ``"float32"`` (default), or
+            ``"bfloat16"`` — every weight in bf16, the dtype the matmuls compute in under
+            ``dtype = "bf16"``, with AdamW/Adam keeping a float32 master copy of each, so no
+            weight is cast at each step and weight gradients are bf16 (faster, less memory;
+            measured in ``benches/NOTES-model.md``). Needs ``dtype = "bf16"`` and
+            ``optim.name`` ``"adamw"`` or ``"adam"``; on the CPU the model then computes in
+            bf16. Checkpoints hold the bf16 weights (they load into float32 models for
+            sampling, evaluation and export) and the float32 masters.
         compile: ``torch.compile`` the model.
         compile_mode: ``torch.compile``'s mode: ``"auto"`` (``"reduce-overhead"`` where it
             applies — one process on CUDA, ``grad_accum = 1``, a causal LM that is dense or a
@@ -139,6 +148,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     dtype: str = "bf16"
+    param_dtype: str = "float32"
     compile: bool = False
     compile_mode: str = "auto"
     strategy: str = "ddp"
@@ -195,6 +205,15 @@ class TrainConfig:
             raise ValueError(f"train.epochs must be a positive number, got {self.epochs!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"train.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.param_dtype not in _PARAM_DTYPES:
+            raise ValueError(
+                f"train.param_dtype must be one of {_PARAM_DTYPES}, got {self.param_dtype!r}"
+            )
+        if self.param_dtype != "float32" and self.dtype != "bf16":
+            raise ValueError(
+                f'train.param_dtype = "{self.param_dtype}" computes in that dtype: set '
+                'train.dtype = "bf16" (or train.param_dtype = "float32")'
+            )
         if self.strategy not in _STRATEGIES:
             raise ValueError(f"train.strategy must be one of {_STRATEGIES}, got {self.strategy!r}")
         if self.checkpoint_format not in _CHECKPOINT_FORMATS:
@@ -266,6 +285,12 @@ class RunConfig:
             raise ValueError(
                 "model.causal = false is a bidirectional encoder: train it with "
                 'train.objective = "mlm"'
+            )
+        if self.train.param_dtype != "float32" and self.optim.name not in ("adamw", "adam"):
+            raise ValueError(
+                f'train.param_dtype = "{self.train.param_dtype}" needs float32 master weights, '
+                f"which only adamw and adam keep, not optim.name = {self.optim.name!r}: change "
+                'one or set train.param_dtype = "float32"'
             )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

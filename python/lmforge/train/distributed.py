@@ -151,7 +151,7 @@ def wrap_model(
     optimizer after this call.
 
     Raises:
-        ValueError: an unknown strategy, or ``fsdp`` with parameters of more than one dtype.
+        ValueError: an unknown strategy, or ``fsdp`` with bf16 or fp16 parameters.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -161,11 +161,11 @@ def wrap_model(
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
     dtypes = {p.dtype for p in model.parameters()}
-    if len(dtypes) > 1:
+    if dtypes & {torch.bfloat16, torch.float16}:
         raise ValueError(
-            f"fsdp shards parameters of one dtype, and this model has {sorted(map(str, dtypes))} "
-            '(moe.expert_dtype = "bfloat16" stores the experts in bfloat16); use '
-            'train.strategy = "ddp" or moe.expert_dtype = "float32"'
+            "fsdp shards float32 weights and casts them for compute, and this model stores "
+            f"{sorted(map(str, dtypes))} weights (train.param_dtype or moe.expert_dtype); use "
+            'train.strategy = "ddp", or train.param_dtype and moe.expert_dtype = "float32"'
         )
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -19,7 +19,14 @@ from lmforge import accounting
 from lmforge.data import resolve_device as data_resolve_device
 from lmforge.kernels import triton_enabled
 
-__all__ = ["autocast_dtype", "autocast_for", "oom_message", "resolve_device", "seed_everything"]
+__all__ = [
+    "autocast_dtype",
+    "autocast_for",
+    "oom_message",
+    "resolve_device",
+    "seed_everything",
+    "store_weights",
+]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -51,6 +58,23 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None) -> Iterator[No
             yield
 
 
+def store_weights(model: torch.nn.Module, param_dtype: str) -> None:
+    """Apply ``train.param_dtype`` to ``model`` in place: ``"bfloat16"`` stores every parameter
+    in bf16; ``"float32"`` keeps the dtypes the model was built with (float32, and the routed
+    experts' ``moe.expert_dtype``). Buffers (RoPE's tables) keep their dtype.
+
+    Weights initialised in float32 and rounded once give a bf16 run the same starting point as
+    a float32 run of the same seed, rounded.
+    """
+    if param_dtype == "float32":
+        return
+    dtype = getattr(torch, param_dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
     random.seed(seed)
@@ -74,6 +98,7 @@ def oom_message(config: Any) -> str:
         optimizer=config.optim.name,
         loss_kernel=triton_enabled(),
         moment_dtype=None if config.optim.moment_dtype is None else "bf16",
+        param_dtype="bf16" if tc.param_dtype == "bfloat16" else "fp32",
     )
     return (
         f"CUDA out of memory at batch_size={tc.batch_size}, context {mc.context_length} "

@@ -77,7 +77,13 @@ from lmforge.train.metrics import MetricsLogger, NullLogger
 from lmforge.train.mlm import MLMObjective
 from lmforge.train.resume import apply_hyperparameters, check_resumable, hyperparameters
 from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir, write_text_atomic
-from lmforge.train.runtime import autocast_dtype, autocast_for, oom_message, seed_everything
+from lmforge.train.runtime import (
+    autocast_dtype,
+    autocast_for,
+    oom_message,
+    seed_everything,
+    store_weights,
+)
 
 __all__ = ["TrainResult", "Trainer", "TrainingError"]
 
@@ -159,6 +165,7 @@ class Trainer:
             else None
         )
         self.model = build_model(config.model).to(self.device)
+        store_weights(self.model, tc.param_dtype)
         if tc.init_from and not (resume and RunDir(tc.out_dir).latest()):
             load_initial_weights(self.model, tc.init_from)  # a dense run is upcycled to MoE
         kinds = self.model.param_kinds()
@@ -169,13 +176,15 @@ class Trainer:
         self.optimizer = build_optimizer(  # after sharding: FSDP's parameters are new DTensors
             [(p, kinds[name]) for name, p in self.model.named_parameters()], config.optim
         )
-        if mc.moe is not None and mc.moe.expert_dtype != "float32" and ctx.is_main:
-            if tc.grad_accum > 1 or ctx.distributed:
-                log.warning(
-                    "moe.expert_dtype = %r: the experts' gradients are summed in that dtype "
-                    "over the %d micro-batches and %d ranks of a step (float32 experts: float32)",
-                    mc.moe.expert_dtype, tc.grad_accum, ctx.world_size,
-                )  # fmt: skip
+        low = sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters()
+                      if p.dtype in (torch.bfloat16, torch.float16)})  # fmt: skip
+        if low and ctx.is_main and (tc.grad_accum > 1 or ctx.distributed):
+            log.warning(
+                "weights stored in %s (train.param_dtype or moe.expert_dtype): their gradients "
+                "are summed in that dtype over the %d micro-batches and %d ranks of a step "
+                "(float32 weights: float32)",
+                low[0], tc.grad_accum, ctx.world_size,
+            )  # fmt: skip
         self.global_batch = tc.batch_size * tc.grad_accum * ctx.world_size
         self.tokens_per_step = self.global_batch * mc.context_length
         self.sampler = MixtureSampler(

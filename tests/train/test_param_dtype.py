@@ -1,0 +1,104 @@
+"""``train.param_dtype = "bfloat16"``: every weight stored in bf16 with AdamW's float32 masters
+(CPU). The run trains like the float32 run of the same seed, checkpoints hold the bf16 weights
+and their masters, resume is exact, and the checkpoint loads for sampling as a float32 model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trainer import tiny_config, train_losses
+
+from lmforge.train.artifacts import load_trained
+from lmforge.train.config import load_run_config
+from lmforge.train.trainer import Trainer
+
+STEPS = ["train.log_interval=1", "train.eval_interval=0", "train.keep_checkpoints=0"]
+BF16 = ['train.param_dtype="bfloat16"']
+
+
+def _checkpoint(run_dir, step: int) -> dict:
+    return torch.load(run_dir / f"ckpt-{step:08d}" / "checkpoint.pt", weights_only=False)
+
+
+def test_bf16_weights_train_like_float32_and_keep_masters(stories_data, tmp_path):
+    steps = [*STEPS, "train.max_iters=30", "optim.lr=3e-3"]
+    ref = Trainer(tiny_config(stories_data, tmp_path / "fp32", *steps)).fit().run_dir
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "bf16", *steps, *BF16))
+    run = trainer.fit().run_dir
+    ref_losses, losses = train_losses(ref), train_losses(run)
+    assert losses[1] == pytest.approx(ref_losses[1], abs=0.02)  # the same weights, rounded
+    assert losses[1] - losses[30] > 1.0, losses  # it learns
+    assert losses[30] == pytest.approx(ref_losses[30], abs=0.03)  # and as the float32 run does
+    params = list(trainer.model.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in params)
+    assert all(b.dtype == torch.float32 for b in trainer.model.rope.buffers())
+    masters = [trainer.optimizer.state[p]["master"] for p in params]
+    assert all(m.dtype == torch.float32 for m in masters)
+    # each weight is its master rounded; the masters keep what bf16 cannot hold
+    assert all(torch.equal(m.bfloat16(), p.detach()) for m, p in zip(masters, params, strict=True))
+    assert any(not torch.equal(m, m.bfloat16().float()) for m in masters)
+    saved = _checkpoint(run, 30)
+    assert all(v.dtype == torch.bfloat16 for k, v in saved["model"].items() if "rope" not in k)
+    assert sum("master" in s for s in saved["optimizer"]["state"].values()) == len(params)
+
+
+def test_bf16_weights_resume_exactly(stories_data, tmp_path, monkeypatch):
+    extra = [*STEPS, *BF16, "train.max_iters=8", "train.ckpt_interval=4"]
+    whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
+    calls = {"n": 0}
+    step = Trainer._step
+
+    def crash_after_4(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_step", crash_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(stories_data, tmp_path / "b", *extra)).fit()
+    monkeypatch.setattr(Trainer, "_step", step)
+    resumed = Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True)
+    assert resumed.iteration == 4
+    resumed.fit()
+    assert train_losses(tmp_path / "b") == train_losses(whole.run_dir)
+    a, b = _checkpoint(whole.run_dir, 8), _checkpoint(tmp_path / "b", 8)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for i, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["master"], b["optimizer"]["state"][i]["master"])
+
+
+def test_a_bf16_checkpoint_loads_as_a_float32_model(stories_data, tmp_path):
+    extra = [*STEPS, *BF16, "train.max_iters=2", "optim.warmup_iters=0"]
+    run = Trainer(tiny_config(stories_data, tmp_path / "run", *extra)).fit().run_dir
+    trained = load_trained(run)
+    weights = _checkpoint(run, 2)["model"]
+    for name, p in trained.model.named_parameters():
+        assert p.dtype == torch.float32
+        assert torch.equal(p.detach(), weights[name].float()), name
+    idx = torch.tensor([[1, 2, 3]])
+    assert torch.isfinite(trained.model(idx).logits).all()
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (['train.param_dtype="float16"'], "param_dtype must be one of"),
+        ([*BF16, "train.dtype=fp32"], 'set train.dtype = "bf16"'),
+        ([*BF16, 'optim.name="sgd"'], "master weights.*adamw and adam.*'sgd'"),
+        ([*BF16, 'optim.name="muon"'], "master weights.*'muon'"),
+    ],
+)
+def test_param_dtype_settings_are_checked(extra, match):
+    with pytest.raises(ValueError, match=match):
+        load_run_config("stories-17M", ["train.train_data=unused", *extra])
+
+
+def test_accumulating_bf16_gradients_warns(stories_data, tmp_path, caplog):
+    extra = [*STEPS, *BF16, "train.grad_accum=2", "train.max_iters=2"]
+    extra += ["optim.warmup_iters=0"]
+    with caplog.at_level("WARNING", logger="lmforge.train.trainer"):
+        Trainer(tiny_config(stories_data, tmp_path / "run", *extra)).fit()
+    assert "bfloat16 (train.param_dtype or moe.expert_dtype)" in caplog.text
+    assert "summed in that dtype over the 2 micro-batches" in caplog.text
