@@ -1,6 +1,7 @@
-"""``train.param_dtype = "bfloat16"``: every weight stored in bf16 with AdamW's float32 masters
-(CPU). The run trains like the float32 run of the same seed, checkpoints hold the bf16 weights
-and their masters, resume is exact, and the checkpoint loads for sampling as a float32 model."""
+"""``train.param_dtype = "bfloat16"``: every weight stored in bf16 with AdamW's float32 masters.
+On the CPU: the run trains like the float32 run of the same seed, checkpoints hold the bf16
+weights and their masters, resume is exact (a run keeps its param_dtype), and the checkpoint
+loads for sampling as a float32 model; on CUDA (``gpu``): the same under autocast and graphs."""
 
 from __future__ import annotations
 
@@ -102,3 +103,23 @@ def test_accumulating_bf16_gradients_warns(stories_data, tmp_path, caplog):
         Trainer(tiny_config(stories_data, tmp_path / "run", *extra)).fit()
     assert "bfloat16 (train.param_dtype or moe.expert_dtype)" in caplog.text
     assert "summed in that dtype over the 2 micro-batches" in caplog.text
+
+
+@pytest.mark.gpu
+def test_bf16_weights_on_cuda_train_like_float32_under_graphs(stories_data, tmp_path):
+    """The production path: CUDA bf16 autocast over bf16 weights, the step replayed as CUDA
+    graphs, the fused Triton AdamW updating every master (norms and embeddings included), then
+    evaluation and sampling at the end."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        extra = [*STEPS, "train.max_iters=30", "optim.lr=3e-3", "train.eval_interval=30"]
+        extra += ["train.device=cuda", "train.compile=true", 'train.compile_mode="reduce-overhead"']
+        extra += [f'train.param_dtype="{dtype}"', "train.sample_tokens=16"]
+        trainer = Trainer(tiny_config(stories_data, tmp_path / dtype, *extra))
+        runs[dtype] = train_losses(trainer.fit().run_dir)
+        params = list(trainer.model.parameters())
+        assert all(p.dtype == getattr(torch, dtype) and p.is_cuda for p in params)
+        assert (tmp_path / dtype / "sample.txt").read_text().strip()
+    assert runs["bfloat16"][1] == pytest.approx(runs["float32"][1], abs=0.02)
+    assert runs["bfloat16"][30] == pytest.approx(runs["float32"][30], abs=0.05)
+    assert runs["bfloat16"][1] - runs["bfloat16"][30] > 1.0

@@ -89,7 +89,8 @@ class TrainConfig:
             ``max_iters`` is ``None``.
         seed: seeds every RNG (Python, NumPy, torch) and the data sampler.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        dtype: ``"bf16"`` (autocast with fp32 master weights; CUDA only) or ``"fp32"``.
+        dtype: ``"bf16"`` (CUDA autocast to bf16, over float32 weights unless
+            ``param_dtype`` says otherwise) or ``"fp32"``.
         param_dtype: how the model's weights are stored: ``"float32"`` (default), or
             ``"bfloat16"`` — every weight in bf16, the dtype the matmuls compute in under
             ``dtype = "bf16"``, with AdamW/Adam keeping a float32 master copy of each, so no

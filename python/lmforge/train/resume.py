@@ -7,7 +7,9 @@ The config given on resume is then checked against the one saved in the checkpoi
   ``optim.name`` (the optimizer state would not fit), to the global batch
   (``batch_size * grad_accum * world_size``), ``train.seed``, ``train.mixture_alpha`` or
   ``train.mixture_weights`` (the sampler's stream of windows would no longer continue the same
-  run), ``train.objective`` or ``train.mlm_probability`` (nor would the masks). How the
+  run), ``train.objective`` or ``train.mlm_probability`` (nor would the masks), or
+  ``train.param_dtype`` (a float32 checkpoint loaded into bf16 weights would lose its
+  precision; to switch, start a new run with ``train.init_from``). How the
   global batch is split into processes and micro-batches may change, so a run checkpointed by
   2 processes resumes in 1 with twice the ``grad_accum``.
 - **Applied**: ``[optim]`` hyperparameters come from the config given now, not from the
@@ -35,7 +37,10 @@ _FIXED_TRAIN_KEYS = (
     "mixture_weights",
     "objective",
     "mlm_probability",
+    "param_dtype",
 )
+_TRAIN_DEFAULTS = {"param_dtype": "float32"}
+"""Fixed train fields added after checkpoints were first written: their value in those."""
 
 
 def check_resumable(
@@ -63,7 +68,7 @@ def check_resumable(
         return []
     current = now.to_dict()
     refused = _diff("model", _with_defaults(saved.get("model", {})), current["model"])
-    saved_train = saved.get("train", {})
+    saved_train = {**_TRAIN_DEFAULTS, **saved.get("train", {})}
     if saved.get("optim", {}).get("name", current["optim"]["name"]) != current["optim"]["name"]:
         refused.append(
             f"optim.name (checkpoint {saved['optim']['name']!r}, now {current['optim']['name']!r})"
