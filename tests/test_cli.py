@@ -97,3 +97,38 @@ def test_accounting_command(capsys):
     assert "divisible by n_kv_heads" in capsys.readouterr().err
     assert main(["accounting", "--config", "gpt2-124M", "--set", "train.batch_size=2"]) == 2
     assert "only model.*" in capsys.readouterr().err
+
+
+def test_memory_command_prints_the_run_configs_estimate(capsys):
+    from lmforge.accounting import count_params, format_bytes
+    from lmforge.train.config import load_run_config
+    from lmforge.train.runtime import run_memory_estimate
+
+    def peak(*sets: str) -> str:
+        argv = ["memory", "--config", "gpt2-124M"]
+        for item in sets:
+            argv += ["--set", item]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "parameters" in out and "<- peak" in out
+        return out.splitlines()[-1]
+
+    small = ("train.batch_size=4", 'train.param_dtype="bfloat16"', 'optim.moment_dtype="bfloat16"')
+    config = load_run_config("gpt2-124M", ["train.train_data=unused", *small])
+    est = run_memory_estimate(config)
+    n = count_params(config.model).total
+    assert est.parameters == 2 * n and est.by_dtype("optimizer_state") == {
+        "bf16": 4 * n,
+        "fp32": 4 * n,
+    }
+    assert peak(*small) == f"estimated peak: {format_bytes(est.total)} (CUDA; the caching " + (
+        "allocator adds its slack)"
+    )
+    # the settings reach the estimate: bf16 weights and a smaller batch need less
+    default = run_memory_estimate(load_run_config("gpt2-124M", ["train.train_data=unused"]))
+    assert est.total < default.total
+    assert peak() == f"estimated peak: {format_bytes(default.total)} (CUDA; the caching " + (
+        "allocator adds its slack)"
+    )
+    assert main(["memory", "--config", "gpt2-124M", "--set", 'train.param_dtype="fp8"']) == 2
+    assert "param_dtype must be one of" in capsys.readouterr().err

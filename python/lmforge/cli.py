@@ -389,6 +389,25 @@ def _cmd_accounting(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_memory(args: argparse.Namespace) -> int:
+    from lmforge.accounting import format_bytes
+    from lmforge.train.config import load_run_config
+    from lmforge.train.runtime import run_memory_estimate
+
+    config = load_run_config(args.config, ["train.train_data=unused", *(args.set or [])])
+    tc, mc, oc = config.train, config.model, config.optim
+    est = run_memory_estimate(config)
+    print(
+        f"one training step a process: batch {tc.batch_size} x {mc.context_length} tokens, "
+        f"grad_accum {tc.grad_accum}, optimizer {oc.name} (moments {oc.moment_dtype or 'float32'}"
+        f"), weights {tc.param_dtype}, compute {tc.dtype}, compiled {tc.compile}, activation "
+        f"checkpointing {mc.activation_checkpointing}"
+    )
+    print(est.table())
+    print(f"estimated peak: {format_bytes(est.total)} (CUDA; the caching allocator adds its slack)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lmforge",
@@ -595,6 +614,21 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         help="override a model value, e.g. --set n_kv_heads=4 (repeatable)",
     )
     ac.set_defaults(func=_cmd_accounting)
+
+    me = sub.add_parser(
+        "memory",
+        help="predicted peak GPU memory of one training step of a run config, no GPU",
+    )
+    me.add_argument(
+        "--config", required=True, help="a run config TOML or a preset name (as lmforge train)"
+    )
+    me.add_argument(
+        "--set",
+        action="append",
+        metavar="TABLE.KEY=VALUE",
+        help="override a config value as lmforge train does, e.g. --set train.batch_size=16",
+    )
+    me.set_defaults(func=_cmd_memory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,7 +106,7 @@ def test_accumulating_bf16_gradients_warns(stories_data, tmp_path, caplog):
 
 
 @pytest.mark.gpu
-def test_bf16_weights_on_cuda_train_like_float32_under_graphs(stories_data, tmp_path):
+def test_bf16_weights_on_cuda_train_like_float32_under_graphs(stories_data, tmp_path, caplog):
     """The production path: CUDA bf16 autocast over bf16 weights, the step replayed as CUDA
     graphs, the fused Triton AdamW updating every master (norms and embeddings included), then
     evaluation and sampling at the end."""
@@ -116,7 +116,9 @@ def test_bf16_weights_on_cuda_train_like_float32_under_graphs(stories_data, tmp_
         extra += ["train.device=cuda", "train.compile=true", 'train.compile_mode="reduce-overhead"']
         extra += [f'train.param_dtype="{dtype}"', "train.sample_tokens=16"]
         trainer = Trainer(tiny_config(stories_data, tmp_path / dtype, *extra))
-        runs[dtype] = train_losses(trainer.fit().run_dir)
+        with caplog.at_level("INFO", logger="lmforge.train.trainer"):
+            runs[dtype] = train_losses(trainer.fit().run_dir)
+        assert "memory model: peak" in caplog.text  # logged at the start of a CUDA run
         params = list(trainer.model.parameters())
         assert all(p.dtype == getattr(torch, dtype) and p.is_cuda for p in params)
         assert (tmp_path / dtype / "sample.txt").read_text().strip()

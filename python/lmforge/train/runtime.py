@@ -24,6 +24,7 @@ __all__ = [
     "autocast_for",
     "oom_message",
     "resolve_device",
+    "run_memory_estimate",
     "seed_everything",
     "store_weights",
 ]
@@ -82,14 +83,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def oom_message(config: Any) -> str:
-    """What to do when CUDA ran out of memory, with the memory model's estimate of the peak.
+def run_memory_estimate(config: Any) -> accounting.MemoryEstimate:
+    """The memory model's prediction for one CUDA training step of a run, per process: the
+    micro-batch, context, optimizer, weight and moment dtypes, compilation, activation
+    checkpointing and the loss kernel as the run's config sets them.
 
     Args:
         config: the run's :class:`~lmforge.train.config.RunConfig`.
     """
     tc, mc = config.train, config.model
-    est = accounting.estimate_training_memory(
+    return accounting.estimate_training_memory(
         mc,
         tc.batch_size,
         mc.context_length,
@@ -99,10 +102,21 @@ def oom_message(config: Any) -> str:
         loss_kernel=triton_enabled(),
         moment_dtype=None if config.optim.moment_dtype is None else "bf16",
         param_dtype="bf16" if tc.param_dtype == "bfloat16" else "fp32",
+        compute_dtype="bf16" if tc.dtype == "bf16" else "fp32",
     )
+
+
+def oom_message(config: Any) -> str:
+    """What to do when CUDA ran out of memory, with the memory model's estimate of the peak.
+
+    Args:
+        config: the run's :class:`~lmforge.train.config.RunConfig`.
+    """
+    tc, mc = config.train, config.model
+    est = run_memory_estimate(config)
     return (
         f"CUDA out of memory at batch_size={tc.batch_size}, context {mc.context_length} "
-        f"(estimated peak {accounting.format_bytes(est.total)}). Lower train.batch_size "
-        f"and raise train.grad_accum to keep the same tokens per step, or set "
-        f"model.activation_checkpointing=true, or train.compile=true"
+        f"(estimated peak {accounting.format_bytes(est.total)}; `lmforge memory` shows where "
+        "it goes). Lower train.batch_size and raise train.grad_accum to keep the same tokens "
+        "per step, or set model.activation_checkpointing=true, or train.compile=true"
     )

@@ -81,6 +81,7 @@ from lmforge.train.runtime import (
     autocast_dtype,
     autocast_for,
     oom_message,
+    run_memory_estimate,
     seed_everything,
     store_weights,
 )
@@ -277,6 +278,14 @@ class Trainer:
         tc = self.config.train
         if self.dist.is_main:
             log.info("%s", accounting.shape_report(self.config.model))
+            if self.device.type == "cuda":
+                est = run_memory_estimate(self.config)
+                log.info(
+                    "memory model: peak %s a process (parameters %s, gradients %s, optimizer "
+                    "state %s, saved activations %s; `lmforge memory` for the breakdown)",
+                    *map(accounting.format_bytes, (est.total, est.parameters, est.gradients,
+                                                   est.optimizer_state, est.activations)),
+                )  # fmt: skip
         t0 = time.perf_counter()
         window = StepWindow(self.device)
         val, train_loss = None, math.nan
