@@ -96,15 +96,6 @@ def test_param_dtype_settings_are_checked(extra, match):
         load_run_config("stories-17M", ["train.train_data=unused", *extra])
 
 
-def test_accumulating_bf16_gradients_warns(stories_data, tmp_path, caplog):
-    extra = [*STEPS, *BF16, "train.grad_accum=2", "train.max_iters=2"]
-    extra += ["optim.warmup_iters=0"]
-    with caplog.at_level("WARNING", logger="lmforge.train.trainer"):
-        Trainer(tiny_config(stories_data, tmp_path / "run", *extra)).fit()
-    assert "bfloat16 (train.param_dtype or moe.expert_dtype)" in caplog.text
-    assert "summed in that dtype over the 2 micro-batches" in caplog.text
-
-
 @pytest.mark.gpu
 def test_bf16_weights_on_cuda_train_like_float32_under_graphs(stories_data, tmp_path, caplog):
     """The production path: CUDA bf16 autocast over bf16 weights, the step replayed as CUDA

@@ -95,11 +95,12 @@ class MemoryEstimate:
 
     Attributes:
         parts: the rows of each part. Always alive: ``parameters``, ``optimizer_state``,
-            ``workspace``. Saved for backward at the end of the forward pass: ``activations``
-            (all blocks), ``loss_saved`` (final norm and loss), ``weight_copies`` (autocast's
-            bf16 weights). Transients: ``autocast_cache`` (eager checkpointing only),
-            ``loss_forward``, ``loss_backward``, ``block_backward``, ``optimizer_transient``.
-            And ``gradients``.
+            ``workspace``, ``grad_sums`` (float32 sums of low-precision weights' gradients
+            over micro-batches, with ``grad_accum > 1``). Saved for backward at the end of the
+            forward pass: ``activations`` (all blocks), ``loss_saved`` (final norm and loss),
+            ``weight_copies`` (autocast's bf16 weights). Transients: ``autocast_cache`` (eager
+            checkpointing only), ``loss_forward``, ``loss_backward``, ``block_backward``,
+            ``optimizer_transient``. And ``gradients``.
         phases: total bytes alive at each moment (``forward``, ``backward_start``,
             ``backward_block``, ``optimizer``).
         peak_phase: the moment of the peak.
@@ -360,6 +361,10 @@ def estimate_training_memory(
             f"the {low[1]} parameters of this setup (param_dtype or moe.expert_dtype)"
         )
     parts = _model_states(pc, optimizer, param_dtype, low, moment_dtype)
+    # the trainer sums low-precision weights' micro-batch gradients in float32
+    # (lmforge.train.grad_sums): kept for the whole run once grad_accum > 1
+    sums = low[0] if grad_accum > 1 else 0
+    parts["grad_sums"] = [TensorGroup("float32 gradient sums", sums, "fp32")] if sums else []
     parts["workspace"] = [TensorGroup("cuBLAS workspaces", workspace_bytes, "uint8")]
     parts.update(
         _activation_parts(
@@ -478,7 +483,8 @@ def _phases(
     """Bytes alive at the four candidate moments of the peak (module docstring)."""
     b = {name: total_bytes(rows) for name, rows in parts.items()}
     grads = b["gradients"]
-    states = b["parameters"] + b["optimizer_state"] + b["workspace"] + (grads if grads_live else 0)
+    states = b["parameters"] + b["optimizer_state"] + b["workspace"] + b["grad_sums"]
+    states += grads if grads_live else 0
     saved = b["activations"] + b["weight_copies"] + b["loss_saved"]
     # In the top block's backward the loss's saved tensors are gone and the head's gradient
     # exists (all gradients but one block's, with checkpointing).

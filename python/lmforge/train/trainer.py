@@ -71,6 +71,7 @@ from lmforge.train.data_files import (
 )
 from lmforge.train.dcp_checkpoint import STATE_FILE, is_dcp, load_sharded, save_sharded
 from lmforge.train.evaluate import EvalResult, evaluate, token_byte_lengths
+from lmforge.train.grad_sums import Float32GradSums
 from lmforge.train.init_weights import load_initial_weights
 from lmforge.train.meter import StepWindow, max_memory_gb, peak_flops
 from lmforge.train.metrics import MetricsLogger, NullLogger
@@ -177,14 +178,15 @@ class Trainer:
         self.optimizer = build_optimizer(  # after sharding: FSDP's parameters are new DTensors
             [(p, kinds[name]) for name, p in self.model.named_parameters()], config.optim
         )
+        # micro-batches' gradients of bf16 weights add up in float32 (lmforge.train.grad_sums)
+        self.grad_sums = Float32GradSums(self.model.parameters()) if tc.grad_accum > 1 else None
         low = sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters()
                       if p.dtype in (torch.bfloat16, torch.float16)})  # fmt: skip
-        if low and ctx.is_main and (tc.grad_accum > 1 or ctx.distributed):
+        if low and ctx.is_main and ctx.distributed:
             log.warning(
-                "weights stored in %s (train.param_dtype or moe.expert_dtype): their gradients "
-                "are summed in that dtype over the %d micro-batches and %d ranks of a step "
-                "(float32 weights: float32)",
-                low[0], tc.grad_accum, ctx.world_size,
+                "weights stored in %s (train.param_dtype or moe.expert_dtype): the %d ranks' "
+                "gradients are averaged in that dtype (float32 weights: float32)",
+                low[0], ctx.world_size,
             )  # fmt: skip
         self.global_batch = tc.batch_size * tc.grad_accum * ctx.world_size
         self.tokens_per_step = self.global_batch * mc.context_length
@@ -405,10 +407,15 @@ class Trainer:
                 # gradients are reduced over ranks in the last micro-step's backward only
                 if graphs:  # the last replay's outputs may be overwritten from here on
                     torch.compiler.cudagraph_mark_step_begin()
-                with ddp.gradient_sync(self.wrapped, i == accum - 1):
+                last = i == accum - 1
+                if last and self.grad_sums:
+                    self.grad_sums.restore()  # the last backward adds to the float32 sums
+                with ddp.gradient_sync(self.wrapped, last):
                     with autocast_for(self.device, self.amp_dtype):
                         out = self.step_model(x, y, return_logits=False)
                     (out.loss / accum).backward()
+                if not last and self.grad_sums:
+                    self.grad_sums.collect()
                 total += out.loss.detach() / accum
                 ce += out.losses["ce"] / accum
                 metrics = {**out.metrics, **{f"loss/{k}": v for k, v in out.losses.items()}}

@@ -52,11 +52,11 @@ Design choices and defaults:
   experts on an H200, ``benches/NOTES-model.md``), and, with one micro-batch a step and no data
   parallelism, trains to the same numbers as float32 storage would from the same (rounded)
   initial weights, but for the rounding of gradient clipping's norm (summed over the
-  parameters in another order). Its costs: gradient accumulation
-  over micro-batches and the data-parallel gradient reduction add up the experts' gradients in
-  bfloat16; the model's ``state_dict`` holds the rounded weights (the masters are in the
-  optimizer's state, which resumes exactly); FSDP is not supported. The default,
-  ``"float32"``, has none of these.
+  parameters in another order). Its costs: the data-parallel gradient reduction averages the
+  experts' gradients in bfloat16 (over micro-batches the trainer sums them in float32,
+  ``lmforge.train.grad_sums``, 4 bytes a weight while it runs); the model's ``state_dict``
+  holds the rounded weights (the masters are in the optimizer's state, which resumes
+  exactly); FSDP is not supported. The default, ``"float32"``, has none of these.
 """
 
 from __future__ import annotations
