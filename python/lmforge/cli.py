@@ -397,10 +397,14 @@ def _cmd_memory(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, ["train.train_data=unused", *(args.set or [])])
     tc, mc, oc = config.train, config.model, config.optim
     est = run_memory_estimate(config)
+    experts = ""
+    if mc.moe is not None and tc.param_dtype == "float32" != mc.moe.expert_dtype:
+        experts = f" (routed experts {mc.moe.expert_dtype})"
     print(
         f"one training step a process: batch {tc.batch_size} x {mc.context_length} tokens, "
         f"grad_accum {tc.grad_accum}, optimizer {oc.name} (moments {oc.moment_dtype or 'float32'}"
-        f"), weights {tc.param_dtype}, compute {tc.dtype}, compiled {tc.compile}, activation "
+        f"), weights {tc.param_dtype}{experts}, compute {tc.dtype}, compiled {tc.compile}, "
+        "activation "
         f"checkpointing {mc.activation_checkpointing}"
     )
     print(est.table())

@@ -9,6 +9,7 @@ from test_trainer import tiny_config, train_losses
 
 from lmforge.accounting import count_params, estimate_training_memory
 from lmforge.train.grad_sums import Float32GradSums
+from lmforge.train.runtime import run_memory_estimate
 from lmforge.train.trainer import Trainer
 
 N_MICRO = 16
@@ -84,6 +85,39 @@ def test_a_weight_without_a_gradient_keeps_none_and_a_new_step_starts_afresh():
         w.grad = None
 
 
+def test_trainer_collects_after_each_micro_batch_and_restores_before_the_last(
+    stories_data, tmp_path, monkeypatch
+):
+    """The order in the trainer's step, with ``grad_accum = 3``: forward, collect (the
+    gradients leave ``.grad``), forward, collect, restore (they come back), forward."""
+    events: list[str] = []
+    collect, restore = Float32GradSums.collect, Float32GradSums.restore
+
+    def spy(name, method):  # type: ignore[no-untyped-def]
+        def run(self):  # type: ignore[no-untyped-def]
+            method(self)
+            grads = [p.grad is not None for p in self.params]
+            events.append(f"{name}:{'grads' if all(grads) else 'none' if not any(grads) else '?'}")
+
+        return run
+
+    monkeypatch.setattr(Float32GradSums, "collect", spy("collect", collect))
+    monkeypatch.setattr(Float32GradSums, "restore", spy("restore", restore))
+    extra = ["train.log_interval=1", "train.eval_interval=0", "optim.warmup_iters=0"]
+    extra += ["train.max_iters=2", 'train.param_dtype="bfloat16"', "train.grad_accum=3"]
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "run", *extra))
+    forward = trainer.step_model.forward
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("forward")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.step_model, "forward", counted)
+    trainer.fit()
+    step = ["forward", "collect:none", "forward", "collect:none", "restore:grads", "forward"]
+    assert [e for e in events if e == "forward" or ":" in e][: 2 * len(step)] == step * 2
+
+
 def test_trainer_sums_bf16_gradients_in_float32_and_counts_them(stories_data, tmp_path, caplog):
     steps = ["train.log_interval=1", "train.eval_interval=0", "optim.warmup_iters=0"]
     steps += ["train.max_iters=10", 'train.param_dtype="bfloat16"']
@@ -100,9 +134,13 @@ def test_trainer_sums_bf16_gradients_in_float32_and_counts_them(stories_data, tm
     a, b = train_losses(whole), train_losses(tmp_path / "four")
     for step in (1, 5, 10):
         assert b[step] == pytest.approx(a[step], abs=0.02), step
-    # the memory model counts the sums
+    # the memory model counts the sums, alive at every moment of the step
     cfg = trainer.config
-    est = estimate_training_memory(cfg.model, 2, grad_accum=4, param_dtype="bf16")
+    est = run_memory_estimate(cfg)
+    assert est.inputs["grad_accum"] == 4 and est.inputs["param_dtype"] == "bf16"
     assert est.bytes("grad_sums") == 4 * count_params(cfg.model).total
     assert est.bytes("grad_sums") == sum(4 * p.numel() for p in params)
-    assert estimate_training_memory(cfg.model, 2, param_dtype="bf16").bytes("grad_sums") == 0
+    one = estimate_training_memory(cfg.model, 2, param_dtype="bf16", compiled=cfg.train.compile)
+    assert one.bytes("grad_sums") == 0
+    # at the optimizer step the gradients are counted either way: the sums are the difference
+    assert est.phases["optimizer"] - one.phases["optimizer"] == est.bytes("grad_sums")

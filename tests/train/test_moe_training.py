@@ -98,13 +98,14 @@ def test_resume_restores_the_bias_buffers(
 
 
 def test_bf16_experts_with_accumulation_sum_their_gradients_in_float32(stories_data, tmp_path):
-    extra = [*MOE_TINY, 'model.moe.expert_dtype="bfloat16"', "train.grad_accum=2"]
+    extra = [*MOE_TINY, 'model.moe.expert_dtype="bfloat16"', "train.grad_accum=3"]
     extra += ["train.max_iters=2", "train.log_interval=1", "train.eval_interval=0"]
     extra += ["optim.warmup_iters=0"]
     trainer = Trainer(tiny_config(stories_data, tmp_path / "run", *extra))
     run = trainer.fit().run_dir
     experts = [p for n, p in trainer.model.named_parameters() if ".experts." in n]
     assert trainer.grad_sums is not None and trainer.grad_sums.params == experts
+    assert all(s is not None and s.dtype == torch.float32 for s in trainer.grad_sums._sums)
     assert all(math.isfinite(loss) for loss in train_losses(run).values())
 
 
