@@ -23,6 +23,7 @@ __all__ = [
     "autocast_dtype",
     "autocast_for",
     "oom_message",
+    "over_memory_message",
     "resolve_device",
     "run_memory_estimate",
     "seed_everything",
@@ -103,6 +104,25 @@ def run_memory_estimate(config: Any) -> accounting.MemoryEstimate:
         moment_dtype=None if config.optim.moment_dtype is None else "bf16",
         param_dtype="bf16" if tc.param_dtype == "bfloat16" else "fp32",
         compute_dtype="bf16" if tc.dtype == "bf16" else "fp32",
+    )
+
+
+def over_memory_message(est: accounting.MemoryEstimate, available: int) -> str | None:
+    """A warning when the memory model's peak for a run exceeds the ``available`` bytes of its
+    GPU (what is free plus what this process holds already), else ``None``.
+
+    Args:
+        est: the run's estimate (:func:`run_memory_estimate`).
+        available: bytes the run may use on its device.
+    """
+    if est.total <= available:
+        return None
+    fmt = accounting.format_bytes
+    return (
+        f"the memory model predicts a peak of {fmt(est.total)} a process, more than the "
+        f"{fmt(available)} this GPU has for it: expect CUDA out of memory. Lower "
+        "train.batch_size (raising train.grad_accum keeps the tokens per step), or set "
+        "model.activation_checkpointing=true; `lmforge memory` shows where it goes"
     )
 
 

@@ -82,6 +82,7 @@ from lmforge.train.runtime import (
     autocast_dtype,
     autocast_for,
     oom_message,
+    over_memory_message,
     run_memory_estimate,
     seed_everything,
     store_weights,
@@ -288,6 +289,10 @@ class Trainer:
                     *map(accounting.format_bytes, (est.total, est.parameters, est.gradients,
                                                    est.optimizer_state, est.activations)),
                 )  # fmt: skip
+                free, _ = torch.cuda.mem_get_info(self.device)
+                warning = over_memory_message(est, free + torch.cuda.memory_reserved(self.device))
+                if warning:
+                    log.warning("%s", warning)
         t0 = time.perf_counter()
         window = StepWindow(self.device)
         val, train_loss = None, math.nan
