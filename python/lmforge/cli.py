@@ -366,8 +366,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from lmforge.model.export import export_hf_llama, export_safetensors
     from lmforge.train.artifacts import load_trained
+    from lmforge.train.runtime import store_weights
 
     trained = load_trained(args.checkpoint, "cpu")
+    store_weights(trained.model, args.dtype)
     if args.format == "hf":
         out = export_hf_llama(trained.model, args.out, tokenizer=trained.tokenizer)
     else:
@@ -541,6 +543,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         choices=["safetensors", "hf"],
         default="safetensors",
         help="safetensors + config.json, or a Hugging Face Llama folder",
+    )
+    ex.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the exported weights' dtype (bfloat16: half the size, as runs trained with "
+        'train.param_dtype = "bfloat16" store them)',
     )
     ex.set_defaults(func=_cmd_export)
 

@@ -5,10 +5,14 @@ loads for sampling as a float32 model; on CUDA (``gpu``): the same under autocas
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from test_trainer import tiny_config, train_losses
 
+from lmforge.cli import main
+from lmforge.model.export import load_safetensors
 from lmforge.train.artifacts import load_trained
 from lmforge.train.config import load_run_config
 from lmforge.train.trainer import Trainer
@@ -80,6 +84,17 @@ def test_a_bf16_checkpoint_loads_as_a_float32_model(stories_data, tmp_path):
         assert torch.equal(p.detach(), weights[name].float()), name
     idx = torch.tensor([[1, 2, 3]])
     assert torch.isfinite(trained.model(idx).logits).all()
+    # exported as bf16: the checkpoint's weights exactly, half the size of a float32 export
+    for dtype in ("float32", "bfloat16"):
+        assert main(["export", str(run), "--out", str(tmp_path / dtype), "--dtype", dtype]) == 0
+    exported = load_safetensors(tmp_path / "bfloat16")
+    for name, p in exported.named_parameters():
+        assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), weights[name]), name
+    size = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("float32", "bfloat16")}
+    assert size["bfloat16"] < 0.51 * size["float32"]
+    hf = ["export", str(run), "--out", str(tmp_path / "hf"), "--format", "hf"]
+    assert main([*hf, "--dtype", "bfloat16"]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize(
