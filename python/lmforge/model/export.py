@@ -119,7 +119,8 @@ def export_safetensors(model: nn.Module, out_dir: PathLike) -> Path:
 def load_safetensors(out_dir: PathLike, *, device: str | torch.device = "cpu") -> Transformer:
     """Rebuilds the :class:`Transformer` that :func:`export_safetensors` wrote to ``out_dir``.
 
-    The model takes the dtype its weights were saved in (when they all share one).
+    The model's parameters take the dtype they were saved in (when they all share one); its
+    buffers keep theirs.
 
     Args:
         out_dir: a folder holding ``model.safetensors`` and ``config.json``.
@@ -145,9 +146,15 @@ def load_safetensors(out_dir: PathLike, *, device: str | torch.device = "cpu") -
     for alias, source in json.loads(metadata.get(_ALIASES_KEY, "{}")).items():
         state[alias] = state[source]
     model = build_model(config)
-    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    # the parameters take the dtype they were saved in; buffers keep theirs (RoPE's tables
+    # float32, as in training)
+    params = dict(model.named_parameters())
+    dtypes = {t.dtype for k, t in state.items() if k in params and t.is_floating_point()}
     if len(dtypes) == 1:
-        model.to(dtypes.pop())
+        dtype = dtypes.pop()
+        with torch.no_grad():
+            for p in params.values():
+                p.data = p.data.to(dtype)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

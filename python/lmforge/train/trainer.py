@@ -289,9 +289,10 @@ class Trainer:
                     *map(accounting.format_bytes, (est.total, est.parameters, est.gradients,
                                                    est.optimizer_state, est.activations)),
                 )  # fmt: skip
+                # the estimate is of an unsharded process: FSDP's shards need less
                 free, _ = torch.cuda.mem_get_info(self.device)
-                warning = over_memory_message(est, free + torch.cuda.memory_reserved(self.device))
-                if warning:
+                have = free + torch.cuda.memory_reserved(self.device)
+                if not self.sharded and (warning := over_memory_message(est, have)):
                     log.warning("%s", warning)
         t0 = time.perf_counter()
         window = StepWindow(self.device)
