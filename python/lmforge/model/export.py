@@ -119,8 +119,8 @@ def export_safetensors(model: nn.Module, out_dir: PathLike) -> Path:
 def load_safetensors(out_dir: PathLike, *, device: str | torch.device = "cpu") -> Transformer:
     """Rebuilds the :class:`Transformer` that :func:`export_safetensors` wrote to ``out_dir``.
 
-    The model's parameters take the dtype they were saved in (when they all share one); its
-    buffers keep theirs.
+    The model's parameters take the dtype they were saved in (when they all share one), and its
+    buffers too unless that is narrower than float32.
 
     Args:
         out_dir: a folder holding ``model.safetensors`` and ``config.json``.
@@ -146,12 +146,14 @@ def load_safetensors(out_dir: PathLike, *, device: str | torch.device = "cpu") -
     for alias, source in json.loads(metadata.get(_ALIASES_KEY, "{}")).items():
         state[alias] = state[source]
     model = build_model(config)
-    # the parameters take the dtype they were saved in; buffers keep theirs (RoPE's tables
-    # float32, as in training)
+    # the parameters take the dtype they were saved in; buffers too, but never narrower than
+    # float32 (RoPE's tables and a router's bias stay float32 beside bf16 weights, as in training)
     params = dict(model.named_parameters())
     dtypes = {t.dtype for k, t in state.items() if k in params and t.is_floating_point()}
     if len(dtypes) == 1:
         dtype = dtypes.pop()
+        if dtype.itemsize >= 4:
+            model.to(dtype)
         with torch.no_grad():
             for p in params.values():
                 p.data = p.data.to(dtype)
