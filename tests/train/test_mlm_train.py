@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import interrupt_after
 
 from lmforge import Tokenizer
 from lmforge.cli import main
@@ -104,19 +105,7 @@ def test_mlm_resume_is_bit_identical(mlm_data, tmp_path, monkeypatch):
     extra = ["train.max_iters=8", "train.ckpt_interval=4", "train.log_interval=1"]
     extra += ["train.eval_interval=0", "train.keep_checkpoints=0"]
     whole = Trainer(config(mlm_data, tmp_path / "a", *extra)).fit()
-    step = Trainer._step
-    calls = {"n": 0}
-
-    def crash_after_4(self):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "_step", crash_after_4)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(config(mlm_data, tmp_path / "b", *extra)).fit()
-    monkeypatch.setattr(Trainer, "_step", step)
+    interrupt_after(monkeypatch, 4, lambda: Trainer(config(mlm_data, tmp_path / "b", *extra)))
     torch.manual_seed(1)
     Trainer(config(mlm_data, tmp_path / "b", *extra), resume=True).fit()
 

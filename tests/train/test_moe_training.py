@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from test_trainer import TINY, records, tiny_config, train_losses
+from test_trainer import TINY, interrupt_after, records, tiny_config, train_losses
 
 from lmforge.cli import main
 from lmforge.train.trainer import Trainer
@@ -65,19 +65,9 @@ def test_resume_restores_the_bias_buffers(
     extra += ["train.eval_interval=0", "train.keep_checkpoints=0"]
     whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
 
-    calls = {"n": 0}
-    step = Trainer._step
-
-    def crash_after_4(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "_step", crash_after_4)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(stories_data, tmp_path / "b", *extra)).fit()
-    monkeypatch.setattr(Trainer, "_step", step)
+    interrupt_after(
+        monkeypatch, 4, lambda: Trainer(tiny_config(stories_data, tmp_path / "b", *extra))
+    )
     resumed = Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True)
     bias = resumed.model.layers[0].mlp.router.expert_bias
     assert resumed.iteration == 4 and bias.abs().sum() > 0  # restored, not re-initialised

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from test_trainer import tiny_config, train_losses
+from test_trainer import interrupt_after, tiny_config, train_losses
 
 from lmforge.cli import main
 from lmforge.model.export import load_safetensors
@@ -50,19 +50,9 @@ def test_bf16_weights_train_like_float32_and_keep_masters(stories_data, tmp_path
 def test_bf16_weights_resume_exactly(stories_data, tmp_path, monkeypatch):
     extra = [*STEPS, *BF16, "train.max_iters=8", "train.ckpt_interval=4"]
     whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
-    calls = {"n": 0}
-    step = Trainer._step
-
-    def crash_after_4(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "_step", crash_after_4)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(stories_data, tmp_path / "b", *extra)).fit()
-    monkeypatch.setattr(Trainer, "_step", step)
+    interrupt_after(
+        monkeypatch, 4, lambda: Trainer(tiny_config(stories_data, tmp_path / "b", *extra))
+    )
     resumed = Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True)
     assert resumed.iteration == 4
     resumed.fit()

@@ -49,6 +49,24 @@ def train_losses(run_dir):
     return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
 
 
+def interrupt_after(monkeypatch, steps: int, make) -> None:  # type: ignore[no-untyped-def]
+    """Fit ``make()``'s trainer until the process dies in step ``steps + 1`` (a
+    ``KeyboardInterrupt`` there), leaving what it checkpointed; ``Trainer._step`` is restored."""
+    step = Trainer._step
+    calls = {"n": 0}
+
+    def crash(self):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == steps + 1:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        make().fit()
+    monkeypatch.setattr(Trainer, "_step", step)
+
+
 def test_loss_falls_on_real_text(stories_data, tmp_path, caplog):
     cfg = tiny_config(
         stories_data,
@@ -77,19 +95,9 @@ def test_resume_is_bit_identical(stories_data, tmp_path, monkeypatch):
     extra += ["train.eval_interval=0", "train.keep_checkpoints=0"]
     whole = Trainer(tiny_config(stories_data, tmp_path / "a", *extra)).fit()
 
-    calls = {"n": 0}
-    step = Trainer._step
-
-    def crash_after_4(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt  # the process dies in step 5
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "_step", crash_after_4)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(stories_data, tmp_path / "b", *extra)).fit()
-    monkeypatch.setattr(Trainer, "_step", step)
+    interrupt_after(
+        monkeypatch, 4, lambda: Trainer(tiny_config(stories_data, tmp_path / "b", *extra))
+    )
     torch.manual_seed(12345)  # resume must not depend on the process's RNG state
     resumed = Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True)
     assert resumed.iteration == 4
@@ -240,19 +248,9 @@ def test_mixture_logs_the_realised_mixture_and_resumes_exactly(stories_data, tmp
     assert all(r["mix/train"] + r["mix/val"] == pytest.approx(1.0) for r in mixes)
     assert mixes[-1]["mix/val"] > 0.1 and mixes[-1]["epoch/val"] > mixes[-1]["epoch/train"]
 
-    calls = {"n": 0}
-    step = Trainer._step
-
-    def crash_after_4(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "_step", crash_after_4)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(stories_data, tmp_path / "b", *extra)).fit()
-    monkeypatch.setattr(Trainer, "_step", step)
+    interrupt_after(
+        monkeypatch, 4, lambda: Trainer(tiny_config(stories_data, tmp_path / "b", *extra))
+    )
     Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True).fit()
     assert records(tmp_path / "b")[-1]["mix/val"] == mixes[-1]["mix/val"]
     assert train_losses(tmp_path / "b") == train_losses(whole.run_dir)

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from lmforge._atomic import write_atomic_path
 from lmforge.model.config import ModelConfig
 from lmforge.model.encoder import build_model
+from lmforge.model.layers import cast_parameters_
 from lmforge.model.transformer import Transformer
 
 if TYPE_CHECKING:
@@ -154,9 +155,7 @@ def load_safetensors(out_dir: PathLike, *, device: str | torch.device = "cpu") -
         dtype = dtypes.pop()
         if dtype.itemsize >= 4:
             model.to(dtype)
-        with torch.no_grad():
-            for p in params.values():
-                p.data = p.data.to(dtype)
+        cast_parameters_(model, dtype)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

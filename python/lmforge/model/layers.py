@@ -33,7 +33,16 @@ from torch import Tensor, nn
 from lmforge.model.functional import at_least_float32
 from lmforge.model.mixed_linear import mixed_linear
 
-__all__ = ["Embedding", "Linear", "RMSNorm", "SwiGLU", "trunc_normal_"]
+__all__ = ["Embedding", "Linear", "RMSNorm", "SwiGLU", "cast_parameters_", "trunc_normal_"]
+
+
+def cast_parameters_(model: nn.Module, dtype: torch.dtype) -> None:
+    """Store every floating-point parameter of ``model`` in ``dtype``, in place; buffers (RoPE's
+    tables, a router's bias) keep theirs."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
 
 
 def trunc_normal_(weight: Tensor, std: float) -> Tensor:

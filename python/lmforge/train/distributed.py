@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lmforge.optim._common import LOW_PRECISION
 from lmforge.train.runtime import resolve_device
 
 __all__ = [
@@ -161,7 +162,7 @@ def wrap_model(
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
     dtypes = {p.dtype for p in model.parameters()}
-    if dtypes & {torch.bfloat16, torch.float16}:
+    if dtypes & set(LOW_PRECISION):
         raise ValueError(
             "fsdp shards float32 weights and casts them for compute, and this model stores "
             f"{sorted(map(str, dtypes))} weights (train.param_dtype or moe.expert_dtype); use "

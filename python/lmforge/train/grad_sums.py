@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
 from torch import Tensor
 
-__all__ = ["Float32GradSums"]
+from lmforge.optim._common import LOW_PRECISION
 
-LOW_PRECISION = (torch.bfloat16, torch.float16)
+__all__ = ["Float32GradSums"]
 
 
 class Float32GradSums:

@@ -18,6 +18,7 @@ import torch
 from lmforge import accounting
 from lmforge.data import resolve_device as data_resolve_device
 from lmforge.kernels import triton_enabled
+from lmforge.model.layers import cast_parameters_
 
 __all__ = [
     "autocast_dtype",
@@ -68,13 +69,8 @@ def store_weights(model: torch.nn.Module, param_dtype: str) -> None:
     Weights initialised in float32 and rounded once give a bf16 run the same starting point as
     a float32 run of the same seed, rounded.
     """
-    if param_dtype == "float32":
-        return
-    dtype = getattr(torch, param_dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.is_floating_point() and p.dtype != dtype:
-                p.data = p.data.to(dtype)
+    if param_dtype != "float32":
+        cast_parameters_(model, getattr(torch, param_dtype))
 
 
 def seed_everything(seed: int) -> None:

@@ -53,6 +53,7 @@ from lmforge import accounting
 from lmforge.data import MixtureSampler, gather_mixture_batch
 from lmforge.model import Encoder, build_model
 from lmforge.optim import Adam, build_optimizer, clip_coefficient, clip_grad_norm_, lr_at, set_lr
+from lmforge.optim._common import LOW_PRECISION
 from lmforge.train import distributed as ddp
 from lmforge.train.artifacts import generate_text
 from lmforge.train.checkpoint import (
@@ -182,7 +183,7 @@ class Trainer:
         # micro-batches' gradients of bf16 weights add up in float32 (lmforge.train.grad_sums)
         self.grad_sums = Float32GradSums(self.model.parameters()) if tc.grad_accum > 1 else None
         low = sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters()
-                      if p.dtype in (torch.bfloat16, torch.float16)})  # fmt: skip
+                      if p.dtype in LOW_PRECISION})  # fmt: skip
         if low and ctx.is_main and ctx.distributed:
             log.warning(
                 "weights stored in %s (train.param_dtype or moe.expert_dtype): the %d ranks' "
