@@ -58,7 +58,7 @@ def child(
     compile_mode: str | None,
     profile: Path | None,
     moment_dtype: str | None = None,
-    param_dtype: str | None = None,
+    param_dtype: str = "auto",
 ) -> None:
     import torch
 
@@ -68,10 +68,14 @@ def child(
     from lmforge.train.config import load_run_config
     from lmforge.train.runtime import store_weights
 
-    cfg = load_run_config(PRESETS[shape], ["train.train_data=unused"]).model
+    run = load_run_config(
+        PRESETS[shape], ["train.train_data=unused", f'train.param_dtype="{param_dtype}"']
+    )
+    weights = run.resolve_param_dtype("cuda", 1).train.param_dtype  # as the trainer resolves it
+    cfg = run.model
     torch.manual_seed(0)
     model = Transformer(cfg).cuda()
-    store_weights(model, param_dtype or "float32")  # train.param_dtype; AdamW keeps masters
+    store_weights(model, weights)  # bfloat16: AdamW keeps float32 masters
     kinds = model.param_kinds()
     opt = build_optimizer(
         [(p, kinds[n]) for n, p in model.named_parameters()],
@@ -119,12 +123,13 @@ def child(
         batch,
         T,
         compiled=True,
-        param_dtype="bf16" if param_dtype else "fp32",
+        param_dtype="bf16" if weights == "bfloat16" else "fp32",
         moment_dtype="bf16" if moment_dtype else None,
     )
     emit_result(
         dict(
             params=sum(p.numel() for p in model.parameters()),
+            param_dtype=weights,
             step_ms=dt * 1e3,
             tok_s=tokens / dt,
             mfu=flops_tok * tokens / dt / peak if peak else None,
@@ -218,9 +223,10 @@ def main() -> None:
     )
     p.add_argument(
         "--param-dtype",
-        choices=["bfloat16"],
-        default=None,
-        help="weights stored in bf16 (AdamW keeps float32 masters)",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="train.param_dtype: how the weights are stored (auto: as the trainer on one GPU, "
+        "bfloat16 with AdamW's float32 masters)",
     )
     p.add_argument("--baseline", type=Path, default=Path(".device/gpt_baseline.py"))
     p.add_argument("--skip-baseline", action="store_true")
@@ -257,7 +263,7 @@ def main() -> None:
         cmd += ["--compile-mode", a.compile_mode] if a.compile_mode else []
         cmd += ["--profile", str(a.profile)] if a.profile else []
         cmd += ["--moment-dtype", a.moment_dtype] if a.moment_dtype else []
-        cmd += ["--param-dtype", a.param_dtype] if a.param_dtype else []
+        cmd += ["--param-dtype", a.param_dtype]
         code, stdout, _ = run_child(cmd)
         ours = parse_result(stdout) if code == 0 else None
         results.append(dict(shape=shape, batch=batches[shape], baseline=base, lmforge=ours))

@@ -125,7 +125,9 @@ def child(a: argparse.Namespace) -> None:
     device = torch.device(a.device)
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
-    store_weights(model, run.train.param_dtype)  # --set 'train.param_dtype="bfloat16"'
+    # train.param_dtype as the trainer resolves it on one GPU (--set 'train.param_dtype=...')
+    weights = run.resolve_param_dtype(device.type, 1).train.param_dtype
+    store_weights(model, weights)
     kinds = model.param_kinds()
     opt = build_optimizer(
         [(p, kinds[n]) for n, p in model.named_parameters()],
@@ -203,6 +205,7 @@ def child(a: argparse.Namespace) -> None:
         dict(
             params=counts.total,
             active_params=counts.active,
+            param_dtype=weights,
             step_ms=dt * 1e3,
             tok_s=B * T / dt,
             mfu=flops_tok * B * T / dt / peak if peak else None,

@@ -397,6 +397,7 @@ def _cmd_memory(args: argparse.Namespace) -> int:
     from lmforge.train.runtime import run_memory_estimate
 
     config = load_run_config(args.config, ["train.train_data=unused", *(args.set or [])])
+    config = config.resolve_param_dtype("cuda", 1)  # "auto" as one CUDA process stores weights
     tc, mc, oc = config.train, config.model, config.optim
     est = run_memory_estimate(config)
     experts = ""

@@ -150,8 +150,9 @@ def test_nccl_on_two_gpus_matches_one_gpu(stories_data, tmp_path, strategy, dtyp
     cuBLAS picks algorithms per shape, hence a looser tolerance than the gloo runs. FSDP is
     compared in float32: in bf16 it computes with bf16 copies of the parameters
     (``MixedPrecisionPolicy``), which rounds differently from one process's autocast (seen on
-    2 H200s: the bf16 comparison failed at this tolerance)."""
-    sets = ["train.device=cuda", f'train.dtype="{dtype}"']
+    2 H200s: the bf16 comparison failed at this tolerance). Weights float32 in both: one
+    process's ``param_dtype = "auto"`` would store them in bf16, two processes' in float32."""
+    sets = ["train.device=cuda", f'train.dtype="{dtype}"', 'train.param_dtype="float32"']
     ref = single(stories_data, tmp_path / "one", *sets)
     run = tmp_path / strategy
     torchrun_train(stories_data, run, "train.grad_accum=2", f"train.strategy={strategy}", *sets)

@@ -1,7 +1,9 @@
 """``train.param_dtype = "bfloat16"``: every weight stored in bf16 with AdamW's float32 masters.
 On the CPU: the run trains like the float32 run of the same seed, checkpoints hold the bf16
-weights and their masters, resume is exact (a run keeps its param_dtype), and the checkpoint
-loads for sampling as a float32 model; on CUDA (``gpu``): the same under autocast and graphs."""
+weights and their masters, resume is exact (a run keeps its param_dtype, which ``"auto"`` takes
+on resume), and the checkpoint loads for sampling as a float32 model; ``"auto"`` keeps float32
+weights on the CPU; on CUDA (``gpu``): ``"auto"`` stores bf16 weights and trains like float32
+under autocast and graphs."""
 
 from __future__ import annotations
 
@@ -53,8 +55,10 @@ def test_bf16_weights_resume_exactly(stories_data, tmp_path, monkeypatch):
     interrupt_after(
         monkeypatch, 4, lambda: Trainer(tiny_config(stories_data, tmp_path / "b", *extra))
     )
-    resumed = Trainer(tiny_config(stories_data, tmp_path / "b", *extra), resume=True)
-    assert resumed.iteration == 4
+    auto = [e for e in extra if e not in BF16]  # "auto" resumes with the run's own dtype
+    resumed = Trainer(tiny_config(stories_data, tmp_path / "b", *auto), resume=True)
+    assert resumed.iteration == 4 and resumed.config.train.param_dtype == "bfloat16"
+    assert 'param_dtype = "bfloat16"' in (tmp_path / "b" / "config.toml").read_text()
     resumed.fit()
     assert train_losses(tmp_path / "b") == train_losses(whole.run_dir)
     a, b = _checkpoint(whole.run_dir, 8), _checkpoint(tmp_path / "b", 8)
@@ -62,6 +66,13 @@ def test_bf16_weights_resume_exactly(stories_data, tmp_path, monkeypatch):
         assert torch.equal(value, b["model"][key]), key
     for i, state in a["optimizer"]["state"].items():
         assert torch.equal(state["master"], b["optimizer"]["state"][i]["master"])
+
+
+def test_auto_param_dtype_keeps_float32_weights_on_the_cpu(stories_data, tmp_path):
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "run", *STEPS, "train.max_iters=8"))
+    assert trainer.config.train.param_dtype == "float32"  # what the run's config records
+    assert 'param_dtype = "float32"' in (tmp_path / "run" / "config.toml").read_text()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
 def test_a_bf16_checkpoint_loads_as_a_float32_model(stories_data, tmp_path):
@@ -107,7 +118,7 @@ def test_bf16_weights_on_cuda_train_like_float32_under_graphs(stories_data, tmp_
     graphs, the fused Triton AdamW updating every master (norms and embeddings included), then
     evaluation and sampling at the end."""
     runs = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", "auto"):  # "auto": bf16 weights for one process on CUDA
         extra = [*STEPS, "train.max_iters=30", "optim.lr=3e-3", "train.eval_interval=30"]
         extra += ["train.device=cuda", "train.compile=true", 'train.compile_mode="reduce-overhead"']
         extra += [f'train.param_dtype="{dtype}"', "train.sample_tokens=16"]
@@ -116,8 +127,9 @@ def test_bf16_weights_on_cuda_train_like_float32_under_graphs(stories_data, tmp_
             runs[dtype] = train_losses(trainer.fit().run_dir)
         assert "memory model: peak" in caplog.text  # logged at the start of a CUDA run
         params = list(trainer.model.parameters())
-        assert all(p.dtype == getattr(torch, dtype) and p.is_cuda for p in params)
+        stored = torch.float32 if dtype == "float32" else torch.bfloat16
+        assert all(p.dtype == stored and p.is_cuda for p in params)
         assert (tmp_path / dtype / "sample.txt").read_text().strip()
-    assert runs["bfloat16"][1] == pytest.approx(runs["float32"][1], abs=0.02)
-    assert runs["bfloat16"][30] == pytest.approx(runs["float32"][30], abs=0.05)
-    assert runs["bfloat16"][1] - runs["bfloat16"][30] > 1.0
+    assert runs["auto"][1] == pytest.approx(runs["float32"][1], abs=0.02)
+    assert runs["auto"][30] == pytest.approx(runs["float32"][30], abs=0.05)
+    assert runs["auto"][1] - runs["auto"][30] > 1.0

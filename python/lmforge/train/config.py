@@ -48,7 +48,10 @@ __all__ = [
 _PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 _DTYPES = ("bf16", "fp32")
-_PARAM_DTYPES = ("float32", "bfloat16")
+_PARAM_DTYPES = ("auto", "float32", "bfloat16")
+MASTER_OPTIMIZERS = ("adamw", "adam")
+"""The optimizers that keep float32 master weights, which ``train.param_dtype = "bfloat16"``
+needs."""
 _STRATEGIES = ("ddp", "fsdp")
 _CHECKPOINT_FORMATS = ("auto", "torch", "dcp")
 _COMPILE_MODES = (
@@ -91,13 +94,17 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"bf16"`` (CUDA autocast to bf16, over float32 weights unless
             ``param_dtype`` says otherwise) or ``"fp32"``.
-        param_dtype: how the model's weights are stored: ``"float32"`` (default), or
-            ``"bfloat16"`` — every weight in bf16, the dtype the matmuls compute in under
+        param_dtype: how the model's weights are stored: ``"auto"`` (default), ``"float32"``
+            or ``"bfloat16"`` — every weight in bf16, the dtype the matmuls compute in under
             ``dtype = "bf16"``, with AdamW/Adam keeping a float32 master copy of each, so no
-            weight is cast at each step and weight gradients are bf16 (faster, less memory;
-            measured in ``benches/NOTES-model.md``). Needs ``dtype = "bf16"`` and
-            ``optim.name`` ``"adamw"`` or ``"adam"``; on the CPU the model then computes in
-            bf16. Checkpoints hold the bf16 weights (they load into float32 models for
+            weight is cast at each step and weight gradients are bf16 (faster, less memory,
+            the same validation loss; measured in ``benches/NOTES-model.md``). ``"bfloat16"``
+            needs ``dtype = "bf16"`` and ``optim.name`` ``"adamw"`` or ``"adam"``; on the CPU
+            the model then computes in bf16. ``"auto"`` is ``"bfloat16"`` where all of that
+            holds for one process on CUDA, else ``"float32"`` (the CPU computes in float32;
+            several processes average gradients in the weights' dtype; FSDP needs float32),
+            and on resume the run's own value. The trainer writes the resolved value into the
+            run's config. Checkpoints hold the bf16 weights (they load into float32 models for
             sampling, evaluation and export) and the float32 masters.
         compile: ``torch.compile`` the model.
         compile_mode: ``torch.compile``'s mode: ``"auto"`` (``"reduce-overhead"`` where it
@@ -149,7 +156,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     dtype: str = "bf16"
-    param_dtype: str = "float32"
+    param_dtype: str = "auto"
     compile: bool = False
     compile_mode: str = "auto"
     strategy: str = "ddp"
@@ -210,7 +217,7 @@ class TrainConfig:
             raise ValueError(
                 f"train.param_dtype must be one of {_PARAM_DTYPES}, got {self.param_dtype!r}"
             )
-        if self.param_dtype != "float32" and self.dtype != "bf16":
+        if self.param_dtype == "bfloat16" and self.dtype != "bf16":
             raise ValueError(
                 f'train.param_dtype = "{self.param_dtype}" computes in that dtype: set '
                 'train.dtype = "bf16" (or train.param_dtype = "float32")'
@@ -287,12 +294,34 @@ class RunConfig:
                 "model.causal = false is a bidirectional encoder: train it with "
                 'train.objective = "mlm"'
             )
-        if self.train.param_dtype != "float32" and self.optim.name not in ("adamw", "adam"):
+        if self.train.param_dtype == "bfloat16" and self.optim.name not in MASTER_OPTIMIZERS:
             raise ValueError(
                 f'train.param_dtype = "{self.train.param_dtype}" needs float32 master weights, '
                 f"which only adamw and adam keep, not optim.name = {self.optim.name!r}: change "
                 'one or set train.param_dtype = "float32"'
             )
+
+    def resolve_param_dtype(
+        self, device_type: str, world_size: int, saved: str | None = None
+    ) -> RunConfig:
+        """This config with ``train.param_dtype = "auto"`` made what a run stores its weights in.
+
+        ``"auto"`` becomes ``saved`` when given (a resumed run keeps its weights' dtype), else
+        ``"bfloat16"`` for one process on CUDA with ``train.dtype = "bf16"`` and AdamW or Adam
+        (which keep float32 masters), else ``"float32"``. Explicit values stay as they are.
+
+        Args:
+            device_type: the run's device type (``"cuda"``, ``"cpu"``).
+            world_size: the run's processes.
+            saved: the resolved ``param_dtype`` of the run being resumed, if known.
+        """
+        tc = self.train
+        if tc.param_dtype != "auto":
+            return self
+        fast = device_type == "cuda" and world_size == 1 and tc.dtype == "bf16"
+        fast &= self.optim.name in MASTER_OPTIMIZERS
+        resolved = saved or ("bfloat16" if fast else "float32")
+        return dataclasses.replace(self, train=dataclasses.replace(tc, param_dtype=resolved))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """``{"model": ..., "optim": ..., "train": ...}``."""

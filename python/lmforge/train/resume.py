@@ -9,7 +9,8 @@ The config given on resume is then checked against the one saved in the checkpoi
   ``train.mixture_weights`` (the sampler's stream of windows would no longer continue the same
   run), ``train.objective`` or ``train.mlm_probability`` (nor would the masks), or
   ``train.param_dtype`` (a float32 checkpoint loaded into bf16 weights would lose its
-  precision; to switch, start a new run with ``train.init_from``). How the
+  precision; to switch, start a new run with ``train.init_from``; ``"auto"`` takes the run's
+  own value, :func:`saved_param_dtype`). How the
   global batch is split into processes and micro-batches may change, so a run checkpointed by
   2 processes resumes in 1 with twice the ``grad_accum``.
 - **Applied**: ``[optim]`` hyperparameters come from the config given now, not from the
@@ -20,6 +21,8 @@ The config given on resume is then checked against the one saved in the checkpoi
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +30,12 @@ import torch
 from lmforge.model.config import ModelConfig
 from lmforge.train.config import RunConfig
 
-__all__ = ["apply_hyperparameters", "check_resumable", "hyperparameters"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["apply_hyperparameters", "check_resumable", "hyperparameters", "saved_param_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,26 @@ _FIXED_TRAIN_KEYS = (
 )
 _TRAIN_DEFAULTS = {"param_dtype": "float32"}
 """Fixed train fields added after checkpoints were first written: their value in those."""
+
+
+def saved_param_dtype(config_toml: Path) -> str | None:
+    """The ``train.param_dtype`` a run's ``config.toml`` records (the trainer writes the value
+    it resolved), which ``"auto"`` keeps on resume; ``"float32"`` for a run written before the
+    field existed; ``None`` when the file is missing or unreadable (the checkpoint's own config
+    is still checked by :func:`check_resumable`).
+
+    Args:
+        config_toml: the run directory's ``config.toml``.
+    """
+    try:
+        data = tomllib.loads(config_toml.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    train = data.get("train")
+    if not isinstance(train, dict):
+        return None
+    value = train.get("param_dtype", _TRAIN_DEFAULTS["param_dtype"])
+    return value if value in ("float32", "bfloat16") else None
 
 
 def check_resumable(

@@ -69,6 +69,11 @@ def store_weights(model: torch.nn.Module, param_dtype: str) -> None:
     Weights initialised in float32 and rounded once give a bf16 run the same starting point as
     a float32 run of the same seed, rounded.
     """
+    if param_dtype not in ("float32", "bfloat16"):
+        raise ValueError(
+            f"store_weights takes a resolved param_dtype, float32 or bfloat16, not {param_dtype!r}"
+            " (RunConfig.resolve_param_dtype resolves auto)"
+        )
     if param_dtype != "float32":
         cast_parameters_(model, getattr(torch, param_dtype))
 
@@ -83,11 +88,13 @@ def seed_everything(seed: int) -> None:
 def run_memory_estimate(config: Any) -> accounting.MemoryEstimate:
     """The memory model's prediction for one CUDA training step of a run, per process: the
     micro-batch, context, optimizer, weight and moment dtypes, compilation, activation
-    checkpointing and the loss kernel as the run's config sets them.
+    checkpointing and the loss kernel as the run's config sets them (``train.param_dtype =
+    "auto"`` as one CUDA process resolves it).
 
     Args:
         config: the run's :class:`~lmforge.train.config.RunConfig`.
     """
+    config = config.resolve_param_dtype("cuda", 1)
     tc, mc = config.train, config.model
     return accounting.estimate_training_memory(
         mc,

@@ -77,7 +77,12 @@ from lmforge.train.init_weights import load_initial_weights
 from lmforge.train.meter import StepWindow, max_memory_gb, peak_flops
 from lmforge.train.metrics import MetricsLogger, NullLogger
 from lmforge.train.mlm import MLMObjective
-from lmforge.train.resume import apply_hyperparameters, check_resumable, hyperparameters
+from lmforge.train.resume import (
+    apply_hyperparameters,
+    check_resumable,
+    hyperparameters,
+    saved_param_dtype,
+)
 from lmforge.train.run_dir import CHECKPOINT_FILE, RunDir, write_text_atomic
 from lmforge.train.runtime import (
     autocast_dtype,
@@ -163,6 +168,11 @@ class Trainer:
         fingerprint = self.tokenizer.fingerprint if self.tokenizer is not None else None
         self.train_files, self.val_file = open_run_data(tc, mc, fingerprint)
         self.config = config = with_data_eot_id(config, train_eot_id(self.train_files))
+        # train.param_dtype "auto" -> what the weights are stored in (a resumed run: its own)
+        run_dir = RunDir(tc.out_dir)
+        saved = saved_param_dtype(run_dir.config_path) if resume and run_dir.latest() else None
+        self.config = config = config.resolve_param_dtype(self.device.type, ctx.world_size, saved)
+        tc = config.train
         self.mlm = (
             MLMObjective.from_tokenizer(self.tokenizer, tc.mlm_probability, tc.seed)
             if tc.objective == "mlm"
