@@ -79,6 +79,7 @@ def test_loss_falls_on_real_text(stories_data, tmp_path, caplog):
     with caplog.at_level("INFO", logger="lmforge.train.trainer"):
         result = Trainer(cfg).fit()
     assert "12·L·d²" in caplog.text and "d_model/n_layers" in caplog.text  # the shape report
+    assert "precision: weights float32 (train.param_dtype auto); compute float32" in caplog.text
     losses = train_losses(result.run_dir)
     assert losses[10] - losses[60] > 1.0, losses
     assert result.val is not None and result.val.loss < math.log(512) - 1.0

@@ -172,7 +172,13 @@ class Trainer:
         run_dir = RunDir(tc.out_dir)
         saved = saved_param_dtype(run_dir.config_path) if resume and run_dir.latest() else None
         self.config = config = config.resolve_param_dtype(self.device.type, ctx.world_size, saved)
+        chosen = " (train.param_dtype auto)" if tc.param_dtype == "auto" else ""
         tc = config.train
+        moe = config.model.moe
+        if moe is not None and tc.param_dtype == "float32" != moe.expert_dtype:
+            chosen += f", routed experts {moe.expert_dtype}"
+        compute = "bf16 autocast" if self.amp_dtype is not None else tc.param_dtype
+        self.precision = f"weights {tc.param_dtype}{chosen}; compute {compute}"
         self.mlm = (
             MLMObjective.from_tokenizer(self.tokenizer, tc.mlm_probability, tc.seed)
             if tc.objective == "mlm"
@@ -292,6 +298,7 @@ class Trainer:
         tc = self.config.train
         if self.dist.is_main:
             log.info("%s", accounting.shape_report(self.config.model))
+            log.info("precision: %s", self.precision)
             if self.device.type == "cuda":
                 est = run_memory_estimate(self.config)
                 log.info(
