@@ -124,7 +124,7 @@ def test_memory_command_prints_the_run_configs_estimate(capsys):
     assert peak(*small) == f"estimated peak: {format_bytes(est.total)} (CUDA; the caching " + (
         "allocator adds its slack)"
     )
-    # the settings reach the estimate: bf16 weights and a smaller batch need less
+    # the settings reach the estimate: a smaller batch and bf16 moments need less
     default = run_memory_estimate(load_run_config("gpt2-124M", ["train.train_data=unused"]))
     assert est.total < default.total
     assert peak() == f"estimated peak: {format_bytes(default.total)} (CUDA; the caching " + (

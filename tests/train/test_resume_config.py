@@ -52,6 +52,11 @@ def test_auto_param_dtype_resolves_by_device_processes_and_optimizer() -> None:
     assert resolved("cuda", 1, saved="float32") == "float32"
     assert resolved("cuda", 1, 'train.param_dtype="float32"') == "float32"  # explicit stays
     assert resolved("cpu", 1, 'train.param_dtype="bfloat16"', saved="float32") == "bfloat16"
+    # a bf16 run resumed where bf16 weights cannot train: refused with the reason, not re-typed
+    for sets in (['train.dtype="fp32"'], ['optim.name="muon"'], ["train.strategy=fsdp"]):
+        with pytest.raises(ValueError, match="stores its weights in bfloat16.*init_from"):
+            resolved("cuda", 2, *sets, saved="bfloat16")
+    assert resolved("cuda", 2, 'train.dtype="fp32"', saved="float32") == "float32"
 
 
 def test_saved_param_dtype_reads_the_run_config(tmp_path) -> None:

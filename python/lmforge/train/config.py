@@ -92,8 +92,8 @@ class TrainConfig:
             ``max_iters`` is ``None``.
         seed: seeds every RNG (Python, NumPy, torch) and the data sampler.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        dtype: ``"bf16"`` (CUDA autocast to bf16, over float32 weights unless
-            ``param_dtype`` says otherwise) or ``"fp32"``.
+        dtype: ``"bf16"`` (CUDA autocast to bf16, over weights stored as ``param_dtype``
+            says) or ``"fp32"``.
         param_dtype: how the model's weights are stored: ``"auto"`` (default), ``"float32"``
             or ``"bfloat16"`` — every weight in bf16, the dtype the matmuls compute in under
             ``dtype = "bf16"``, with AdamW/Adam keeping a float32 master copy of each, so no
@@ -310,6 +310,10 @@ class RunConfig:
         ``"bfloat16"`` for one process on CUDA with ``train.dtype = "bf16"`` and AdamW or Adam
         (which keep float32 masters), else ``"float32"``. Explicit values stay as they are.
 
+        Raises:
+            ValueError: ``saved`` is ``"bfloat16"`` and this config cannot train bf16 weights
+                (``train.dtype = "fp32"``, an optimizer without masters, or FSDP).
+
         Args:
             device_type: the run's device type (``"cuda"``, ``"cpu"``).
             world_size: the run's processes.
@@ -321,6 +325,20 @@ class RunConfig:
         fast = device_type == "cuda" and world_size == 1 and tc.dtype == "bf16"
         fast &= self.optim.name in MASTER_OPTIMIZERS
         resolved = saved or ("bfloat16" if fast else "float32")
+        if saved == "bfloat16":
+            reasons = [f"train.dtype = {tc.dtype!r}"] if tc.dtype != "bf16" else []
+            if self.optim.name not in MASTER_OPTIMIZERS:
+                reasons.append(f"optim.name = {self.optim.name!r} keeps no float32 masters")
+            if world_size > 1 and tc.strategy == "fsdp":
+                reasons.append("FSDP needs float32 weights")
+            if reasons:
+                raise ValueError(
+                    "this run stores its weights in bfloat16 (its config.toml records "
+                    'train.param_dtype = "bfloat16"), which train.param_dtype = "auto" '
+                    f"keeps on resume, but {'; '.join(reasons)}: resume it with "
+                    'train.dtype = "bf16", AdamW or Adam and no FSDP, or start a new run from it '
+                    "with train.init_from"
+                )
         return dataclasses.replace(self, train=dataclasses.replace(tc, param_dtype=resolved))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
