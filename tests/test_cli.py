@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from lmforge import Tokenizer
 from lmforge.cli import main
@@ -132,3 +133,15 @@ def test_memory_command_prints_the_run_configs_estimate(capsys):
     )
     assert main(["memory", "--config", "gpt2-124M", "--set", 'train.param_dtype="fp8"']) == 2
     assert "param_dtype must be one of" in capsys.readouterr().err
+    # "auto" stores bf16 weights in one process, float32 ones under torchrun
+    assert main(["memory", "--config", "gpt2-124M"]) == 0
+    assert "weights bfloat16" in capsys.readouterr().out
+    assert main(["memory", "--config", "gpt2-124M", "--world-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "weights float32" in out and "FSDP" not in out
+    fsdp = ["--set", "train.strategy=fsdp", "--world-size", "8"]
+    assert main(["memory", "--config", "gpt2-124M", *fsdp]) == 0
+    assert "FSDP's shards" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["memory", "--config", "gpt2-124M", "--world-size", "0"])
+    assert "must be an integer >= 1" in capsys.readouterr().err

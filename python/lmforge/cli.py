@@ -391,13 +391,24 @@ def _cmd_accounting(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _cmd_memory(args: argparse.Namespace) -> int:
     from lmforge.accounting import format_bytes
     from lmforge.train.config import load_run_config
     from lmforge.train.runtime import run_memory_estimate
 
     config = load_run_config(args.config, ["train.train_data=unused", *(args.set or [])])
-    config = config.resolve_param_dtype("cuda", 1)  # "auto" as one CUDA process stores weights
+    config = config.resolve_param_dtype("cuda", args.world_size)  # what "auto" stores weights in
     tc, mc, oc = config.train, config.model, config.optim
     est = run_memory_estimate(config)
     experts = ""
@@ -411,6 +422,8 @@ def _cmd_memory(args: argparse.Namespace) -> int:
         f"checkpointing {mc.activation_checkpointing}"
     )
     print(est.table())
+    if args.world_size > 1 and tc.strategy == "fsdp":
+        print("(one unsharded process: FSDP's shards of weights, gradients and state need less)")
     print(f"estimated peak: {format_bytes(est.total)} (CUDA; the caching allocator adds its slack)")
     return 0
 
@@ -641,6 +654,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="TABLE.KEY=VALUE",
         help="override a config value as lmforge train does, e.g. --set train.batch_size=16",
+    )
+    me.add_argument(
+        "--world-size",
+        type=_positive_int,
+        default=1,
+        help="processes the run trains in (torchrun's world size; train.param_dtype = auto "
+        "stores float32 weights for more than one); default 1",
     )
     me.set_defaults(func=_cmd_memory)
 

@@ -85,16 +85,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_memory_estimate(config: Any) -> accounting.MemoryEstimate:
+def run_memory_estimate(config: Any, world_size: int = 1) -> accounting.MemoryEstimate:
     """The memory model's prediction for one CUDA training step of a run, per process: the
     micro-batch, context, optimizer, weight and moment dtypes, compilation, activation
     checkpointing and the loss kernel as the run's config sets them (``train.param_dtype =
-    "auto"`` as one CUDA process resolves it).
+    "auto"`` as a CUDA run of ``world_size`` processes resolves it). The estimate is of an
+    unsharded process: FSDP's shards need less.
 
     Args:
         config: the run's :class:`~lmforge.train.config.RunConfig`.
+        world_size: the run's processes.
     """
-    config = config.resolve_param_dtype("cuda", 1)
+    config = config.resolve_param_dtype("cuda", world_size)
     tc, mc = config.train, config.model
     return accounting.estimate_training_memory(
         mc,
