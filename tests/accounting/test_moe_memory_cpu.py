@@ -5,11 +5,17 @@ summing the bytes of their distinct storages (parameters excluded) gives the num
 memory model's rows must equal. Eager runs hook one MoE layer; compiled runs hook the
 compiled MLP half of a block (its RMSNorm and the MoE; the compiled graph's saved outputs
 also reach the hooks); the model-level test compares a whole MoE model with its dense twin.
+The eager layer test runs again in a child process under Triton's interpreter, where the
+CUDA path's kernels (router top-k, row gathers, SwiGLU) run on the CPU and save what they save
+on a GPU.
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +46,9 @@ SHAPES = {
     "hash_shared": MoEConfig(n_routed_experts=4, top_k=2, router="hash", n_shared_experts=1),
 }
 HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+"""This process runs lmforge's Triton kernels in the interpreter (the child of
+``test_eager_rows_hold_with_the_triton_kernels``)."""
 
 
 def _config(moe: MoEConfig | None, **kw: Any) -> ModelConfig:
@@ -108,9 +117,23 @@ def test_eager_moe_layer_saves_what_the_rows_say(name: str, impl: str, bf16: boo
         rows = max(int(layer.stats.counts.max()), 1)
     compute = "bf16" if bf16 else "fp32"
     kw = dict(residual="fp32", compute=compute, compiled=False, impl=impl, rows=rows)
+    kw["kernel"] = INTERPRETED  # the Triton SwiGLU keeps [gate | up] only
     want = moe_saved(cfg, N_TOKENS, **kw) + moe_weight_copies(cfg, param="fp32", compute=compute)  # type: ignore[arg-type]
     print(f"{name} {impl} {compute} eager: predicted/saved = {total_bytes(want) / got:.4f}")
     assert total_bytes(want) == got  # exact: every saved storage is a row
+
+
+@pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(), reason="the child, or a GPU")
+def test_eager_rows_hold_with_the_triton_kernels() -> None:
+    """The eager rows again, with the kernels the CUDA path runs (in Triton's interpreter, which
+    must be switched on before Triton is imported: a child process)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
+    cmd += ["-k", "test_eager_moe_layer_saves_what_the_rows_say"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout, out.stdout[-2000:]
 
 
 def test_padded_rows_per_expert() -> None:
@@ -222,7 +245,8 @@ def test_moe_model_minus_dense_twin(bf16: bool, impl: str) -> None:
     dense_block = block_saved(dense, n, residual="fp32", compute=compute, compiled=False)
     est_moe = estimate_training_memory(cfg, 2, compute_dtype=compute, moe_impl=impl)
     moe_block = block_saved(cfg, n, residual="fp32", compute=compute, compiled=False, mlp=False)
-    moe_rows = moe_saved(cfg, n, residual="fp32", compute=compute, compiled=False, impl=impl)
+    moe_rows = moe_saved(cfg, n, residual="fp32", compute=compute, compiled=False, impl=impl,
+                         kernel=True)  # fmt: skip  # loss_kernel=True: the Triton SwiGLU too
     assert est_moe.bytes("activations") == 2 * total_bytes(dense_block) + 2 * total_bytes(
         moe_block + moe_rows
     )

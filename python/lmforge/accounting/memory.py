@@ -321,8 +321,9 @@ def estimate_training_memory(
             runs) rather than full float32 logits.
         loss_chunk_size: rows per loss chunk (``Transformer.loss_chunk_size``).
         compiled: the model runs under ``torch.compile`` (fewer saved tensors, fused loss).
-        loss_kernel: the chunked loss runs the Triton cross-entropy kernel (what a GPU with
-            Triton runs); ``False`` for the PyTorch path (``LMFORGE_TRITON=0``, no Triton).
+        loss_kernel: lmforge's Triton kernels run (what a GPU with Triton runs): the chunked
+            loss's cross-entropy and the MoE experts' SwiGLU, which saves less in eager mode;
+            ``False`` for the PyTorch paths (``LMFORGE_TRITON=0``, no Triton).
         grad_accum: micro-batches per optimizer step; above 1, gradients stay allocated
             through the forward and backward passes.
         workspace_bytes: memory the matmul libraries hold (default: two 32 MiB cuBLAS
@@ -399,6 +400,7 @@ def _block_rows(
     compiled: bool,
     pc: ParamCount,
     moe: tuple[str, float],
+    kernel: bool = False,
 ) -> tuple[list[TensorGroup], list[TensorGroup], list[TensorGroup], list[TensorGroup]]:
     """One block's saved rows, weight copies, the copies autocast caches (a subset: not the
     routed experts', which ``GroupedExperts`` casts itself) and backward transient."""
@@ -413,7 +415,7 @@ def _block_rows(
     if is_moe:
         impl = _moe_impl(cfg, moe[0], compute)
         kw = dict(compute=compute, compiled=compiled, impl=impl, max_load=moe[1])
-        block += moe_saved(cfg, n, residual=param, **kw)  # type: ignore[arg-type]
+        block += moe_saved(cfg, n, residual=param, kernel=kernel, **kw)  # type: ignore[arg-type]
         copies += moe_weight_copies(cfg, param=param, compute=compute)
         cached += moe_weight_copies(cfg, param=param, compute=compute, autocast_only=True)
         backward = backward[:1] + moe_backward(cfg, n, **kw) + backward[-1:]  # type: ignore[arg-type]
@@ -449,7 +451,15 @@ def _activation_parts(
     recomputed: list[list[TensorGroup]] = []  # per kind: one block rebuilt in backward
     for layers in _block_kinds(cfg).values():
         block, copies, cached, backward = _block_rows(
-            cfg, n, layers[0], param=param, compute=compute, compiled=compiled, pc=pc, moe=moe
+            cfg,
+            n,
+            layers[0],
+            param=param,
+            compute=compute,
+            compiled=compiled,
+            pc=pc,
+            moe=moe,
+            kernel=kernel,
         )
         activations += [row.times(len(layers)) for row in block]
         saved_copies += [row.times(len(layers)) for row in copies]

@@ -18,7 +18,7 @@ shared experts' width, ``c`` the compute (autocast) dtype. Token-choice and sigm
 | each token (:mod:`lmforge.model.moe.permute`) |            |       |                          |
 | xs, the gathered rows                         | A·d        | c     | the first GEMMs (note 1) |
 | grouped_mm: group offsets                     | E          | int32 | each grouped GEMM        |
-| w1 xs, w3 xs; silu(w1 xs); their product      | 4 · A·f    | c     | silu, product, w2        |
+| w1 xs, w3 xs; silu(w1 xs); their product      | 4 · A·f    | c     | silu, product, w2 (n. 8) |
 | the experts' outputs (sorted)                 | A·d        | c     | the combine              |
 | the gates                                     | N·k        | fp32  | the combine              |
 | shared experts: input casts                   | 2 · N·d    | c     | their w1, w3 (note 2)    |
@@ -52,6 +52,10 @@ Notes, each a property of PyTorch the count relies on:
    (``moe.expert_dtype``), when there is no copy at all; they count with the weight copies
    (:func:`moe_weight_copies`) but, not being autocast's cached casts, die with each block's
    forward under activation checkpointing.
+8. With lmforge's Triton SwiGLU (:mod:`lmforge.kernels.swiglu`: CUDA with Triton, or Triton's
+   interpreter on the CPU) the routed experts keep ``[w1 xs | w3 xs]`` only and recompute
+   ``silu(w1 xs)`` in backward: ``3 · A·f`` (``kernel=True``); the shared experts are a plain
+   SwiGLU either way.
 
 Under ``torch.compile`` (Inductor's min-cut partition, as for the dense MLP in
 :mod:`.activations`): the float32 router input is recomputed from the residual and the inverse
@@ -166,7 +170,7 @@ def _shared_rows(
 
 
 def _expert_choice_rows(
-    moe: MoEConfig, n: int, d: int, f: int, *, compute: str, compiled: bool
+    moe: MoEConfig, n: int, d: int, f: int, *, compute: str, compiled: bool, kernel: bool = False
 ) -> list[TensorGroup]:
     c = moe.capacity(n)
     assert c is not None  # expert-choice always has a capacity
@@ -177,7 +181,7 @@ def _expert_choice_rows(
         TensorGroup("gathered rows (E·C)", slots * d, compute),
         TensorGroup("w1 x, w3 x (E·C rows)", 2 * slots * f, compute),
     ]
-    if not compiled:
+    if not compiled and not kernel:
         rows.append(TensorGroup("silu(w1 x)", slots * f, compute))
     rows.append(TensorGroup("silu(w1 x)·w3 x (w2 input)", slots * f, compute))
     if compiled:  # the float32 copy and the weighting are recomputed from the bf16 output
@@ -188,7 +192,15 @@ def _expert_choice_rows(
 
 
 def _token_choice_rows(
-    moe: MoEConfig, n: int, d: int, f: int, *, compute: str, compiled: bool, rows: int | None
+    moe: MoEConfig,
+    n: int,
+    d: int,
+    f: int,
+    *,
+    compute: str,
+    compiled: bool,
+    rows: int | None,
+    kernel: bool = False,
 ) -> list[TensorGroup]:
     e, k = moe.n_routed_experts, moe.top_k
     a = n * k
@@ -214,7 +226,7 @@ def _token_choice_rows(
             out.append(TensorGroup("xs, the gathered rows (scatter source)", a * d, compute))
         out.append(TensorGroup("scatter slots", a, "int64"))
     out.append(TensorGroup("expert w1 x, w3 x", 2 * hidden_rows * f, compute))
-    if not compiled:
+    if not compiled and not kernel:  # lmforge::swiglu saves only [gate | up]
         out.append(TensorGroup("expert silu(w1 x)", hidden_rows * f, compute))
     out.append(TensorGroup("expert silu(w1 x)·w3 x (w2 input)", hidden_rows * f, compute))
     out.append(TensorGroup("experts' sorted outputs (combine input)", a * d, compute))
@@ -232,6 +244,7 @@ def moe_saved(
     impl: str = "grouped_mm",
     max_load: float = 1.0,
     rows: int | None = None,
+    kernel: bool = False,
 ) -> list[TensorGroup]:
     """What one MoE MLP saves for backward on ``n`` tokens (the module docstring's table).
 
@@ -245,6 +258,7 @@ def moe_saved(
         max_load: the busiest expert's load over the mean (eager padded layout only).
         rows: override the padded layout's rows per expert (e.g. a run's measured largest
             group); ``None`` computes them (:func:`moe_rows_per_expert`).
+        kernel: the routed experts' SwiGLU is lmforge's Triton kernel (module note 8).
 
     Returns:
         The rows of ONE MoE MLP, weight copies excluded (:func:`moe_weight_copies`).
@@ -261,11 +275,13 @@ def moe_saved(
     d, f = cfg.d_model, moe.expert_width(cfg.d_ff)
     out = _router_rows(moe, n, d, compute=compute, compiled=compiled) + _z_loss_rows(moe, n)
     if moe.router == "expert_choice":
-        out += _expert_choice_rows(moe, n, d, f, compute=compute, compiled=compiled)
+        out += _expert_choice_rows(moe, n, d, f, compute=compute, compiled=compiled, kernel=kernel)
     else:
         if rows is None:
             rows = moe_rows_per_expert(moe, n, impl=impl, compiled=compiled, max_load=max_load)
-        out += _token_choice_rows(moe, n, d, f, compute=compute, compiled=compiled, rows=rows)
+        out += _token_choice_rows(
+            moe, n, d, f, compute=compute, compiled=compiled, rows=rows, kernel=kernel
+        )
     dt = dict(residual=residual, compute=compute, compiled=compiled)
     return out + _shared_rows(moe, n, d, f, **dt)  # type: ignore[arg-type]
 
