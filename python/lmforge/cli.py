@@ -366,15 +366,19 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from lmforge.model.export import export_hf_llama, export_safetensors
     from lmforge.train.artifacts import load_trained
+    from lmforge.train.resume import saved_param_dtype
     from lmforge.train.runtime import store_weights
 
     trained = load_trained(args.checkpoint, "cpu")
-    store_weights(trained.model, args.dtype)
+    dtype = args.dtype  # auto: as the run stored its weights (its config.toml records it)
+    if dtype == "auto":
+        dtype = saved_param_dtype(trained.checkpoint.parent.parent / "config.toml") or "float32"
+    store_weights(trained.model, dtype)
     if args.format == "hf":
         out = export_hf_llama(trained.model, args.out, tokenizer=trained.tokenizer)
     else:
         out = export_safetensors(trained.model, args.out)
-    print(f"exported step {trained.step} to {out}")
+    print(f"exported step {trained.step} to {out} ({dtype} weights)")
     return 0
 
 
@@ -560,10 +564,10 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     )
     ex.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="the exported weights' dtype (bfloat16: half the size, as runs trained with "
-        'train.param_dtype = "bfloat16" store them)',
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="the exported weights' dtype; auto (default): the one the run stored them in "
+        "(train.param_dtype: bfloat16, half the size, for a single-GPU run), else float32",
     )
     ex.set_defaults(func=_cmd_export)
 

@@ -88,9 +88,11 @@ def test_a_bf16_checkpoint_loads_as_a_float32_model(stories_data, tmp_path):
     # exported as bf16: the checkpoint's weights exactly, half the size of a float32 export
     for dtype in ("float32", "bfloat16"):
         assert main(["export", str(run), "--out", str(tmp_path / dtype), "--dtype", dtype]) == 0
-    exported = load_safetensors(tmp_path / "bfloat16")
-    for name, p in exported.named_parameters():
-        assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), weights[name]), name
+    assert main(["export", str(run), "--out", str(tmp_path / "auto")]) == 0  # as the run stored
+    for folder in ("bfloat16", "auto"):
+        exported = load_safetensors(tmp_path / folder)
+        for name, p in exported.named_parameters():
+            assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), weights[name]), name
     size = {d: (tmp_path / d / "model.safetensors").stat().st_size for d in ("float32", "bfloat16")}
     assert size["bfloat16"] < 0.51 * size["float32"]
     hf = ["export", str(run), "--out", str(tmp_path / "hf"), "--format", "hf"]
