@@ -29,7 +29,7 @@ from lmforge.accounting.memory import estimate_training_memory
 from lmforge.accounting.moe_activations import moe_rows_per_expert, moe_saved, moe_weight_copies
 from lmforge.model import Transformer
 from lmforge.model.config import ModelConfig
-from lmforge.model.layers import RMSNorm
+from lmforge.model.layers import RMSNorm, cast_parameters_
 from lmforge.model.moe import MoEConfig
 from lmforge.model.moe.layer import MoE
 
@@ -270,23 +270,29 @@ def _state_bytes(opt: torch.optim.Optimizer) -> int:
     )
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_moe_model_states_match_real_tensors(optimizer: str) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "bf16"), [("adamw", False), ("muon", False), ("adamw", True)]
+)
+def test_moe_model_states_match_real_tensors(optimizer: str, bf16: bool) -> None:
     """Parameters, gradients and optimizer state count every stored expert (Muon: routers
-    keep AdamW's two moments)."""
+    keep AdamW's two moments; bf16 weights: float32 masters, the routers' weights float32)."""
     optim = pytest.importorskip("lmforge.optim")
     moe = MoEConfig(n_routed_experts=8, top_k=2, expert_d_ff=16, n_shared_experts=1,
                     first_dense_layers=1)  # fmt: skip
     cfg = _config(moe, n_layers=3, context_length=8)
     torch.manual_seed(0)
     model = Transformer(cfg)
+    if bf16:
+        cast_parameters_(model, torch.bfloat16)
+        assert sum(p.dtype == torch.float32 for p in model.parameters()) == 2  # the routers
     kinds = model.param_kinds()
     labelled = [(p, kinds[n]) for n, p in model.named_parameters()]
     opt = optim.build_optimizer(labelled, optim.OptimConfig(name=optimizer))
     idx = torch.randint(0, cfg.vocab_size, (2, 8))
     model(idx, torch.roll(idx, -1, 1)).loss.backward()
     opt.step()
-    est = estimate_training_memory(cfg, 2, 8, optimizer=optimizer)
+    dt = dict(param_dtype="bf16", compute_dtype="bf16") if bf16 else {}
+    est = estimate_training_memory(cfg, 2, 8, optimizer=optimizer, **dt)
     params = list(model.parameters())
     assert est.parameters == sum(p.numel() * p.element_size() for p in params)
     assert est.gradients == sum(p.grad.numel() * p.grad.element_size() for p in params)

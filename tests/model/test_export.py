@@ -19,6 +19,7 @@ from lmforge.model.export import (
     export_safetensors,
     load_safetensors,
 )
+from lmforge.model.layers import cast_parameters_
 from lmforge.model.transformer import Transformer
 
 BASE = dict(vocab_size=96, context_length=32, d_model=64, n_layers=2, n_heads=4, d_ff=96)
@@ -55,22 +56,31 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 def test_bf16_weights_round_trip_with_float32_buffers(tmp_path: Path) -> None:
     """bf16 parameters (``train.param_dtype``, ``lmforge export --dtype bfloat16``) load back in
-    bf16, also beside an MoE router's float32 bias buffer, and RoPE's tables stay float32 as
-    in training: the same logits as the exported model."""
+    bf16, beside an MoE router's float32 weight and bias, and RoPE's tables stay float32 as in
+    training: the same logits as the exported model. An export whose router weight is bf16 too
+    (every parameter cast) loads the same way, its router widened exactly."""
     from lmforge.model.moe import MoEConfig
 
     moe = MoEConfig(n_routed_experts=4, top_k=2, router="sigmoid")
     model = _model(moe=moe)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.data = p.data.bfloat16()
-    loaded = load_safetensors(export_safetensors(model, tmp_path / "bf16"))
-    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
-    buffers = dict(loaded.named_buffers())
-    assert buffers["layers.0.mlp.router.expert_bias"].dtype == torch.float32
-    assert all(b.dtype == torch.float32 for k, b in buffers.items() if k.startswith("rope."))
+    cast_parameters_(model, torch.bfloat16)
+    routers = {k for k, _ in model.named_parameters() if k.endswith("router.weight")}
+    assert len(routers) == 2
+    assert all(p.dtype == torch.float32 for k, p in model.named_parameters() if k in routers)
     ids = _ids(BASE["vocab_size"])
-    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+    for name, every in (("bf16", False), ("all-bf16", True)):
+        if every:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.data = p.data.bfloat16()
+        loaded = load_safetensors(export_safetensors(model, tmp_path / name))
+        dtypes = {k: p.dtype for k, p in loaded.named_parameters()}
+        assert {dtypes.pop(k) for k in routers} == {torch.float32}  # keeps_float32
+        assert set(dtypes.values()) == {torch.bfloat16}
+        buffers = dict(loaded.named_buffers())
+        assert buffers["layers.0.mlp.router.expert_bias"].dtype == torch.float32
+        assert all(b.dtype == torch.float32 for k, b in buffers.items() if k.startswith("rope."))
+        assert torch.equal(_logits(loaded, ids), _logits(model, ids))
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])

@@ -8,6 +8,7 @@ under autocast and graphs."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -135,3 +136,17 @@ def test_bf16_weights_on_cuda_train_like_float32_under_graphs(stories_data, tmp_
     assert runs["auto"][1] == pytest.approx(runs["float32"][1], abs=0.02)
     assert runs["auto"][30] == pytest.approx(runs["float32"][30], abs=0.05)
     assert runs["auto"][1] - runs["auto"][30] > 1.0
+
+
+def test_bf16_weights_keep_moe_routers_in_float32(stories_data, tmp_path):
+    """The routers' weights stay float32 (the gate decides discrete choices, DeepSeek-V3 keeps
+    it in fp32) and train without masters; every other weight is bf16 with its master."""
+    moe = ["model.moe.n_routed_experts=4", "model.moe.top_k=2", "model.moe.expert_d_ff=32"]
+    extra = [*STEPS, *BF16, *moe, "train.max_iters=6", "optim.warmup_iters=0"]
+    trainer = Trainer(tiny_config(stories_data, tmp_path / "run", *extra))
+    losses = train_losses(trainer.fit().run_dir)
+    assert all(math.isfinite(v) for v in losses.values())
+    for name, p in trainer.model.named_parameters():
+        router = name.endswith("router.weight")
+        assert p.dtype == (torch.float32 if router else torch.bfloat16), name
+        assert ("master" in trainer.optimizer.state[p]) != router, name

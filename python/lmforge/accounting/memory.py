@@ -199,9 +199,9 @@ def _model_states(
     transient = [TensorGroup("foreach step buffer (largest group)", largest_group, state)]
     if muon:
         transient = [TensorGroup("Muon updates and orthogonalised updates", 2 * muon, param)]
-    if n_low and low_dtype != param:  # the MoE experts, narrower than the rest
-        wide = pc.total - n_low
-        stored = [(wide, param, ""), (n_low, low_dtype, f" stored in {low_dtype}")]
+    wide = pc.total - n_low  # float32 beside the low-precision ones: the rest, or the routers
+    if n_low and wide:
+        stored = [(wide, "fp32", ""), (n_low, low_dtype, f" stored in {low_dtype}")]
     else:
         stored = [(pc.total, param, "")]
     return {
@@ -214,9 +214,11 @@ def _model_states(
 
 def _low_precision(cfg: ModelConfig, param: str) -> tuple[int, str]:
     """How many parameters are stored narrower than float32, and in which dtype: all of them
-    with ``param_dtype`` bf16/fp16, else the routed experts' with ``moe.expert_dtype``."""
+    but the MoE routers' (``keeps_float32``) with ``param_dtype`` bf16/fp16, else the routed
+    experts' with ``moe.expert_dtype``."""
     if param != "fp32":
-        return count_params(cfg).total, param
+        pc = count_params(cfg)
+        return pc.total - pc.router, param
     if cfg.moe is None or cfg.moe.expert_dtype == "float32":
         return 0, param
     assert cfg.d_ff is not None

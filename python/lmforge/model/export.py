@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from lmforge._atomic import write_atomic_path
 from lmforge.model.config import ModelConfig
 from lmforge.model.encoder import build_model
-from lmforge.model.layers import cast_parameters_
+from lmforge.model.layers import cast_parameters_, float32_parameter_names
 from lmforge.model.transformer import Transformer
 
 if TYPE_CHECKING:
@@ -120,8 +120,9 @@ def export_safetensors(model: nn.Module, out_dir: PathLike) -> Path:
 def load_safetensors(out_dir: PathLike, *, device: str | torch.device = "cpu") -> Transformer:
     """Rebuilds the :class:`Transformer` that :func:`export_safetensors` wrote to ``out_dir``.
 
-    The model's parameters take the dtype they were saved in (when they all share one), and its
-    buffers too unless that is narrower than float32.
+    The model's parameters take the dtype they were saved in (when they all share one; an MoE
+    router's weight stays float32 beside narrower ones, as in training), and its buffers too
+    unless that is narrower than float32.
 
     Args:
         out_dir: a folder holding ``model.safetensors`` and ``config.json``.
@@ -148,8 +149,9 @@ def load_safetensors(out_dir: PathLike, *, device: str | torch.device = "cpu") -
         state[alias] = state[source]
     model = build_model(config)
     # the parameters take the dtype they were saved in; buffers too, but never narrower than
-    # float32 (RoPE's tables and a router's bias stay float32 beside bf16 weights, as in training)
-    params = dict(model.named_parameters())
+    # float32 (RoPE's tables and a router's bias stay float32 beside bf16 weights, as in
+    # training, and so do the routers' weights: cast_parameters_ keeps them)
+    params = set(dict(model.named_parameters())) - float32_parameter_names(model)
     dtypes = {t.dtype for k, t in state.items() if k in params and t.is_floating_point()}
     if len(dtypes) == 1:
         dtype = dtypes.pop()

@@ -33,15 +33,37 @@ from torch import Tensor, nn
 from lmforge.model.functional import at_least_float32
 from lmforge.model.mixed_linear import mixed_linear
 
-__all__ = ["Embedding", "Linear", "RMSNorm", "SwiGLU", "cast_parameters_", "trunc_normal_"]
+__all__ = [
+    "Embedding",
+    "Linear",
+    "RMSNorm",
+    "SwiGLU",
+    "cast_parameters_",
+    "float32_parameter_names",
+    "trunc_normal_",
+]
+
+
+def float32_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that stay float32 when the rest is stored narrower: those of
+    modules declaring ``keeps_float32 = True`` (an MoE router's weight, whose logits decide
+    discrete choices)."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if getattr(module, "keeps_float32", False)
+        for name, _ in module.named_parameters(recurse=False)
+    }
 
 
 def cast_parameters_(model: nn.Module, dtype: torch.dtype) -> None:
-    """Store every floating-point parameter of ``model`` in ``dtype``, in place; buffers (RoPE's
-    tables, a router's bias) keep theirs."""
+    """Store every floating-point parameter of ``model`` in ``dtype``, in place — except, for a
+    dtype narrower than float32, :func:`float32_parameter_names`; buffers (RoPE's tables, a
+    router's bias) keep theirs."""
+    kept = float32_parameter_names(model) if dtype.itemsize < 4 else set()
     with torch.no_grad():
-        for p in model.parameters():
-            if p.is_floating_point() and p.dtype != dtype:
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.dtype != dtype and name not in kept:
                 p.data = p.data.to(dtype)
 
 

@@ -11,7 +11,7 @@ Design choices:
 * **Router math in float32** (autocast off; float64 stays float64): the logits decide discrete
   choices and feed exponentials, where bf16's 8 bits of mantissa flip selections and bias the
   balance losses (Switch Transformer §2.4 "selective precision"; DeepSeek-V3 keeps the gate in
-  fp32).
+  fp32). The weight stays float32 too when the rest is stored in bf16 (``keeps_float32``).
 * **Token-choice** (Shazeer et al. 2017; GShard): softmax over experts, top-k, gates = the
   selected probabilities, optionally renormalised to sum to 1 (Mixtral), times ``route_scale``.
 * **Sigmoid affinities** (DeepSeek-V3, §2.1.2): ``s = sigmoid(logits)``; experts are *selected*
@@ -125,6 +125,10 @@ class Router(nn.Module):
     """
 
     param_kind = "other"
+    keeps_float32 = True
+    """The weight stays float32 when the model's weights are stored in bf16
+    (``train.param_dtype``; :func:`lmforge.model.layers.cast_parameters_`): the gate in fp32, as
+    DeepSeek-V3 keeps it."""
 
     def __init__(
         self,
