@@ -216,9 +216,9 @@ def _low_precision(cfg: ModelConfig, param: str) -> tuple[int, str]:
     """How many parameters are stored narrower than float32, and in which dtype: all of them
     but the MoE routers' (``keeps_float32``) with ``param_dtype`` bf16/fp16, else the routed
     experts' with ``moe.expert_dtype``."""
-    if param != "fp32":
-        pc = count_params(cfg)
-        return pc.total - pc.router, param
+    if param != "fp32":  # the MTP modules' blocks number on after the model's
+        routers = _mlp_counts(cfg, range(cfg.n_layers + cfg.mtp_depth))[2]
+        return count_params(cfg).total - routers, param
     if cfg.moe is None or cfg.moe.expert_dtype == "float32":
         return 0, param
     assert cfg.d_ff is not None
