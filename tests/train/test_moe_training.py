@@ -138,12 +138,13 @@ def test_plot_has_an_moe_load_panel(tmp_path):
 def test_moe_cuda_graph_replay_trains_like_plain_compile(stories_data, tmp_path):
     """An MoE run under ``compile_mode=reduce-overhead`` (the step replayed as CUDA graphs, the
     loss-free bias updated between replays) against the default mode: the same losses and the
-    same bias buffers at the end, and the per-expert loads logged from the replayed graph."""
+    same bias buffers at the end, and the per-expert loads logged from the replayed graph.
+    Float32 weights, as in the dense test of graph replay (``test_trainer``)."""
     runs, biases = {}, {}
     for mode in ("default", "reduce-overhead"):
         extra = ["train.max_iters=8", "train.log_interval=2", "train.eval_interval=4"]
         extra += ["train.device=cuda", "train.compile=true", f'train.compile_mode="{mode}"']
-        extra += ["model.moe.router=sigmoid"]
+        extra += ["model.moe.router=sigmoid", 'train.param_dtype="float32"']
         trainer = Trainer(tiny_config(stories_data, tmp_path / mode, *MOE_TINY, *extra))
         trainer.fit()
         runs[mode] = train_losses(tmp_path / mode)
