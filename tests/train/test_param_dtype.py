@@ -150,3 +150,24 @@ def test_bf16_weights_keep_moe_routers_in_float32(stories_data, tmp_path):
         router = name.endswith("router.weight")
         assert p.dtype == (torch.float32 if router else torch.bfloat16), name
         assert ("master" in trainer.optimizer.state[p]) != router, name
+
+
+@pytest.mark.gpu
+def test_moe_with_default_weights_on_cuda_trains_under_graphs(stories_data, tmp_path):
+    """The default on one GPU with an MoE: bf16 weights beside the routers' float32 ones (two
+    dtype buckets in the fused AdamW), the step replayed as CUDA graphs, the loss-free bias
+    updated between replays; it learns as the float32-weight run does."""
+    moe = ["model.moe.n_routed_experts=8", "model.moe.top_k=2", "model.moe.expert_d_ff=48"]
+    moe += ["model.moe.router=sigmoid"]
+    runs = {}
+    for dtype in ("float32", "auto"):
+        extra = [*STEPS, *moe, "train.max_iters=30", "optim.lr=3e-3", "train.device=cuda"]
+        extra += ["train.compile=true", 'train.compile_mode="reduce-overhead"']
+        extra += [f'train.param_dtype="{dtype}"']
+        trainer = Trainer(tiny_config(stories_data, tmp_path / dtype, *extra))
+        runs[dtype] = train_losses(trainer.fit().run_dir)
+    for name, p in trainer.model.named_parameters():  # the "auto" run
+        router = name.endswith("router.weight")
+        assert p.dtype == (torch.float32 if router else torch.bfloat16), name
+    assert runs["auto"][1] - runs["auto"][30] > 1.0, runs["auto"]
+    assert runs["auto"][30] == pytest.approx(runs["float32"][30], abs=0.05)
