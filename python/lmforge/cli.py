@@ -415,13 +415,10 @@ def _cmd_memory(args: argparse.Namespace) -> int:
     config = config.resolve_param_dtype("cuda", args.world_size)  # what "auto" stores weights in
     tc, mc, oc = config.train, config.model, config.optim
     est = run_memory_estimate(config)
-    experts = ""
-    if mc.moe is not None and tc.param_dtype == "float32" != mc.moe.expert_dtype:
-        experts = f" (routed experts {mc.moe.expert_dtype})"
     print(
         f"one training step a process: batch {tc.batch_size} x {mc.context_length} tokens, "
         f"grad_accum {tc.grad_accum}, optimizer {oc.name} (moments {oc.moment_dtype or 'float32'}"
-        f"), weights {tc.param_dtype}{experts}, compute {tc.dtype}, compiled {tc.compile}, "
+        f"), weights {config.stored_weights()}, compute {tc.dtype}, compiled {tc.compile}, "
         "activation "
         f"checkpointing {mc.activation_checkpointing}"
     )
@@ -564,7 +561,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     )
     ex.add_argument(
         "--dtype",
-        choices=["auto", "float32", "bfloat16"],
+        choices=["auto", "float32", "bfloat16"],  # train.config's PARAM_DTYPES (no torch here)
         default="auto",
         help="the exported weights' dtype; auto (default): the one the run stored them in "
         "(train.param_dtype: bfloat16, half the size, for a single-GPU run), else float32",

@@ -34,6 +34,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "MASTER_OPTIMIZERS",
+    "PARAM_DTYPES",
+    "STORED_PARAM_DTYPES",
     "RunConfig",
     "TrainConfig",
     "load_model_config",
@@ -48,7 +51,10 @@ __all__ = [
 _PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 _DTYPES = ("bf16", "fp32")
-_PARAM_DTYPES = ("auto", "float32", "bfloat16")
+STORED_PARAM_DTYPES = ("float32", "bfloat16")
+"""What ``train.param_dtype`` resolves to: how a run stores its weights."""
+PARAM_DTYPES = ("auto", *STORED_PARAM_DTYPES)
+"""The values of ``train.param_dtype``."""
 MASTER_OPTIMIZERS = ("adamw", "adam")
 """The optimizers that keep float32 master weights, which ``train.param_dtype = "bfloat16"``
 needs."""
@@ -213,9 +219,9 @@ class TrainConfig:
             raise ValueError(f"train.epochs must be a positive number, got {self.epochs!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"train.dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        if self.param_dtype not in _PARAM_DTYPES:
+        if self.param_dtype not in PARAM_DTYPES:
             raise ValueError(
-                f"train.param_dtype must be one of {_PARAM_DTYPES}, got {self.param_dtype!r}"
+                f"train.param_dtype must be one of {PARAM_DTYPES}, got {self.param_dtype!r}"
             )
         if self.param_dtype == "bfloat16" and self.dtype != "bf16":
             raise ValueError(
@@ -340,6 +346,14 @@ class RunConfig:
                     "with train.init_from"
                 )
         return dataclasses.replace(self, train=dataclasses.replace(tc, param_dtype=resolved))
+
+    def stored_weights(self) -> str:
+        """How a run with this (resolved) config stores its weights, for logs: e.g.
+        ``"bfloat16"``, or ``"float32 (routed experts bfloat16)"`` with ``moe.expert_dtype``."""
+        moe, stored = self.model.moe, self.train.param_dtype
+        if moe is not None and stored == "float32" != moe.expert_dtype:
+            return f"{stored} (routed experts {moe.expert_dtype})"
+        return stored
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """``{"model": ..., "optim": ..., "train": ...}``."""

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lmforge.model.config import ModelConfig
-from lmforge.train.config import RunConfig
+from lmforge.train.config import STORED_PARAM_DTYPES, RunConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,7 +68,7 @@ def saved_param_dtype(config_toml: Path) -> str | None:
     if not isinstance(train, dict):
         return None
     value = train.get("param_dtype", _TRAIN_DEFAULTS["param_dtype"])
-    return value if value in ("float32", "bfloat16") else None
+    return value if value in STORED_PARAM_DTYPES else None
 
 
 def check_resumable(

@@ -19,6 +19,7 @@ from lmforge import accounting
 from lmforge.data import resolve_device as data_resolve_device
 from lmforge.kernels import triton_enabled
 from lmforge.model.layers import cast_parameters_
+from lmforge.train.config import STORED_PARAM_DTYPES
 
 __all__ = [
     "autocast_dtype",
@@ -69,7 +70,7 @@ def store_weights(model: torch.nn.Module, param_dtype: str) -> None:
     Weights initialised in float32 and rounded once give a bf16 run the same starting point as
     a float32 run of the same seed, rounded.
     """
-    if param_dtype not in ("float32", "bfloat16"):
+    if param_dtype not in STORED_PARAM_DTYPES:
         raise ValueError(
             f"store_weights takes a resolved param_dtype, float32 or bfloat16, not {param_dtype!r}"
             " (RunConfig.resolve_param_dtype resolves auto)"

@@ -174,11 +174,8 @@ class Trainer:
         self.config = config = config.resolve_param_dtype(self.device.type, ctx.world_size, saved)
         chosen = " (train.param_dtype auto)" if tc.param_dtype == "auto" else ""
         tc = config.train
-        moe = config.model.moe
-        if moe is not None and tc.param_dtype == "float32" != moe.expert_dtype:
-            chosen += f", routed experts {moe.expert_dtype}"
         compute = "bf16 autocast" if self.amp_dtype is not None else tc.param_dtype
-        self.precision = f"weights {tc.param_dtype}{chosen}; compute {compute}"
+        self.precision = f"weights {config.stored_weights()}{chosen}; compute {compute}"
         self.mlm = (
             MLMObjective.from_tokenizer(self.tokenizer, tc.mlm_probability, tc.seed)
             if tc.objective == "mlm"
