@@ -79,8 +79,12 @@ CONFIGS["a1"] = [*CONFIGS["a"], "model.moe.first_dense_layers=1"]
 CONFIGS["b1"] = [*CONFIGS["b"], "model.moe.first_dense_layers=1"]
 CONFIGS["a2"] = [*CONFIGS["a1"], 'model.moe.expert_dtype="bfloat16"']
 CONFIGS["b2"] = [*CONFIGS["b1"], 'model.moe.expert_dtype="bfloat16"']
+CONFIGS["a3"] = [*CONFIGS["a2"], "model.moe.batch_load_cap=1.2"]
+CONFIGS["b3"] = [*CONFIGS["b2"], "model.moe.batch_load_cap=1.2"]
 """``a1``/``b1``: the first block dense; ``a2``/``b2``: and the routed experts stored in bf16
-(float32 masters in AdamW: no weight casts in the step)."""
+(float32 masters in AdamW: no weight casts in the step); ``a3``/``b3``: and in-batch balancing
+(``batch_load_cap`` 1.2: each training step's expert loads brought within [mean/1.2,
+1.2·mean])."""
 
 PRESET = "gpt2-124M"
 
@@ -157,11 +161,16 @@ def child(a: argparse.Namespace) -> None:
         model.after_optimizer_step()
         return out
 
-    def one() -> tuple[torch.Tensor, torch.Tensor | None]:
+    def one() -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         out = train_step()
         ratio = out.metrics.get("moe/max_load_ratio")
+        before = out.metrics.get("moe/unbalanced_max_load_ratio")
         # kept past the next replay: copied out of a CUDA graph's memory (a 0-d copy each)
-        return out.loss.detach().clone(), None if ratio is None else ratio.clone()
+        return (
+            out.loss.detach().clone(),
+            None if ratio is None else ratio.clone(),
+            None if before is None else before.clone(),
+        )
 
     def expert_loads() -> torch.Tensor:
         """One more training step; each MoE layer's share of assignments per expert,
@@ -177,7 +186,7 @@ def child(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     losses, load_curve = [], []
     for i in range(a.warmup):
-        loss, ratio = one()
+        loss, ratio, _ = one()
         losses.append(loss)
         if ratio is not None and (i + 1) % LOAD_EVERY == 0:
             load_curve.append([i + 1, round(float(ratio), 3)])  # one sync per LOAD_EVERY steps
@@ -195,8 +204,9 @@ def child(a: argparse.Namespace) -> None:
     if cfg.moe is not None:  # a.steps more steps, not timed
         loads = [expert_loads() for _ in range(a.steps)]
         load_sum, by_layer = summed_load_ratio(loads), layer_load_ratios(loads)
-    ratios = [float(r) for _, r in timed if r is not None]
-    losses += [loss for loss, _ in timed]
+    ratios = [float(r) for _, r, _ in timed if r is not None]
+    before = [float(r) for _, _, r in timed if r is not None]
+    losses += [loss for loss, _, _ in timed]
     counts = accounting.count_params(cfg)
     flops_tok = accounting.flops_per_token(cfg, seq_len=T)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -216,11 +226,13 @@ def child(a: argparse.Namespace) -> None:
             warmup_s=warm_s,
             loss_first=float(losses[0]),
             loss_last=float(losses[-1]),
-            loss_timed_mean=sum(float(loss) for loss, _ in timed) / max(len(timed), 1),
+            loss_timed_mean=sum(float(loss) for loss, _, _ in timed) / max(len(timed), 1),
             load_curve=load_curve,
             max_load_ratio=max(ratios) if ratios else None,
             summed_load_ratio=load_sum,
             mean_max_load_ratio=sum(ratios) / len(ratios) if ratios else None,
+            # before in-batch balancing (batch_load_cap), worst over the timed steps
+            unbalanced_max_load_ratio=max(before) if before else None,
             layer_load_ratios=by_layer,
             device=name,
             torch=torch.__version__,
@@ -260,6 +272,7 @@ HEADERS = [
     "step ms",
     "mem GB",
     "max/mean",
+    "uncapped",
     "summed",
     "loss",
 ]
@@ -282,6 +295,7 @@ def table_row(name: str, r: dict | None) -> list[str]:
         f"{r['step_ms']:.1f}",
         fmt("mem_gb", ".1f"),
         fmt("max_load_ratio", ".2f"),
+        fmt("unbalanced_max_load_ratio", ".2f"),
         fmt("summed_load_ratio", ".2f"),
         fmt("loss_timed_mean", ".3f"),
     ]

@@ -393,6 +393,40 @@ def test_route_topk_in_the_routers(monkeypatch, device):
         torch.testing.assert_close(p, picks[2], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("n", "e", "k"), [(70, 64, 8), (33, 8, 2), (5, 3, 2), (300, 160, 6)])
+def test_balance_histograms_match_the_reference(device, n, e, k):
+    """In-batch balancing's per-expert histograms of margins and gaps, bin for bin as the
+    PyTorch reference (ties to the lower index; values on the bins' edges)."""
+    from lmforge.kernels.balance_histograms import balance_histograms, thresholds
+    from lmforge.model.moe.balance import balance_histograms_reference
+
+    gen = torch.Generator().manual_seed(n + e + k)
+    scores = torch.rand(n, e, generator=gen)
+    scores[0] = 0.5  # a row of ties
+    edges = thresholds("cpu")
+    scores[1, :2] = torch.tensor([0.25, 0.25 - float(edges[40])])  # a gap exactly on an edge
+    offsets = torch.randn(e, generator=gen) * 0.05
+    got = balance_histograms(scores.to(device), offsets.to(device), edges.to(device), k)
+    want = balance_histograms_reference(scores, offsets, edges, k)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.cpu(), w, rtol=0, atol=0)
+    assert int(want[0].sum()) == n * k and int(want[1].sum()) == n * (e - k)
+
+
+def test_batch_balance_offsets_with_and_without_the_kernel(monkeypatch, device):
+    from lmforge.model.moe.balance import batch_balance_offsets
+
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.sigmoid(torch.randn(512, 32, generator=gen) + torch.randn(32, generator=gen))
+    results = []
+    for triton in (True, False):
+        monkeypatch.setenv("LMFORGE_TRITON", "1" if triton else "0")
+        offsets, counts = batch_balance_offsets(scores.to(device), 4, 1.2)
+        results.append((offsets.cpu(), counts.cpu()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+
+
 def test_route_topk_rejects_k_above_experts(device):
     from lmforge.kernels.route_topk import route_topk
 

@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         device_loss_weight=0.05,
         expert_d_ff=24,
     ),  # fmt: skip
+    "sigmoid_batch_cap": dict(n_routed_experts=4, router="sigmoid", batch_load_cap=1.1),
     "expert_choice": dict(n_routed_experts=4, router="expert_choice", z_loss_weight=1e-3),
     "hash": dict(n_routed_experts=4, router="hash", aux_loss_weight=0.0, top_k=1),
 }

@@ -117,6 +117,31 @@ def test_init_from_a_dense_run_upcycles_with_the_dense_first_loss(stories_data, 
         Trainer(tiny_config(stories_data, tmp_path / "back", f'train.init_from="{upcycled}"'))
 
 
+def test_in_batch_balancing_caps_every_training_step(stories_data, tmp_path, capsys):
+    """``moe.batch_load_cap``: each logged step's load is within the band, the load before the
+    offsets is logged beside it, and the bias still learns (from the loads before)."""
+    out = tmp_path / "run"
+    argv = ["train", "--config", "stories-moe", "--data", str(stories_data["train"])]
+    argv += ["--val-data", str(stories_data["val"]), "--tokenizer", str(stories_data["tokenizer"])]
+    argv += ["--out", str(out)]
+    extra = ["train.max_iters=30", "train.log_interval=1", "train.eval_interval=30"]
+    extra += ["train.dtype=fp32", "model.moe.batch_load_cap=1.1"]
+    for item in [*TINY, *MOE_TINY, *extra]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    capsys.readouterr()
+    steps = [r for r in records(out) if "loss" in r]
+    assert len(steps) == 30
+    before = [r["moe/L1/unbalanced_max_load_ratio"] for r in steps]
+    after = [r["moe/L1/max_load_ratio"] for r in steps]
+    assert all(a <= b + 1e-6 for a, b in zip(after, before, strict=True))
+    assert max(after) <= 1.25 < max(before), (max(after), max(before))
+    assert steps[-1]["moe/L1/bias_min"] < 0 < steps[-1]["moe/L1/bias_max"]
+    assert any("val_loss" in r for r in records(out))
+    config = json.loads((sorted(out.glob("ckpt-*"))[-1] / "config.json").read_text())
+    assert config["moe"]["batch_load_cap"] == 1.1
+
+
 def test_plot_has_an_moe_load_panel(tmp_path):
     from lmforge.train.plot import _moe_layers, plot_run
 

@@ -147,11 +147,15 @@ def _moe_layers(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _moe_panel(ax: Axes, records: list[dict[str, Any]], layers: list[str]) -> None:
-    """Each MoE layer's max/mean expert load, and the mean dropped fraction (twin axis)."""
+    """Each MoE layer's max/mean expert load (dotted: before in-batch balancing, when it ran),
+    and the mean dropped fraction (twin axis)."""
     axes = [ax]
     for i, prefix in enumerate(layers):
         xs, ys = _series(records, prefix + "max_load_ratio", "step")
         ax.plot(xs, ys, color=f"C{i % 10}", label=f"layer {prefix[len('moe/L') : -1]}")
+        xs, ys = _series(records, prefix + "unbalanced_max_load_ratio", "step")
+        if len(xs):
+            ax.plot(xs, ys, color=f"C{i % 10}", linestyle=":", linewidth=0.8)
     ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
     ax.set_ylabel("max / mean expert load")
     xs, ys = _series(records, "moe/dropped", "step")

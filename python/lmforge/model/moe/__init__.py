@@ -9,6 +9,7 @@ metrics (:mod:`.stats`) reach the trainer through the model's output and its
 """
 
 from lmforge.model.moe.balance import (
+    batch_balance_offsets,
     device_balance_loss,
     expert_counts,
     load_balance_loss,
@@ -61,6 +62,7 @@ __all__ = [
     "device_balance_loss",
     "dispatch_expert_choice",
     "dispatch_token_choice",
+    "batch_balance_offsets",
     "expert_counts",
     "expert_swiglu",
     "grouped_mm_supported",

@@ -124,7 +124,8 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(flat)
         if isinstance(self.router, BiasedRouter) and self.training and torch.is_grad_enabled():
-            self.router.record_load(counts)
+            unbalanced = routing.unbalanced_counts if isinstance(routing, TokenRouting) else None
+            self.router.record_load(counts if unbalanced is None else unbalanced)
         self.stats = MoEStats(self.layer_idx, routing, counts, dropped, batch)
         return y.to(x.dtype).view_as(x)
 

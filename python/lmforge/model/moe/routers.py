@@ -28,6 +28,13 @@ Design choices:
   rank computes the same update from the same summed counts, so the bias stays equal on all
   ranks (DDP's own buffer broadcast runs only at the first forward pass after a synchronised
   step, when the counters have just been zeroed, so it never clobbers a partial count).
+* **In-batch balancing** (``MoEConfig.batch_load_cap``; BASE layers, Lewis et al. 2021, in
+  spirit): in training forward passes, per-expert offsets found on the batch keep each
+  expert's load near the mean (:func:`~lmforge.model.moe.balance.batch_balance_offsets`);
+  selection only, like the bias. Non-causal in training (a token's experts depend on the
+  batch); evaluation and generation route with the bias alone, and ``generate`` warns. The
+  bias counts the loads before the offsets (``TokenRouting.unbalanced_counts``), the routing
+  inference will see.
 * **Expert-choice** (Zhou et al. 2022): each expert takes its ``C`` highest-scoring tokens of the
   *whole batch*. That is non-causal in a decoder: whether token ``t`` gets an expert depends on
   tokens after it (and on the other sequences). Training is fine as a research baseline, but a
@@ -49,7 +56,7 @@ from lmforge.kernels import use_triton
 from lmforge.kernels.route_topk import route_topk
 from lmforge.model.functional import at_least_float32
 from lmforge.model.layers import trunc_normal_
-from lmforge.model.moe.balance import update_expert_bias
+from lmforge.model.moe.balance import batch_balance_offsets, update_expert_bias
 from lmforge.model.moe.config import MoEConfig
 
 __all__ = [
@@ -75,12 +82,16 @@ class TokenRouting:
         gates: ``(N, k)`` gate values (router dtype, float32 or wider).
         logits: ``(N, E)`` router logits (``None`` for hash routing), for the z-loss.
         probs: ``(N, E)`` the distribution the balance losses read (``None`` for hash routing).
+        unbalanced_counts: int64 ``(E,)`` tokens per expert before in-batch balancing
+            (``MoEConfig.batch_load_cap``; ``None`` when it did not run): what the loss-free
+            bias learns from, since inference routes without the cap.
     """
 
     experts: Tensor
     gates: Tensor
     logits: Tensor | None
     probs: Tensor | None
+    unbalanced_counts: Tensor | None = None
 
     def assignments(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(token, expert, gate)`` of every assignment, flattened choice-major: all first
@@ -180,17 +191,27 @@ class BiasedRouter(Router):
         self.register_buffer("expert_bias", bias, persistent=True)  # checkpointed
         self.register_buffer("expert_load", load, persistent=False)  # zero after every step
 
-    def select(self, scores: Tensor) -> Tensor:
-        """The ``top_k`` experts of each row of ``scores`` (plus the bias, when on), best first.
+    def select(self, scores: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The ``top_k`` experts of each row of ``scores`` (plus the bias, when on), best first,
+        and the counts before in-batch balancing (``None`` unless it ran).
 
-        On CUDA (float32 scores) one Triton pass (:mod:`lmforge.kernels.route_topk`) adds the
-        bias and selects; elsewhere ``torch.topk``, which it equals."""
+        In-batch balancing (``moe.batch_load_cap``) runs in training forward passes with
+        gradients on: :func:`~lmforge.model.moe.balance.batch_balance_offsets` adds per-expert
+        offsets to the biased scores. On CUDA (float32 scores) one Triton pass
+        (:mod:`lmforge.kernels.route_topk`) adds the bias and selects; elsewhere
+        ``torch.topk``, which it equals."""
+        bias = None if self.expert_bias is None else self.expert_bias.to(scores.dtype)
+        cap = self.moe.batch_load_cap if self.training and torch.is_grad_enabled() else None
+        unbalanced = None
+        if cap is not None:
+            biased = scores.detach() if bias is None else scores.detach() + bias
+            offsets, unbalanced = batch_balance_offsets(biased, self.top_k, cap)
+            bias = offsets if bias is None else bias + offsets
         if scores.dtype == torch.float32 and use_triton(scores):
-            bias = self.expert_bias
-            return route_topk(scores, None if bias is None else bias.float(), self.top_k)
-        if self.expert_bias is not None:
-            scores = scores + self.expert_bias.to(scores.dtype)
-        return scores.topk(self.top_k, dim=-1).indices
+            return route_topk(scores, bias, self.top_k), unbalanced
+        if bias is not None:
+            scores = scores + bias
+        return scores.topk(self.top_k, dim=-1).indices, unbalanced
 
     def finish_gates(self, gates: Tensor) -> Tensor:
         if self.moe.normalize_gates:
@@ -221,9 +242,9 @@ class TokenChoiceRouter(BiasedRouter):
         """``x: (N, d_model)`` → :class:`TokenRouting`; ``token_ids`` is unused."""
         logits = self.logits(x)
         probs = logits.softmax(dim=-1)
-        experts = self.select(probs)
+        experts, unbalanced = self.select(probs)
         gates = self.finish_gates(probs.gather(1, experts))
-        return TokenRouting(experts, gates, logits, probs)
+        return TokenRouting(experts, gates, logits, probs, unbalanced)
 
 
 class SigmoidRouter(BiasedRouter):
@@ -233,10 +254,10 @@ class SigmoidRouter(BiasedRouter):
         """``x: (N, d_model)`` → :class:`TokenRouting`; ``token_ids`` is unused."""
         logits = self.logits(x)
         scores = torch.sigmoid(logits)
-        experts = self.select(scores)
+        experts, unbalanced = self.select(scores)
         gates = self.finish_gates(scores.gather(1, experts))
         probs = scores / scores.sum(dim=-1, keepdim=True)
-        return TokenRouting(experts, gates, logits, probs)
+        return TokenRouting(experts, gates, logits, probs, unbalanced)
 
 
 class ExpertChoiceRouter(Router):
@@ -351,11 +372,21 @@ def build_router(
 
 
 def warn_if_noncausal(moe: MoEConfig | None) -> None:
-    """Warn that expert-choice routing does not route in generation as in training."""
-    if moe is not None and moe.router == "expert_choice":
+    """Warn that expert-choice routing or in-batch balancing does not route in generation as in
+    training."""
+    if moe is None:
+        return
+    if moe.router == "expert_choice":
         warnings.warn(
             "this model uses expert-choice routing, which picks tokens over the whole batch "
             "(non-causal): in generation each step routes only the new tokens, so outputs "
             "differ from what training saw",
+            stacklevel=3,
+        )
+    elif moe.batch_load_cap is not None:
+        warnings.warn(
+            "this model was trained with in-batch balancing (moe.batch_load_cap), which capped "
+            "each expert's load over the whole batch (non-causal): generation routes with the "
+            "bias alone, as evaluation does",
             stacklevel=3,
         )

@@ -9,15 +9,16 @@ stats and returns
   ``moe_seq_aux``, ``moe_z`` — only the ones with a weight > 0;
 * **metrics** (detached 0-d tensors, and one 1-D ``load``; no host sync), per MoE layer ``i``
   under ``moe/L{i}/``: ``max_load_ratio`` (the busiest expert's assignments over the mean; 1
-  is perfect balance),
-  ``dropped`` (fraction over capacity), ``router_entropy`` (mean over tokens of the router
+  is perfect balance), ``unbalanced_max_load_ratio`` (the same before in-batch balancing, when
+  ``batch_load_cap`` is set), ``dropped`` (fraction over capacity), ``router_entropy`` (mean
+  over tokens of the router
   distribution's entropy, nats; ``log E`` is uniform), the unweighted ``aux_loss`` and
   ``z_loss`` (and ``device_loss``/``seq_aux_loss`` when weighted), ``bias_min``/``bias_max`` of
   the loss-free bias, and each expert's share of the assignments ``load`` — one ``(E,)``
   tensor (``log_expert_load``), which the metrics log writes as ``load/0``, ``load/1``, ...; as
   ``E`` separate 0-d tensors it made a compiled forward return ~800 outputs at 64 experts and
   12 layers, each handled on the host every step. Over all layers ``moe/max_load_ratio`` (the
-  worst) and ``moe/dropped`` (the mean).
+  worst; ``moe/unbalanced_max_load_ratio`` likewise) and ``moe/dropped`` (the mean).
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def _metrics(stats: MoEStats, terms: dict[str, Tensor], module: MoE) -> dict[str
         "max_load_ratio": counts.max() / counts.mean().clamp_min(1e-9),
         "dropped": stats.dropped.detach().float(),
     }
-    probs = stats.routing.probs
+    routing = stats.routing
+    if isinstance(routing, TokenRouting) and routing.unbalanced_counts is not None:
+        before = routing.unbalanced_counts.float()
+        out["unbalanced_max_load_ratio"] = before.max() / before.mean().clamp_min(1e-9)
+    probs = routing.probs
     if probs is not None:
         out["router_entropy"] = torch.special.entr(probs.detach()).sum(dim=-1).mean()
     for name, value in terms.items():
@@ -102,7 +107,7 @@ def collect_moe_stats(
     total: Tensor | None = None
     losses: dict[str, Tensor] = {}
     metrics: dict[str, Tensor] = {}
-    ratios, dropped = [], []
+    ratios, unbalanced, dropped = [], [], []
     for module in model.modules():
         if not isinstance(module, MoE):
             continue
@@ -122,7 +127,11 @@ def collect_moe_stats(
         prefix = f"moe/L{stats.layer_idx}/"
         ratios.append(layer[prefix + "max_load_ratio"])
         dropped.append(layer[prefix + "dropped"])
+        if prefix + "unbalanced_max_load_ratio" in layer:
+            unbalanced.append(layer[prefix + "unbalanced_max_load_ratio"])
     if ratios:
         metrics["moe/max_load_ratio"] = torch.stack(ratios).max()
         metrics["moe/dropped"] = torch.stack(dropped).mean()
+    if unbalanced:
+        metrics["moe/unbalanced_max_load_ratio"] = torch.stack(unbalanced).max()
     return total, losses, metrics
