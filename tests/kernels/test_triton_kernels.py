@@ -393,7 +393,7 @@ def test_route_topk_in_the_routers(monkeypatch, device):
         torch.testing.assert_close(p, picks[2], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("n", "e", "k"), [(70, 64, 8), (33, 8, 2), (5, 3, 2), (300, 160, 6)])
+@pytest.mark.parametrize(("n", "e", "k"), [(70, 64, 8), (33, 8, 2), (5, 3, 2), (300, 48, 6)])
 def test_balance_histograms_match_the_reference(device, n, e, k):
     """In-batch balancing's per-expert histograms of margins and gaps, bin for bin as the
     PyTorch reference (ties to the lower index; values on the bins' edges)."""
@@ -411,6 +411,14 @@ def test_balance_histograms_match_the_reference(device, n, e, k):
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.cpu(), w, rtol=0, atol=0)
     assert int(want[0].sum()) == n * k and int(want[1].sum()) == n * (e - k)
+
+
+def test_balance_histograms_refuse_more_experts_than_the_kernel_takes(device):
+    from lmforge.kernels.balance_histograms import balance_histograms, thresholds
+
+    with pytest.raises(ValueError, match="at most 64 experts"):
+        balance_histograms(torch.rand(4, 65, device=device), torch.zeros(65, device=device),
+                           thresholds(device), 2)  # fmt: skip
 
 
 def test_batch_balance_offsets_with_and_without_the_kernel(monkeypatch, device):

@@ -13,6 +13,8 @@ environment (the switch for debugging and for measuring what a kernel buys).
 * :mod:`lmforge.kernels.route_topk`: a Mixture-of-Experts router's top-k selection.
 * :mod:`lmforge.kernels.swiglu`: the experts' SwiGLU on stacked ``[gate | up]`` rows.
 * :mod:`lmforge.kernels.moe_counts`: assignments per expert, from per-block histograms.
+* :mod:`lmforge.kernels.balance_histograms`: one round of MoE in-batch balancing's per-expert
+  histograms (each row's top-k, and how far each expert is from entering or leaving it).
 """
 
 from __future__ import annotations

@@ -21,7 +21,18 @@ import functools
 import torch
 from torch import Tensor
 
-__all__ = ["LOG2_FIRST", "N_THRESHOLDS", "PER_OCTAVE", "balance_histograms", "thresholds"]
+__all__ = [
+    "LOG2_FIRST",
+    "MAX_EXPERTS",
+    "N_THRESHOLDS",
+    "PER_OCTAVE",
+    "balance_histograms",
+    "thresholds",
+]
+
+MAX_EXPERTS = 64
+"""The most experts the kernel takes: a program's histogram has ``E_PAD · 64`` bins (4,096 at
+64 experts, the largest run on a GPU); beyond that the PyTorch reference runs."""
 
 LOG2_FIRST = -20
 PER_OCTAVE = 3
@@ -129,14 +140,16 @@ def balance_histograms(
         expert and bin; a row's sum over the bins of ``margins`` is the expert's load.
 
     Raises:
-        ValueError: scores not float32, ``k`` out of range, or edges that are not
-            :func:`thresholds`' shape.
+        ValueError: scores not float32, ``k`` out of range, more than :data:`MAX_EXPERTS`
+            experts, or edges that are not :func:`thresholds`' shape.
     """
     if scores.dtype != torch.float32:
         raise ValueError(f"balance_histograms takes float32 scores, got {scores.dtype}")
     n, e = scores.shape
     if not 1 <= k < e:
         raise ValueError(f"balance_histograms needs 1 <= k < {e} experts, got k={k}")
+    if e > MAX_EXPERTS:
+        raise ValueError(f"balance_histograms takes at most {MAX_EXPERTS} experts, got {e}")
     if edges.shape != (N_THRESHOLDS,):
         raise ValueError(f"balance_histograms needs the {N_THRESHOLDS} edges of thresholds()")
     e_pad = max(16, 1 << (e - 1).bit_length())

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from lmforge.kernels import moe_counts, use_triton
-from lmforge.kernels.balance_histograms import balance_histograms, thresholds
+from lmforge.kernels.balance_histograms import MAX_EXPERTS, balance_histograms, thresholds
 
 __all__ = [
     "device_balance_loss",
@@ -249,7 +249,7 @@ def batch_balance_offsets(
     high = min(math.ceil(cap * mean), m)
     low = max(math.floor(mean / cap), 1)
     edges = thresholds(scores.device, scores.dtype)
-    fast = scores.dtype == torch.float32 and use_triton(scores)
+    fast = scores.dtype == torch.float32 and n_experts <= MAX_EXPERTS and use_triton(scores)
     histograms = balance_histograms if fast else balance_histograms_reference
     unbalanced: Tensor | None = None
     for _ in range(rounds):
