@@ -396,21 +396,32 @@ def test_route_topk_in_the_routers(monkeypatch, device):
 @pytest.mark.parametrize(("n", "e", "k"), [(70, 64, 8), (33, 8, 2), (5, 3, 2), (300, 48, 6)])
 def test_balance_histograms_match_the_reference(device, n, e, k):
     """In-batch balancing's per-expert histograms of margins and gaps, bin for bin as the
-    PyTorch reference (ties to the lower index; values on the bins' edges)."""
+    PyTorch reference: with offsets; then without, on a row of ties (to the lower index), a
+    gap exactly on a bin's edge, and NaN scores."""
     from lmforge.kernels.balance_histograms import balance_histograms, thresholds
     from lmforge.model.moe.balance import balance_histograms_reference
 
     gen = torch.Generator().manual_seed(n + e + k)
     scores = torch.rand(n, e, generator=gen)
-    scores[0] = 0.5  # a row of ties
     edges = thresholds("cpu")
-    scores[1, :2] = torch.tensor([0.25, 0.25 - float(edges[40])])  # a gap exactly on an edge
     offsets = torch.randn(e, generator=gen) * 0.05
-    got = balance_histograms(scores.to(device), offsets.to(device), edges.to(device), k)
-    want = balance_histograms_reference(scores, offsets, edges, k)
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g.cpu(), w, rtol=0, atol=0)
-    assert int(want[0].sum()) == n * k and int(want[1].sum()) == n * (e - k)
+    for off in (offsets, torch.zeros(e)):
+        got = balance_histograms(scores.to(device), off.to(device), edges.to(device), k)
+        want = balance_histograms_reference(scores, off, edges, k)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g.cpu(), w, rtol=0, atol=0)
+        assert int(want[0].sum()) == n * k and int(want[1].sum()) == n * (e - k)
+        if n < 3:
+            continue
+        scores[0] = 0.5  # a row of ties: the first k experts are picked
+        scores[1] = 0.1
+        scores[1, :k] = 0.5
+        scores[1, k] = 0.5 - 2.0**-7  # expert k's gap is exactly edge 39 (2^(-20 + 39/3))
+        scores[2, : min(e, 2)] = float("nan")  # NaN ranks first
+    want = balance_histograms_reference(scores, torch.zeros(e), edges, k)
+    if n >= 3:  # the special rows counted where the kernel must count them too
+        assert float(edges[39]) == 2.0**-7
+        assert int(want[1][k, 40]) >= 1  # on the edge: bucketize(right=True) puts it above
 
 
 def test_balance_histograms_refuse_more_experts_than_the_kernel_takes(device):

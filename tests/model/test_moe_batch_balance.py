@@ -106,16 +106,16 @@ def test_a_skewed_batch_comes_near_the_band(case: str, scores: torch.Tensor, wor
 
 
 def test_offsets_from_a_strided_sample_balance_the_whole_batch() -> None:
-    """32K rows of 32 documents: the rounds read 4,096 of them (every 8th), and the whole
+    """32K rows of 32 documents: the rounds read 8,192 of them (every 4th), and the whole
     batch lands near the band; the loads before it are the sample's, scaled to the batch."""
     scores = _document_skew(32, 1024, 64, spread=1.0)
     mean = scores.shape[0] * 8 / 64
     offsets, before = batch_balance_offsets(scores, 8, 1.2)
     exact = _loads(scores, torch.zeros(64), 8)
     assert exact.max() / mean > 1.4  # measured 1.42
-    assert _loads(scores, offsets, 8).max() / mean <= 1.25  # measured 1.22 (all rows: 1.19)
+    assert _loads(scores, offsets, 8).max() / mean <= 1.23  # measured 1.21 (all rows: 1.19)
     assert int(before.sum()) == pytest.approx(scores.shape[0] * 8, rel=1e-3)
-    assert ((before - exact).abs() / mean).max() < 0.12  # measured 0.08
+    assert ((before - exact).abs() / mean).max() < 0.08  # measured 0.045
 
 
 def test_more_rounds_come_closer_to_the_band() -> None:
@@ -154,24 +154,33 @@ def test_the_router_caps_in_training_and_not_in_evaluation(cls: type) -> None:
     assert torch.equal(capped.eval()(x).experts, reference.experts)
 
 
-def test_the_bias_learns_from_the_loads_before_the_cap() -> None:
-    """A layer in training records the uncapped counts, so the bias keeps moving toward what
-    inference (without the cap) will route."""
+def test_the_bias_and_the_losses_learn_from_the_loads_before_the_cap() -> None:
+    """A layer in training records the counts without the offsets (what inference routes), and
+    the expert-level loss reads them too: the routed counts are even by design."""
+    from lmforge.model.moe import load_balance_loss
+    from lmforge.model.moe.stats import collect_moe_stats
+
     cap = dict(n_routed_experts=8, top_k=2, router="sigmoid", batch_load_cap=1.1)
     model = tiny_model(dtype=torch.float32, moe=cap).train()
     layer = model.layers[1].mlp
-    idx = tokens((4, 32))
-    model(idx, idx)
-    routing_counts = layer.router.expert_load.clone()
-    stats_metrics = model(idx, idx).metrics
-    before = stats_metrics["moe/L1/unbalanced_max_load_ratio"]
-    after = stats_metrics["moe/L1/max_load_ratio"]
-    assert float(after) <= float(before)
-    assert float(after) < float(before)
-    assert "moe/unbalanced_max_load_ratio" in stats_metrics
-    # each forward pass adds the uncapped counts: the two passes saw the same batch
-    assert torch.equal(layer.router.expert_load, 2 * routing_counts)
-    assert int(routing_counts.max()) > math.ceil(4 * 32 * 2 / 8)
+    x = torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(6))
+    x[..., 0] += 3.0  # a shared direction: the router's own choices are skewed
+    layer(x)
+    stats = layer.stats
+    routing = stats.routing
+    before = routing.unbalanced_counts
+    assert before is not None
+    with torch.no_grad():  # the plain top-k of score + bias, without offsets
+        scores = torch.sigmoid(layer.router.logits(x.reshape(-1, 32)))
+        plain = (scores + layer.router.expert_bias).topk(2, dim=-1).indices
+    assert torch.equal(before, expert_counts(plain, 8))
+    assert torch.equal(layer.router.expert_load, before)
+    assert not torch.equal(before, stats.counts) and int(before.max()) > int(stats.counts.max())
+    _, losses, metrics = collect_moe_stats(model)
+    want = load_balance_loss(routing.probs, routing.experts, before)
+    capped = load_balance_loss(routing.probs, routing.experts)
+    torch.testing.assert_close(metrics["moe/L1/aux_loss"], want.detach())
+    assert float(want) > float(capped) + 0.01  # measured 1.019 against 1.000
 
 
 def test_a_capped_model_trains_and_generation_warns() -> None:

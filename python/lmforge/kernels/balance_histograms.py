@@ -105,6 +105,7 @@ def _kernel():  # built on first use
             b = tl.where((b > 0) & (v < below), b - 1, b)
             above = tl.load(TH + tl.minimum(b, NT - 1))
             b = tl.where((b < NT) & (v >= above), b + 1, b)
+            b = tl.where(v != v, NT, b)  # NaN (from inf - inf) last, as torch.bucketize puts it
             # the last bin of each expert's row of the table is the spare: what does not count
             mbin = tl.where(picked, b, NB - 1) + cols[None, :] * NB
             gbin = tl.where(real & alive, b, NB - 1) + cols[None, :] * NB

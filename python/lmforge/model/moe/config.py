@@ -45,7 +45,7 @@ Design choices and defaults:
   30 steps, 2.09 in the worst single step and layer). With a cap ``c``, each training forward
   pass adds per-expert offsets to the selection scores that bring every expert's load near
   ``[mean/c, c·mean]`` (:func:`~lmforge.model.moe.balance.batch_balance_offsets`: three rounds
-  of lowering the overloaded and raising the idle experts, read on a strided sample of 4,096
+  of lowering the overloaded and raising the idle experts, read on a strided sample of 8,192
   tokens; dropless). With ``c = 1.2`` at that shape the worst step and layer was 1.20–1.22
   (against 1.92–2.00 without) and the stories-moe preset's validation loss 3.5576 against
   3.5597 after one epoch of 160 MB (one H200, ``benches/NOTES-model.md``). Like BASE layers

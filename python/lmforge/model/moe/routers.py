@@ -84,7 +84,9 @@ class TokenRouting:
         probs: ``(N, E)`` the distribution the balance losses read (``None`` for hash routing).
         unbalanced_counts: int64 ``(E,)`` tokens per expert before in-batch balancing
             (``MoEConfig.batch_load_cap``; ``None`` when it did not run): what the loss-free
-            bias learns from, since inference routes without the cap.
+            bias and the balance losses learn from, since inference routes without the cap.
+            Above 16,384 tokens an estimate: counted on the balancing's strided sample of
+            ~8,192 and scaled to the batch.
     """
 
     experts: Tensor

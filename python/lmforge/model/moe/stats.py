@@ -52,9 +52,16 @@ def _terms(stats: MoEStats, moe: MoEConfig) -> dict[str, Tensor]:
     r = stats.routing
     terms: dict[str, Tensor] = {}
     if isinstance(r, TokenRouting) and r.probs is not None:
-        terms["aux_loss"] = load_balance_loss(r.probs, r.experts)
+        # under in-batch balancing the expert- and device-level losses balance the router's own
+        # choices (the loads before the offsets), not the capped ones, which are even by design;
+        # the sequence-wise loss reads the routed experts (its per-sequence counts before the
+        # offsets are not kept)
+        before = r.unbalanced_counts
+        terms["aux_loss"] = load_balance_loss(r.probs, r.experts, before)
         if moe.n_expert_groups > 1:
-            terms["device_loss"] = device_balance_loss(r.probs, r.experts, moe.n_expert_groups)
+            terms["device_loss"] = device_balance_loss(
+                r.probs, r.experts, moe.n_expert_groups, before
+            )
         if moe.seq_aux_loss_weight:
             b, t = stats.batch
             probs, experts = r.probs.view(b, t, -1), r.experts.view(b, t, -1)
