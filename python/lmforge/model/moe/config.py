@@ -47,8 +47,9 @@ Design choices and defaults:
   ``[mean/c, c·mean]`` (:func:`~lmforge.model.moe.balance.batch_balance_offsets`: three rounds
   of lowering the overloaded and raising the idle experts, read on a strided sample of 8,192
   tokens; dropless). With ``c = 1.2`` at that shape the worst step and layer was 1.20–1.22
-  (against 1.92–2.00 without) and the stories-moe preset's validation loss 3.5576 against
-  3.5597 after one epoch of 160 MB (one H200, ``benches/NOTES-model.md``). Like BASE layers
+  (1.87–1.92 without it in the same calls), and the stories-moe preset's validation loss
+  3.5576 against 3.5597 after one epoch of 160 MB (one H200, ``benches/NOTES-model.md``); the
+  offsets then cost 1.8 ms a layer, over every token. Like BASE layers
   (Lewis et al. 2021: a balanced assignment in training, greedy routing in inference), this is
   **non-causal in training** — a token's experts depend on the batch — while evaluation and
   generation route with the bias alone; the bias learns from the loads before the offsets,
