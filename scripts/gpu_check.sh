@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything lmforge checks on a GPU, in one device call (the device tool, with dist/ holding the
 # abi3 wheel built on the dev machine and .device/ holding the stories corpus and the baseline):
-#   bash scripts/gpu_check.sh [tests] [bench] [e2e] [profile] [ddp] [moe] [attention]
+#   bash scripts/gpu_check.sh [tests] [bench] [e2e] [profile] [ddp] [moe] [attention] [balance]
 #   (default: the first three)
 # tests: pytest -m gpu; bench: benches/bench_model.py (SHAPES, default 124M,1B); e2e: the
 # stories-17M run of scripts/e2e_stories.sh; profile: scripts/profile_train.py on the e2e's token
 # file (after e2e); ddp: benches/bench_ddp.py (GPUS, default 2); moe: benches/bench_moe.py
-# (MOE_ARGS); attention: benches/bench_attention.py (SDPA backends and FlexAttention alone).
+# (MOE_ARGS); attention: benches/bench_attention.py (SDPA backends and FlexAttention alone);
+# balance: benches/bench_balance.py (MoE in-batch balancing's offsets alone, BALANCE_ARGS).
 # TESTS narrows the tests part to some files, PYTEST_ARGS adds options. Logs, JSON and PNGs go
 # to $OUT (never checkpoints). Parts may run side by side on different GPUs (CUDA_VISIBLE_DEVICES).
 set -euo pipefail
@@ -47,8 +48,12 @@ for part in $parts; do
         python3 benches/bench_attention.py --out "$OUT/bench-attention.json" 2>&1 |
             tee "$OUT/bench-attention.log" | tail -20
         ;;
+    balance)
+        python3 benches/bench_balance.py ${BALANCE_ARGS:-} --out "$OUT/bench-balance.json" 2>&1 |
+            tee "$OUT/bench-balance.log" | grep -v -i warn | tail -12
+        ;;
     *)
-        echo "unknown part $part (tests, bench, e2e, profile, ddp, moe, attention)" >&2
+        echo "unknown part $part (tests, bench, e2e, profile, ddp, moe, attention, balance)" >&2
         exit 2
         ;;
     esac
