@@ -207,7 +207,7 @@ def _band_step(
 
 @torch.no_grad()
 def batch_balance_offsets(
-    scores: Tensor, top_k: int, cap: float, rounds: int = 3, sample_rows: int | None = 8192
+    scores: Tensor, top_k: int, cap: float, rounds: int = 2, sample_rows: int | None = 8192
 ) -> tuple[Tensor, Tensor]:
     """Per-expert offsets that bring every expert's share of the rows' top-k near ``[mean/cap,
     cap·mean]`` (``mean = N·k/E``).
@@ -234,7 +234,9 @@ def batch_balance_offsets(
     Measured on skewed synthetic batches of 64 experts, top-8, ``cap`` 1.2
     (``tests/model/test_moe_batch_balance.py``): a collapsed router (one direction shared by
     every row; max/mean 3.0) comes to 1.35 / 1.23 / 1.21 after one / two / three rounds,
-    documents that favour their own experts (2.28) to 1.22 / 1.20 / 1.20.
+    documents that favour their own experts (2.28) to 1.22 / 1.20 / 1.20; on 32K rows through
+    the sample, documents (max/mean 1.34–1.51) to 1.20–1.21 after one round already, unchanged
+    by more, and a collapsed router (4.1) to 1.32 / 1.24 / 1.24. Two rounds are the default.
 
     On CUDA each round is one pass of a Triton kernel
     (:mod:`lmforge.kernels.balance_histograms`) and a few small ops; elsewhere the PyTorch
