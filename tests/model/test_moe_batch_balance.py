@@ -100,7 +100,10 @@ def test_a_skewed_batch_comes_near_the_band(case: str, scores: torch.Tensor, wor
     offsets, before = batch_balance_offsets(scores, k, 1.2)
     after = _loads(scores, offsets, k)
     assert before.max() / mean > 2.2, case  # measured 2.28 / 3.0
-    assert after.max() / mean <= worst, (case, after.max() / mean)  # measured 1.20 / 1.23 (two rounds)
+    assert after.max() / mean <= worst, (
+        case,
+        after.max() / mean,
+    )  # measured 1.20 / 1.23 (two rounds)
     assert after.min() / mean >= 0.8, (case, after.min() / mean)  # measured 0.83 / 0.84
     assert int(after.sum()) == scores.shape[0] * k  # dropless: every row keeps k experts
 
