@@ -21,16 +21,22 @@ MOE_TINY = [
 ]
 
 
-def test_lmforge_train_moe_logs_metrics_and_lowers_the_loss(stories_data, tmp_path, capsys):
-    out = tmp_path / "run"
+def _stories_moe_argv(stories_data, out, extra: list[str]) -> list[str]:
+    """``lmforge train --config stories-moe`` on the bundled stories, shrunk to ``TINY`` and
+    ``MOE_TINY``, with ``extra`` overrides."""
     argv = ["train", "--config", "stories-moe", "--data", str(stories_data["train"])]
     argv += ["--val-data", str(stories_data["val"]), "--tokenizer", str(stories_data["tokenizer"])]
     argv += ["--out", str(out)]
-    extra = ["train.max_iters=60", "optim.lr=3e-3", "train.log_interval=10"]
-    extra += ["train.eval_interval=60", "train.dtype=fp32"]
     for item in [*TINY, *MOE_TINY, *extra]:
         argv += ["--set", item]
-    assert main(argv) == 0
+    return argv
+
+
+def test_lmforge_train_moe_logs_metrics_and_lowers_the_loss(stories_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = ["train.max_iters=60", "optim.lr=3e-3", "train.log_interval=10"]
+    extra += ["train.eval_interval=60", "train.dtype=fp32"]
+    assert main(_stories_moe_argv(stories_data, out, extra)) == 0
     capsys.readouterr()
     losses = train_losses(out)
     assert losses[10] - losses[60] > 1.0, losses
@@ -121,14 +127,9 @@ def test_in_batch_balancing_caps_every_training_step(stories_data, tmp_path, cap
     """``moe.batch_load_cap``: each logged step's load is within the band, the load before the
     offsets is logged beside it, and the bias still learns (from the loads before)."""
     out = tmp_path / "run"
-    argv = ["train", "--config", "stories-moe", "--data", str(stories_data["train"])]
-    argv += ["--val-data", str(stories_data["val"]), "--tokenizer", str(stories_data["tokenizer"])]
-    argv += ["--out", str(out)]
     extra = ["train.max_iters=30", "train.log_interval=1", "train.eval_interval=30"]
     extra += ["train.dtype=fp32", "model.moe.batch_load_cap=1.1"]
-    for item in [*TINY, *MOE_TINY, *extra]:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    assert main(_stories_moe_argv(stories_data, out, extra)) == 0
     capsys.readouterr()
     steps = [r for r in records(out) if "loss" in r]
     assert len(steps) == 30

@@ -71,18 +71,23 @@ def _terms(stats: MoEStats, moe: MoEConfig) -> dict[str, Tensor]:
     return terms
 
 
+def _max_over_mean(counts: Tensor) -> Tensor:
+    """The busiest expert's assignments over the mean (1 is perfect balance)."""
+    counts = counts.float()
+    return counts.max() / counts.mean().clamp_min(1e-9)
+
+
 @torch.no_grad()
 def _metrics(stats: MoEStats, terms: dict[str, Tensor], module: MoE) -> dict[str, Tensor]:
     prefix = f"moe/L{stats.layer_idx}/"
     counts = stats.counts.float()
     out = {
-        "max_load_ratio": counts.max() / counts.mean().clamp_min(1e-9),
+        "max_load_ratio": _max_over_mean(stats.counts),
         "dropped": stats.dropped.detach().float(),
     }
     routing = stats.routing
     if isinstance(routing, TokenRouting) and routing.unbalanced_counts is not None:
-        before = routing.unbalanced_counts.float()
-        out["unbalanced_max_load_ratio"] = before.max() / before.mean().clamp_min(1e-9)
+        out["unbalanced_max_load_ratio"] = _max_over_mean(routing.unbalanced_counts)
     probs = routing.probs
     if probs is not None:
         out["router_entropy"] = torch.special.entr(probs.detach()).sum(dim=-1).mean()
