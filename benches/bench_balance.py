@@ -10,7 +10,11 @@ documents that favour their own experts (the per-batch skew the bias cannot know
 * ``route_topk``: the router's own top-k pass (the cost of one pass over the scores);
 * ``histograms``: one round's Triton pass over the sampled rows (``balance_histograms``);
 * ``offsets rR sS``: the whole function, ``R`` rounds over ``S`` sampled rows (``all``: every
-  row), compiled and replayed as a CUDA graph, as the trainer runs it;
+  row), its eager ops captured in a CUDA graph (the trainer compiles it too, fusing the small
+  ops: a little faster still);
+
+each the GPU time of one call, from CUDA graphs of ten calls (launches cost nothing, as in the
+trainer's graphs);
 
 and reports the whole batch's max/mean load before and after the offsets.
 
@@ -42,17 +46,29 @@ def skewed_scores(rows: int, experts: int, docs: int, spread: float, device: str
     return torch.sigmoid(noise + favour.repeat_interleave(per_doc, dim=0)[:rows]).to(device)
 
 
-def time_us(fn, iters: int) -> float:
+def graph_us(fn, iters: int, reps: int = 10) -> float:
+    """GPU time of one ``fn()``: ``reps`` calls captured in one CUDA graph, replayed ``iters``
+    times (the launches cost nothing, as in the trainer's graphs; timing eager calls would
+    measure Python's dispatch instead: these ops are small)."""
     import torch
 
-    for _ in range(3):
-        fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile and warm up outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(iters):
-        fn()
+        graph.replay()
     torch.cuda.synchronize()
-    return (time.perf_counter() - t) / iters * 1e6
+    return (time.perf_counter() - t) / (iters * reps) * 1e6
 
 
 def main() -> int:
@@ -89,7 +105,7 @@ def main() -> int:
     rows = [
         [
             "route_topk (all rows)",
-            f"{time_us(lambda: route_topk(scores, zeros, k), args.iters):.0f}",
+            f"{graph_us(lambda: route_topk(scores, zeros, k), args.iters):.0f}",
             "",
         ]
     ]
@@ -98,7 +114,7 @@ def main() -> int:
     for sample in samples:
         stride = max(1, n // sample) if sample else 1
         part = scores[stride // 2 :: stride].contiguous()
-        us = time_us(lambda part=part: balance_histograms(part, zeros, edges, k), args.iters)
+        us = graph_us(lambda part=part: balance_histograms(part, zeros, edges, k), args.iters)
         rows.append([f"histograms ({part.shape[0]} rows)", f"{us:.0f}", ""])
         results[f"histograms/{part.shape[0]}"] = us
     for sample in samples:
@@ -107,8 +123,7 @@ def main() -> int:
             def offsets(x, r=r, sample=sample):
                 return batch_balance_offsets(x, k, args.cap, r, sample)[0]
 
-            graphed = torch.compile(offsets, mode="reduce-overhead", fullgraph=True)
-            us = time_us(lambda graphed=graphed: graphed(scores), args.iters)
+            us = graph_us(lambda offsets=offsets: offsets(scores), args.iters)
             after = ratio(offsets(scores))
             name = f"offsets r{r} s{sample or 'all'}"
             rows.append([name, f"{us:.0f}", f"{after:.3f}"])

@@ -1,15 +1,17 @@
 """One round of in-batch balancing's measurements: each row's top-k and how far each expert is
 from entering or leaving it, as per-expert histograms, in one pass over the scores.
 
-The reference is :func:`lmforge.model.moe.balance.balance_histograms_reference` (``torch.topk``,
+The reference is :func:`lmforge.model.moe.balance.balance_histograms_reference` (a stable sort,
 ``torch.bucketize`` and a scatter-add); with ``torch.topk`` at ~100 µs a layer for the 8 MB of
 scores of 32K tokens × 64 experts (one H200, see :mod:`.route_topk`) and a column-wise
 ``kthvalue`` at ~150 µs, three rounds of the exact PyTorch version took 2.4 ms a layer. Here
-one program takes tiles of rows, picks each row's ``k`` best experts by repeated maxima (the
-rows fit in registers, as in :mod:`.route_topk`), and bins every ``(row, expert)``'s distance
-into a histogram of its own (``tl.histogram``: shared-memory atomics, as in
-:mod:`.moe_counts`); the ``(programs, E·B)`` tables' column sums are the histograms, with no
-float atomics, so the result is deterministic and equals the reference bin for bin.
+one program takes a tile of rows, picks each row's ``k`` best experts by repeated maxima (the
+rows fit in registers, as in :mod:`.route_topk`), and adds every ``(row, expert)``'s bin to
+one global ``(E, B)`` table of int32 counters (integer atomics: the result is deterministic and
+equals the reference bin for bin): 59 µs for the 8,192 rows the rounds sample, 120 µs for 32K
+(one H200, GPU time under CUDA graphs, ``benches/bench_balance.py``). A first version kept a
+histogram per program (``tl.histogram`` over ``E·B`` = 4,096 bins a tile) and took 190 µs for
+8,192 rows and 644 µs for 32K: ``tl.histogram``'s cost grows with its bins.
 
 The op is ``lmforge::balance_histograms``, opaque to ``torch.compile``; its outputs are counts.
 """
@@ -31,8 +33,8 @@ __all__ = [
 ]
 
 MAX_EXPERTS = 64
-"""The most experts the kernel takes: a program's histogram has ``E_PAD · 64`` bins (4,096 at
-64 experts, the largest run on a GPU); beyond that the PyTorch reference runs."""
+"""The most experts the kernel takes (a tile of rows holds every expert's score in registers; 64
+is the largest run on a GPU); beyond that the PyTorch reference runs."""
 
 LOG2_FIRST = -20
 PER_OCTAVE = 3
@@ -45,10 +47,6 @@ def thresholds(device: torch.device | str, dtype: torch.dtype = torch.float32) -
     """The bin edges, ascending, ``(N_THRESHOLDS,)``."""
     j = torch.arange(N_THRESHOLDS, device=device, dtype=torch.float64)
     return torch.exp2(LOG2_FIRST + j / PER_OCTAVE).to(dtype)
-
-
-_PROGRAMS = 132
-"""Programs per launch at most (about one per SM of an H100/H200); each loops over tiles."""
 
 
 @functools.cache
@@ -65,7 +63,6 @@ def _kernel():  # built on first use
         TG,
         n,
         e,
-        tiles,
         LOG2_T0: tl.constexpr,
         PER: tl.constexpr,
         NT: tl.constexpr,
@@ -77,43 +74,36 @@ def _kernel():  # built on first use
         pid = tl.program_id(0)
         cols = tl.arange(0, E_PAD)
         off = tl.load(OFF + cols, mask=cols < e, other=0.0).to(tl.float32)
-        hm = tl.zeros([E_PAD * NB], dtype=tl.int32)
-        hg = tl.zeros([E_PAD * NB], dtype=tl.int32)
-        for t in range(tiles):
-            rows = (pid * tiles + t).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-            real = (rows[:, None] < n) & (cols[None, :] < e)
-            s = tl.load(S + rows[:, None] * e + cols[None, :], mask=real, other=0.0)
-            s = s.to(tl.float32) + off[None, :]
-            s = tl.where(s != s, float("inf"), s)  # NaN first, as torch.topk ranks it
-            alive = real
-            kth = tl.zeros([ROWS], dtype=tl.float32)
-            for _ in tl.static_range(K):
-                cand = tl.where(alive, s, float("-inf"))
-                kth = tl.max(cand, axis=1)
-                hit = alive & (cand == kth[:, None])
-                pick = tl.min(tl.where(hit, cols[None, :], E_PAD), axis=1)
-                alive = alive & (cols[None, :] != pick[:, None])
-            rejected = tl.max(tl.where(alive, s, float("-inf")), axis=1)
-            picked = real & (alive == 0)
-            # picked: how far above the best unpicked; unpicked: how far below the k-th picked
-            v = tl.where(picked, s - rejected[:, None], kth[:, None] - s)
-            # its bin, how many edges are <= v (0..NT): guessed from log2, then corrected against
-            # the edges themselves, so that it is exactly torch.bucketize(v, TH, right=True)
-            guess = tl.floor((tl.log2(tl.maximum(v, 1e-30)) - LOG2_T0) * PER) + 1.0
-            b = tl.minimum(tl.maximum(guess, 0.0), NT * 1.0).to(tl.int32)
-            below = tl.load(TH + tl.maximum(b - 1, 0))
-            b = tl.where((b > 0) & (v < below), b - 1, b)
-            above = tl.load(TH + tl.minimum(b, NT - 1))
-            b = tl.where((b < NT) & (v >= above), b + 1, b)
-            b = tl.where(v != v, NT, b)  # NaN (from inf - inf) last, as torch.bucketize puts it
-            # the last bin of each expert's row of the table is the spare: what does not count
-            mbin = tl.where(picked, b, NB - 1) + cols[None, :] * NB
-            gbin = tl.where(real & alive, b, NB - 1) + cols[None, :] * NB
-            hm += tl.histogram(tl.reshape(mbin, [ROWS * E_PAD]), E_PAD * NB)
-            hg += tl.histogram(tl.reshape(gbin, [ROWS * E_PAD]), E_PAD * NB)
-        where = pid.to(tl.int64) * E_PAD * NB + tl.arange(0, E_PAD * NB)
-        tl.store(TM + where, hm)
-        tl.store(TG + where, hg)
+        rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        real = (rows[:, None] < n) & (cols[None, :] < e)
+        s = tl.load(S + rows[:, None] * e + cols[None, :], mask=real, other=0.0)
+        s = s.to(tl.float32) + off[None, :]
+        s = tl.where(s != s, float("inf"), s)  # NaN first, as torch.topk ranks it
+        alive = real
+        kth = tl.zeros([ROWS], dtype=tl.float32)
+        for _ in tl.static_range(K):
+            cand = tl.where(alive, s, float("-inf"))
+            kth = tl.max(cand, axis=1)
+            hit = alive & (cand == kth[:, None])
+            pick = tl.min(tl.where(hit, cols[None, :], E_PAD), axis=1)
+            alive = alive & (cols[None, :] != pick[:, None])
+        rejected = tl.max(tl.where(alive, s, float("-inf")), axis=1)
+        picked = real & (alive == 0)
+        # picked: how far above the best unpicked; unpicked: how far below the k-th picked
+        v = tl.where(picked, s - rejected[:, None], kth[:, None] - s)
+        # its bin, how many edges are <= v (0..NT): guessed from log2, then corrected against
+        # the edges themselves, so that it is exactly torch.bucketize(v, TH, right=True)
+        guess = tl.floor((tl.log2(tl.maximum(v, 1e-30)) - LOG2_T0) * PER) + 1.0
+        b = tl.minimum(tl.maximum(guess, 0.0), NT * 1.0).to(tl.int32)
+        below = tl.load(TH + tl.maximum(b - 1, 0))
+        b = tl.where((b > 0) & (v < below), b - 1, b)
+        above = tl.load(TH + tl.minimum(b, NT - 1))
+        b = tl.where((b < NT) & (v >= above), b + 1, b)
+        b = tl.where(v != v, NT, b)  # NaN (from inf - inf) last, as torch.bucketize puts it
+        where = cols[None, :] * NB + b
+        ones = tl.full([ROWS, E_PAD], 1, dtype=tl.int32)
+        tl.atomic_add(TM + where, ones, mask=picked)
+        tl.atomic_add(TG + where, ones, mask=real & alive)
 
     return band_tables
 
@@ -154,14 +144,11 @@ def balance_histograms(
     if edges.shape != (N_THRESHOLDS,):
         raise ValueError(f"balance_histograms needs the {N_THRESHOLDS} edges of thresholds()")
     e_pad = max(16, 1 << (e - 1).bit_length())
-    nb = 1 << (N_THRESHOLDS + 1).bit_length()  # >= N_THRESHOLDS + 2: the bins and a spare
+    nb = N_THRESHOLDS + 1
     rows = max(1, min(64, 4096 // e_pad))
-    n_tiles = -(-n // rows)
-    programs = min(_PROGRAMS, max(n_tiles, 1))
-    tiles = -(-n_tiles // programs)
-    tm = torch.empty(programs, e_pad * nb, dtype=torch.int32, device=scores.device)
-    tg = torch.empty_like(tm)
-    _kernel()[(programs,)](
+    tm = torch.zeros(e_pad * nb, dtype=torch.int32, device=scores.device)
+    tg = torch.zeros_like(tm)
+    _kernel()[(max(1, -(-n // rows)),)](
         scores.contiguous(),
         offsets.float().contiguous(),
         edges.float().contiguous(),
@@ -169,7 +156,6 @@ def balance_histograms(
         tg,
         n,
         e,
-        tiles,
         LOG2_T0=float(LOG2_FIRST),
         PER=float(PER_OCTAVE),
         NT=N_THRESHOLDS,
@@ -178,8 +164,8 @@ def balance_histograms(
         ROWS=rows,
         NB=nb,
     )
-    margins = tm.sum(dim=0, dtype=torch.int64).view(e_pad, nb)[:e, : N_THRESHOLDS + 1]
-    gaps = tg.sum(dim=0, dtype=torch.int64).view(e_pad, nb)[:e, : N_THRESHOLDS + 1]
+    margins = tm.view(e_pad, nb)[:e].to(torch.int64)
+    gaps = tg.view(e_pad, nb)[:e].to(torch.int64)
     return margins.contiguous(), gaps.contiguous()
 
 
