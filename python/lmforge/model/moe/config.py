@@ -46,11 +46,11 @@ Design choices and defaults:
   pass adds per-expert offsets to the selection scores that bring every expert's load near
   ``[mean/c, c·mean]`` (:func:`~lmforge.model.moe.balance.batch_balance_offsets`: two rounds
   of lowering the overloaded and raising the idle experts, read on a strided sample of 8,192
-  tokens; dropless). With ``c = 1.2`` at that shape the worst step and layer was 1.20–1.22
-  (1.87–1.92 without it in the same calls), and the stories-moe preset's validation loss
-  3.5576 against 3.5597 after one epoch of 160 MB (one H200, ``benches/NOTES-model.md``); the
-  offsets then cost 1.8 ms a layer (three rounds over every token). Like BASE layers
-  (Lewis et al. 2021: a balanced assignment in training, greedy routing in inference), this is
+  tokens; dropless). With ``c = 1.2`` at that shape the worst step and layer was 1.20–1.26
+  (1.83–1.92 without it in the same calls), for 1.3 ms a step (83.3 against 82.0 ms, 35.7%
+  MFU), and the stories-moe preset's validation loss 3.5576 against 3.5597 after one epoch of
+  160 MB (one H200, ``benches/NOTES-model.md``). It stays off by default: like BASE layers
+  (Lewis et al. 2021: a balanced assignment in training, greedy routing in inference), it is
   **non-causal in training** — a token's experts depend on the batch — while evaluation and
   generation route with the bias alone; the bias learns from the loads before the offsets,
   which is what inference sees.
