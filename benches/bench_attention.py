@@ -8,7 +8,9 @@ ask for the fastest:
 
 * ``default``: SDPA's own choice (the kernel it ran is named from a profiler trace);
 * ``flash``, ``cudnn``, ``efficient``: SDPA restricted to one backend with ``sdpa_kernel``;
-* ``flex``: ``flex_attention`` compiled, with a causal ``BlockMask``.
+* ``flex``: ``flex_attention`` compiled, with a causal ``BlockMask``;
+* ``lmforge``: :func:`lmforge.kernels.attention.causal_attention` (the model takes it up to
+  ``MAX_SEQ`` positions; measured here at every shape).
 
 Shapes (batch, seq, heads, head_dim): ``17M`` (128, 256, 16, 32), ``124M`` (32, 1024, 12, 64),
 ``1B`` (16, 1024, 16, 128). TFLOP/s count the causal half: 2·B·H·T²·D forward, 2.5× that
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import default_out_path, print_table, write_gpu_result  # noqa: E402
 
 SHAPES = {"17M": (128, 256, 16, 32), "124M": (32, 1024, 12, 64), "1B": (16, 1024, 16, 128)}
-IMPLS = ("default", "flash", "cudnn", "efficient", "flex")
+IMPLS = ("default", "flash", "cudnn", "efficient", "flex", "lmforge")
 
 
 def make_inputs(shape: str):
@@ -56,6 +58,10 @@ def attention_fn(impl: str, seq: int):
         return lambda q, k, v: compiled(q, k, v, block_mask=mask)
     if impl == "default":
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if impl == "lmforge":
+        from lmforge.kernels.attention import causal_attention
+
+        return causal_attention
     backend = {
         "flash": SDPBackend.FLASH_ATTENTION,
         "cudnn": SDPBackend.CUDNN_ATTENTION,

@@ -602,3 +602,103 @@ def test_route_sort_matches_argsort(device, n, k, e):
     torch.testing.assert_close(token_of_row.cpu(), ref_tokens, rtol=0, atol=0)
     torch.testing.assert_close(rows.cpu().view(k, n).t(), ref_rows, rtol=0, atol=0)
     torch.testing.assert_close(counts.cpu(), expert_counts(experts, e), rtol=0, atol=0)
+
+
+# the interpreter's dot mishandles bf16 (its results are garbage there), so on the CPU the
+# attention kernels are checked in fp16; on a GPU in both
+ATTN_DTYPES = [torch.bfloat16, torch.float16] if ON_GPU else [torch.float16]
+
+
+def _attention(device, dtype, b, h, hkv, t, d, compiled=False):
+    """Output and input gradients of ``causal_attention`` on the projections' ``(batch, seq,
+    heads, head_dim)`` layout seen through a transpose (as the model passes them), and the
+    float64 SDPA reference on the same (rounded) inputs."""
+    import torch.nn.functional as F
+
+    from lmforge.kernels.attention import causal_attention
+
+    gen = torch.Generator().manual_seed(t * 7 + d)
+    q, k, v = (torch.randn(b, t, n, d, generator=gen).to(dtype) for n in (h, hkv, hkv))
+    probe = torch.randn(b, h, t, d, generator=gen).to(dtype)
+    ours = [x.to(device).transpose(1, 2).requires_grad_() for x in (q, k, v)]
+    backend = "inductor" if ON_GPU else "aot_eager"  # the interpreter cannot run Inductor's code
+    fn = (
+        torch.compile(causal_attention, fullgraph=True, backend=backend)
+        if compiled
+        else causal_attention
+    )
+    out = fn(*ours)
+    out.backward(probe.to(device))
+    ref = [x.double().transpose(1, 2).requires_grad_() for x in (q, k, v)]
+    expected = F.scaled_dot_product_attention(*ref, is_causal=True, enable_gqa=h != hkv)
+    expected.backward(probe.double())
+    got = [out, *(x.grad for x in ours)]
+    want = [expected, *(x.grad for x in ref)]
+    return [g.detach().cpu().double() for g in got], [w.detach() for w in want]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 4, 4, 67, 32),
+        (1, 4, 2, 130, 64),
+        (2, 2, 1, 1, 16),
+        (1, 2, 2, 64, 128),
+        (1, 2, 2, 256, 32),
+    ],
+)
+@pytest.mark.parametrize("dtype", ATTN_DTYPES)
+def test_causal_attention_kernel_matches_float64_sdpa(device, shape, dtype):
+    """Forward and all three input gradients against float64 SDPA: lengths that are not a
+    multiple of the blocks (67, 130) and a single position, grouped-query (2 and 4 query heads
+    a key/value head), every head dimension the kernels take."""
+    got, want = _attention(device, dtype, *shape)
+    atol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+    for name, g, w in zip(["out", "dq", "dk", "dv"], got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_causal_attention_kernel_under_torch_compile(device):
+    """The custom operators trace into a full graph and give the eager numbers exactly."""
+    eager, _ = _attention(device, ATTN_DTYPES[0], 2, 4, 2, 70, 32)
+    compiled, _ = _attention(device, ATTN_DTYPES[0], 2, 4, 2, 70, 32, compiled=True)
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_attend_takes_the_kernel_for_short_causal_16_bit(monkeypatch, device):
+    """``attend`` sends plain causal 16-bit attention up to ``MAX_SEQ`` positions to the kernel,
+    and everything else (a mask, float32, a longer sequence, Triton off) to SDPA."""
+    import lmforge.model.attention as attention
+    from lmforge.kernels.attention import MAX_SEQ, causal_attention
+
+    calls = []
+
+    def counted(q, k, v):
+        calls.append(q.shape)
+        return causal_attention(q, k, v)
+
+    monkeypatch.setattr(attention, "causal_attention", counted)
+    dt = ATTN_DTYPES[0]
+    x = torch.randn(1, 2, 40, 32).to(device, dt)
+    attention.attend(x, x, x, is_causal=True)
+    assert calls == [x.shape]
+    attention.attend(x, x, x, mask=torch.ones(40, 40, dtype=torch.bool, device=device))
+    attention.attend(x.float(), x.float(), x.float(), is_causal=True)
+    long = torch.zeros(1, 1, MAX_SEQ + 1, 16).to(device, dt)
+    attention.attend(long, long, long, is_causal=True)
+    monkeypatch.setenv("LMFORGE_TRITON", "0")
+    attention.attend(x, x, x, is_causal=True)
+    assert calls == [x.shape]
+
+
+def test_causal_attention_kernel_rejects_bad_shapes():
+    from lmforge.kernels.attention import causal_attention
+
+    q = torch.zeros(1, 4, 8, 32, dtype=torch.float16)
+    with pytest.raises(ValueError, match="head_dim in"):
+        causal_attention(q[..., :24], q[..., :24], q[..., :24])
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        causal_attention(q, q[:, :3], q[:, :3])
+    with pytest.raises(ValueError, match="same batch, length"):
+        causal_attention(q, q[:, :, :5], q[:, :, :5])

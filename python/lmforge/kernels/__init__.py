@@ -9,6 +9,8 @@ environment (the switch for debugging and for measuring what a kernel buys).
   soft-capping) and its gradient in two passes over a chunk of bf16 logits, written in place.
 * :mod:`lmforge.kernels.adamw`: one multi-tensor launch of the whole AdamW update.
 * :mod:`lmforge.kernels.rope`: rotary position embedding (and its gradient) in one pass.
+* :mod:`lmforge.kernels.attention`: causal attention for short sequences, forward and backward
+  (the model's ``attend`` takes it up to 256 positions; SDPA beyond).
 * :mod:`lmforge.kernels.moe_rows`: the Mixture-of-Experts row gathers and the combine's backward.
 * :mod:`lmforge.kernels.route_topk`: a Mixture-of-Experts router's top-k selection.
 * :mod:`lmforge.kernels.swiglu`: the experts' SwiGLU on stacked ``[gate | up]`` rows.

@@ -11,8 +11,11 @@ Design choices:
 * **QK-norm** (optional; Dehghani et al. 2023, OLMo 2): RMSNorm over ``head_dim`` on queries and
   keys *before* RoPE, so the rotation acts on unit-scale vectors and the attention logits are
   bounded by ``max|g_q| · max|g_k| · sqrt(head_dim)`` (reported as a metric).
-* **Kernels**: ``F.scaled_dot_product_attention`` with ``is_causal=True`` when the mask is plain
-  causal (FlashAttention-2 or cuDNN on GPU); FlexAttention with a ``BlockMask`` for document
+* **Kernels**: for plain causal attention of 16-bit tensors on CUDA up to
+  :data:`lmforge.kernels.attention.MAX_SEQ` positions, lmforge's own Triton kernels
+  (:mod:`lmforge.kernels.attention`: cuDNN's are built for long sequences); otherwise
+  ``F.scaled_dot_product_attention`` with ``is_causal=True`` when the mask is plain causal
+  (FlashAttention-2 or cuDNN on GPU); FlexAttention with a ``BlockMask`` for document
   masks on GPU (compiled once; uncompiled FlexAttention is a slow reference); an explicit boolean
   mask elsewhere. GQA uses SDPA's ``enable_gqa=True``, which the flash and cuDNN kernels serve
   without copying key/value heads (checked on an H200 with torch 2.11; ``test_model_gpu.py``
@@ -33,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from lmforge.kernels import use_triton
+from lmforge.kernels.attention import causal_attention, supports
 from lmforge.model.config import ModelConfig
 from lmforge.model.kv_cache import KVCache
 from lmforge.model.layers import Linear, RMSNorm
@@ -99,6 +104,8 @@ def attend(
     """
     if isinstance(mask, BlockMask):
         return _flex(q, k, v, mask)
+    if mask is None and is_causal and use_triton(q) and supports(q, k):
+        return causal_attention(q, k, v)  # short sequences: faster than cuDNN there
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1 and q.is_cuda and q.dtype not in (torch.float16, torch.bfloat16):
         # float32 on CUDA: flash/cuDNN need 16-bit inputs and the memory-efficient kernel has
