@@ -702,3 +702,37 @@ def test_causal_attention_kernel_rejects_bad_shapes():
         causal_attention(q, q[:, :3], q[:, :3])
     with pytest.raises(ValueError, match="same batch, length"):
         causal_attention(q, q[:, :, :5], q[:, :, :5])
+
+
+def test_attend_sends_what_the_kernel_cannot_take_to_sdpa(monkeypatch, device):
+    """Values narrower than keys (MLA's), a head dimension that is not contiguous, and
+    different batches go to SDPA, which takes them, not to the kernel, which would refuse."""
+    import torch.nn.functional as F
+
+    import lmforge.model.attention as attention
+
+    monkeypatch.setattr(attention, "causal_attention", None)  # must not be called
+    dt = ATTN_DTYPES[0]
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(1, 2, 20, 64, generator=gen).to(device, dt) for _ in range(2))
+    v = torch.randn(1, 2, 20, 32, generator=gen).to(device, dt)
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    got = attention.attend(q, k, v, is_causal=True)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=4e-3)
+    strided = torch.randn(1, 2, 20, 64, 2, generator=gen).to(device, dt)[..., 0]
+    attention.attend(strided, strided, strided, is_causal=True)
+    attention.attend(q.expand(2, -1, -1, -1), k, k, is_causal=True)
+
+
+def test_causal_attention_log_sum_exp_is_not_differentiable(device):
+    """The forward's second output is the backward's statistic: no gradient flows through it,
+    and an empty sequence gives empty results."""
+    q = torch.randn(1, 2, 9, 16).to(device, ATTN_DTYPES[0]).requires_grad_()
+    out, lse = torch.ops.lmforge.causal_attention(q, q, q, 0.25)
+    assert out.requires_grad and not lse.requires_grad
+    empty = torch.zeros(1, 2, 0, 16, device=device, dtype=ATTN_DTYPES[0], requires_grad=True)
+    from lmforge.kernels.attention import causal_attention
+
+    y = causal_attention(empty, empty, empty)
+    y.sum().backward()
+    assert y.shape == empty.shape and empty.grad is not None and empty.grad.shape == empty.shape

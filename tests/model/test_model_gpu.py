@@ -111,3 +111,16 @@ def test_generate_on_gpu() -> None:
         out = generate(model, prompt, 20, top_k=10, generator=torch.Generator(CUDA).manual_seed(0))
     assert out.shape == (3, 30) and out.device.type == "cuda"
     assert torch.equal(out[:, :10], prompt)
+
+
+def test_short_causal_attention_kernel_past_65535_heads() -> None:
+    """Batch × heads above a grid's second-axis limit (65,535): the kernels' one-axis grid
+    takes it, and every head still matches float32 SDPA."""
+    from lmforge.kernels.attention import causal_attention
+
+    gen = torch.Generator(CUDA).manual_seed(0)
+    q, k, v = (torch.randn(4097, 16, 16, 16, device=CUDA, generator=gen).bfloat16() for _ in "qkv")
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True
+    )
+    torch.testing.assert_close(causal_attention(q, k, v).float(), want, rtol=2e-2, atol=2e-2)

@@ -27,13 +27,17 @@ def attn_fwd(
     n, heads, group, scale,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    start = tl.program_id(0) * BM
-    bh = tl.program_id(1)
+    # one axis (a second one stops at 65,535, which B·H may pass), the blocks of a head
+    # side by side: their programs share its keys and values in L2
+    blocks = tl.cdiv(n, BM)
+    bh = tl.program_id(0) // blocks
+    start = (tl.program_id(0) % blocks) * BM
     b, h = bh // heads, bh % heads
     kvh = h // group
     rows = start + tl.arange(0, BM)
     d_idx = tl.arange(0, D)
     q = _tile(Q, rows, n, sqb, sqh, sqt, d_idx, b, h)
+    tl.static_assert(BM % BN == 0)  # the unmasked loop ends at a block edge
     qk_scale = scale * 1.4426950408889634
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
@@ -82,8 +86,11 @@ def attn_bwd_dq(
     n, heads, group, scale,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    start = tl.program_id(0) * BM
-    bh = tl.program_id(1)
+    # one axis (a second one stops at 65,535, which B·H may pass), the blocks of a head
+    # side by side: their programs share its keys and values in L2
+    blocks = tl.cdiv(n, BM)
+    bh = tl.program_id(0) // blocks
+    start = (tl.program_id(0) % blocks) * BM
     b, h = bh // heads, bh % heads
     kvh = h // group
     rows = start + tl.arange(0, BM)
@@ -102,7 +109,7 @@ def attn_bwd_dq(
         v = _tile(V, cols, n, svb, svh, svt, d_idx, b, kvh)
         s = tl.dot(q, tl.trans(k)) * qk_scale
         seen = (cols[None, :] <= rows[:, None]) & (cols < n)[None, :]
-        p = tl.where(seen, tl.exp2(s - lse[:, None]), 0.0)
+        p = tl.exp2(tl.where(seen, s, float("-inf")) - lse[:, None])
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
@@ -122,8 +129,9 @@ def attn_bwd_dkdv(
     n, heads, group, scale,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    start = tl.program_id(0) * BN
-    bkv = tl.program_id(1)
+    blocks = tl.cdiv(n, BN)
+    bkv = tl.program_id(0) // blocks
+    start = (tl.program_id(0) % blocks) * BN
     kv_heads = heads // group
     b, kvh = bkv // kv_heads, bkv % kv_heads
     cols = start + tl.arange(0, BN)
@@ -145,7 +153,7 @@ def attn_bwd_dkdv(
             delta = tl.load(DELTA + bh.to(tl.int64) * n + rows, mask=rows < n, other=0.0)
             st = tl.dot(k, tl.trans(q)) * qk_scale  # (keys, queries)
             seen = (cols[:, None] <= rows[None, :]) & (rows < n)[None, :]
-            pt = tl.where(seen, tl.exp2(st - lse[None, :]), 0.0)
+            pt = tl.exp2(tl.where(seen, st, float("-inf")) - lse[None, :])
             dv += tl.dot(pt.to(do.dtype), do)
             dpt = tl.dot(v, tl.trans(do))
             dst = pt * (dpt - delta[None, :])

@@ -49,15 +49,24 @@ HEAD_DIMS = (16, 32, 64, 128)
 _LOG2E = 1.4426950408889634
 
 
-def supports(q: Tensor, k: Tensor) -> bool:
-    """Whether ``(q, k)`` (``(B, H, T, D)`` and ``(B, Hkv, T, D)``) fit these kernels: 16-bit,
-    the same length, a head dimension in :data:`HEAD_DIMS`, at most :data:`MAX_SEQ` positions."""
+def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether ``(q, k, v)`` (``(B, H, T, D)`` and twice ``(B, Hkv, T, D)``) fit these kernels:
+    16-bit, one dtype and device, the same batch, length and head dimension (values as wide as
+    keys: not MLA's narrower values), query heads a multiple of key/value heads, the head
+    dimension in :data:`HEAD_DIMS` and contiguous, at most :data:`MAX_SEQ` positions."""
     return (
-        q.dtype in (torch.bfloat16, torch.float16)
-        and k.dtype == q.dtype
+        q.dim() == k.dim() == v.dim() == 4
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and k.dtype == v.dtype == q.dtype
+        and k.device == v.device == q.device
+        and v.shape == k.shape
+        and q.shape[0] == k.shape[0]
+        and q.shape[2:] == k.shape[2:]
         and q.shape[-1] in HEAD_DIMS
-        and q.shape[-2] == k.shape[-2] <= MAX_SEQ
+        and q.shape[-2] <= MAX_SEQ
+        and k.shape[1] > 0
         and q.shape[1] % k.shape[1] == 0
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
     )
 
 
@@ -103,9 +112,11 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Ten
     # attention reads it without a copy
     out = torch.empty(batch, n, heads, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
     bm, bn, warps, stages = _config(d, backward=False)
     fwd, _, _ = _kernels()
-    fwd[(-(-n // bm), batch * heads)](
+    fwd[(batch * heads * -(-n // bm),)](
         q, k, v, out, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
@@ -130,13 +141,16 @@ def _backward_op(
     kv_heads = k.shape[1]
     group = heads // kv_heads
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+    lse = lse.contiguous()  # indexed as (B·H, T) rows
     dq = torch.empty(batch, n, heads, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     dk = torch.empty(batch, n, kv_heads, d, dtype=k.dtype, device=k.device).transpose(1, 2)
     dv = torch.empty(batch, n, kv_heads, d, dtype=v.dtype, device=v.device).transpose(1, 2)
     delta = torch.empty_like(lse)
+    if dq.numel() == 0:
+        return dq, dk.zero_(), dv.zero_()
     bm, bn, warps, stages = _config(d, backward=True)
     _, bwd_dq, bwd_dkdv = _kernels()
-    bwd_dq[(-(-n // bm), batch * heads)](
+    bwd_dq[(batch * heads * -(-n // bm),)](
         q, k, v, out, grad, lse, delta, dq,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
@@ -144,7 +158,7 @@ def _backward_op(
         n, heads, group, scale,
         D=d, BM=bm, BN=bn, num_warps=warps, num_stages=stages,
     )  # fmt: skip
-    bwd_dkdv[(-(-n // bn), batch * kv_heads)](
+    bwd_dkdv[(batch * kv_heads * -(-n // bn),)](
         q, k, v, grad, lse, delta, dk, dv,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
@@ -170,6 +184,7 @@ def _setup(ctx, inputs, output) -> None:
     q, k, v, scale = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
+    ctx.mark_non_differentiable(lse)  # a statistic for the backward, not an output to train
     ctx.scale = scale
 
 

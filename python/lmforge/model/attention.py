@@ -104,7 +104,7 @@ def attend(
     """
     if isinstance(mask, BlockMask):
         return _flex(q, k, v, mask)
-    if mask is None and is_causal and use_triton(q) and supports(q, k):
+    if mask is None and is_causal and use_triton(q) and supports(q, k, v):
         return causal_attention(q, k, v)  # short sequences: faster than cuDNN there
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1 and q.is_cuda and q.dtype not in (torch.float16, torch.bfloat16):
