@@ -46,8 +46,6 @@ at 256 positions, slower at 1024 (not measured in between); beyond, SDPA."""
 HEAD_DIMS = (16, 32, 64, 128)
 """Head dimensions the kernels take (powers of two, a whole row per program)."""
 
-_LOG2E = 1.4426950408889634
-
 
 def supports(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Whether ``(q, k, v)`` (``(B, H, T, D)`` and twice ``(B, Hkv, T, D)``) fit these kernels:
