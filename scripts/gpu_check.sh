@@ -6,7 +6,8 @@
 # tests: pytest -m gpu; bench: benches/bench_model.py (SHAPES, default 124M,1B); e2e: the
 # stories-17M run of scripts/e2e_stories.sh; profile: scripts/profile_train.py on the e2e's token
 # file (after e2e); ddp: benches/bench_ddp.py (GPUS, default 2); moe: benches/bench_moe.py
-# (MOE_ARGS); attention: benches/bench_attention.py (SDPA backends and FlexAttention alone);
+# (MOE_ARGS); attention: benches/bench_attention.py (SDPA backends, FlexAttention and lmforge's
+# kernels alone) then benches/tune_attention.py (the kernels' block configurations, GPU time);
 # balance: benches/bench_balance.py (MoE in-batch balancing's offsets alone, BALANCE_ARGS).
 # TESTS narrows the tests part to some files, PYTEST_ARGS adds options. Logs, JSON and PNGs go
 # to $OUT (never checkpoints). Parts may run side by side on different GPUs (CUDA_VISIBLE_DEVICES).
@@ -47,6 +48,8 @@ for part in $parts; do
     attention)
         python3 benches/bench_attention.py --out "$OUT/bench-attention.json" 2>&1 |
             tee "$OUT/bench-attention.log" | tail -20
+        python3 benches/tune_attention.py --out "$OUT/tune-attention.json" 2>&1 |
+            tee "$OUT/tune-attention.log" | grep -v -i warn | tail -40
         ;;
     balance)
         python3 benches/bench_balance.py ${BALANCE_ARGS:-} --out "$OUT/bench-balance.json" 2>&1 |
