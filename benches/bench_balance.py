@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_out_path, print_table, write_gpu_result  # noqa: E402
+from _common import cuda_graph_ms, default_out_path, print_table, write_gpu_result  # noqa: E402
 
 
 def skewed_scores(rows: int, experts: int, docs: int, spread: float, device: str):
@@ -46,29 +45,9 @@ def skewed_scores(rows: int, experts: int, docs: int, spread: float, device: str
     return torch.sigmoid(noise + favour.repeat_interleave(per_doc, dim=0)[:rows]).to(device)
 
 
-def graph_us(fn, iters: int, reps: int = 10) -> float:
-    """GPU time of one ``fn()``: ``reps`` calls captured in one CUDA graph, replayed ``iters``
-    times (the launches cost nothing, as in the trainer's graphs; timing eager calls would
-    measure Python's dispatch instead: these ops are small)."""
-    import torch
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # compile and warm up outside the capture
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / (iters * reps) * 1e6
+def graph_us(fn, iters: int) -> float:
+    """GPU time of one ``fn()`` in µs (:func:`_common.cuda_graph_ms`)."""
+    return cuda_graph_ms(fn, iters) * 1e3
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_out_path, print_table, write_gpu_result  # noqa: E402
+from _common import cuda_graph_ms, default_out_path, print_table, write_gpu_result  # noqa: E402
 
 SHAPES = {"17M": (128, 256, 16, 32), "124M": (32, 1024, 12, 64), "1B": (16, 1024, 16, 128)}
 """(batch, seq, heads, head_dim) of each preset's attention."""
@@ -39,31 +39,6 @@ CONFIGS = [
     (128, 32, 4, 2),
 ]
 """Candidates ``(BM, BN, warps, stages)``; the forward needs ``BM % BN == 0``."""
-
-
-def graph_ms(fn, reps: int = 10, iters: int = 10) -> float:
-    """Milliseconds of GPU time per ``fn()``: ``reps`` calls in one CUDA graph, replayed."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile and warm up outside the capture
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / (iters * reps)
 
 
 def main() -> int:
@@ -92,14 +67,14 @@ def main() -> int:
         scale = 1 / math.sqrt(dim)
 
         sdpa = partial(F.scaled_dot_product_attention, q, k, v, is_causal=True)
-        row = {"sdpa_forward_ms": graph_ms(sdpa)}
+        row = {"sdpa_forward_ms": cuda_graph_ms(sdpa)}
         rows.append([shape, "sdpa", f"{row['sdpa_forward_ms'] * 1e3:.1f}", "", ""])
         out, lse = attention._forward(q, k, v, scale)
         for cfg in CONFIGS:
             attention._config = lambda d, backward, cfg=cfg: cfg  # type: ignore[assignment]
             try:
-                fwd = graph_ms(partial(attention._forward, q, k, v, scale))
-                bwd = graph_ms(partial(attention._backward_op, q, k, v, out, lse, grad, scale))
+                fwd = cuda_graph_ms(partial(attention._forward, q, k, v, scale))
+                bwd = cuda_graph_ms(partial(attention._backward_op, q, k, v, out, lse, grad, scale))
             except Exception as e:  # a configuration the compiler refuses (shared memory)
                 row[str(cfg)] = {"error": str(e).splitlines()[0][:200]}
                 rows.append([shape, str(cfg), "-", "-", str(e).splitlines()[0][:40]])

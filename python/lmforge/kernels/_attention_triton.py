@@ -21,17 +21,43 @@ def _tile(ptr, rows, n, sb, sh, st, d_idx, b, h):
 
 
 @triton.jit
+def _put(ptr, x, rows, n, sb, sh, st, d_idx, b, h):
+    """Stores ``x`` as rows ``rows`` of head ``h`` of sequence ``b`` (those below ``n``), in the
+    pointer's dtype: the inverse of :func:`_tile`."""
+    base = ptr + b.to(tl.int64) * sb + h.to(tl.int64) * sh
+    where = base + rows[:, None].to(tl.int64) * st + d_idx[None, :]
+    tl.store(where, x.to(ptr.dtype.element_ty), mask=(rows < n)[:, None])
+
+
+@triton.jit
+def _program(n, BLOCK: tl.constexpr):
+    """(head, first row) of this program. One grid axis (a second one stops at 65,535, which
+    batch × heads may pass), a head's blocks side by side: their programs share its keys and
+    values in L2."""
+    blocks = tl.cdiv(n, BLOCK)
+    return tl.program_id(0) // blocks, (tl.program_id(0) % blocks) * BLOCK
+
+
+@triton.jit
+def _softmax_block(s, v, m_i, l_i, acc):
+    """One key block of the online softmax: scores ``s`` (log2 units, masked ones ``-inf``)
+    fold into the running maximum ``m_i``, sum ``l_i`` and output ``acc``."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def attn_fwd(
     Q, K, V, OUT, LSE,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
     n, heads, group, scale,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    # one axis (a second one stops at 65,535, which B·H may pass), the blocks of a head
-    # side by side: their programs share its keys and values in L2
-    blocks = tl.cdiv(n, BM)
-    bh = tl.program_id(0) // blocks
-    start = (tl.program_id(0) % blocks) * BM
+    bh, start = _program(n, BM)
     b, h = bh // heads, bh % heads
     kvh = h // group
     rows = start + tl.arange(0, BM)
@@ -48,12 +74,7 @@ def attn_fwd(
         k = _tile(K, cols, n, skb, skh, skt, d_idx, b, kvh)
         v = _tile(V, cols, n, svb, svh, svt, d_idx, b, kvh)
         s = tl.dot(q, tl.trans(k)) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _softmax_block(s, v, m_i, l_i, acc)
     # the diagonal blocks: a key may be seen by the queries at or after it
     for lo in range(start, tl.minimum(start + BM, n), BN):
         cols = lo + tl.arange(0, BN)
@@ -61,21 +82,8 @@ def attn_fwd(
         v = _tile(V, cols, n, svb, svh, svt, d_idx, b, kvh)
         s = tl.dot(q, tl.trans(k)) * qk_scale
         seen = (cols[None, :] <= rows[:, None]) & (cols < n)[None, :]
-        s = tl.where(seen, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    out = acc / l_i[:, None]
-    obase = OUT + b.to(tl.int64) * sob + h.to(tl.int64) * soh
-    live = (rows < n)[:, None]
-    tl.store(
-        obase + rows[:, None].to(tl.int64) * sot + d_idx[None, :],
-        out.to(OUT.dtype.element_ty),
-        mask=live,
-    )
+        m_i, l_i, acc = _softmax_block(tl.where(seen, s, float("-inf")), v, m_i, l_i, acc)
+    _put(OUT, acc / l_i[:, None], rows, n, sob, soh, sot, d_idx, b, h)
     tl.store(LSE + bh.to(tl.int64) * n + rows, m_i + tl.log2(l_i), mask=rows < n)
 
 
@@ -86,11 +94,7 @@ def attn_bwd_dq(
     n, heads, group, scale,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    # one axis (a second one stops at 65,535, which B·H may pass), the blocks of a head
-    # side by side: their programs share its keys and values in L2
-    blocks = tl.cdiv(n, BM)
-    bh = tl.program_id(0) // blocks
-    start = (tl.program_id(0) % blocks) * BM
+    bh, start = _program(n, BM)
     b, h = bh // heads, bh % heads
     kvh = h // group
     rows = start + tl.arange(0, BM)
@@ -113,13 +117,7 @@ def attn_bwd_dq(
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
-    gbase = DQ + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
-    live = (rows < n)[:, None]
-    tl.store(
-        gbase + rows[:, None].to(tl.int64) * sgt + d_idx[None, :],
-        (dq * scale).to(DQ.dtype.element_ty),
-        mask=live,
-    )
+    _put(DQ, dq * scale, rows, n, sgb, sgh, sgt, d_idx, b, h)
 
 
 @triton.jit
@@ -129,9 +127,7 @@ def attn_bwd_dkdv(
     n, heads, group, scale,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    blocks = tl.cdiv(n, BN)
-    bkv = tl.program_id(0) // blocks
-    start = (tl.program_id(0) % blocks) * BN
+    bkv, start = _program(n, BN)
     kv_heads = heads // group
     b, kvh = bkv // kv_heads, bkv % kv_heads
     cols = start + tl.arange(0, BN)
@@ -158,16 +154,5 @@ def attn_bwd_dkdv(
             dpt = tl.dot(v, tl.trans(do))
             dst = pt * (dpt - delta[None, :])
             dk += tl.dot(dst.to(q.dtype), q)
-    live = (cols < n)[:, None]
-    kbase = DK + b.to(tl.int64) * skgb + kvh.to(tl.int64) * skgh
-    vbase = DV + b.to(tl.int64) * svgb + kvh.to(tl.int64) * svgh
-    tl.store(
-        kbase + cols[:, None].to(tl.int64) * skgt + d_idx[None, :],
-        (dk * scale).to(DK.dtype.element_ty),
-        mask=live,
-    )
-    tl.store(
-        vbase + cols[:, None].to(tl.int64) * svgt + d_idx[None, :],
-        dv.to(DV.dtype.element_ty),
-        mask=live,
-    )
+    _put(DK, dk * scale, cols, n, skgb, skgh, skgt, d_idx, b, kvh)
+    _put(DV, dv, cols, n, svgb, svgh, svgt, d_idx, b, kvh)

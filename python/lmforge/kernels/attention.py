@@ -102,23 +102,31 @@ def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError("causal_attention needs the head dimension contiguous (stride 1)")
 
 
+def _heads_major(like: Tensor, heads: int) -> Tensor:
+    """An empty ``(B, heads, T, D)`` tensor like ``like``, laid out ``(B, T, heads, D)``: the
+    layout of the projections, which reads back without a copy (real and fake alike)."""
+    batch, _, n, d = like.shape
+    return like.new_empty(batch, n, heads, d).transpose(1, 2)
+
+
+def _strides(*tensors: Tensor) -> tuple[int, ...]:
+    """The batch, head and position strides of each ``(B, H, T, D)`` tensor, in order: what
+    the kernels take after their pointers (the head dimension is contiguous)."""
+    return tuple(st for t in tensors for st in t.stride()[:3])
+
+
 @torch.library.custom_op("lmforge::causal_attention", mutates_args=())
 def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     batch, heads, n, d = q.shape
     group = heads // k.shape[1]
-    # the output in the (B, T, H, D) layout, as a (B, H, T, D) view: the projection after
-    # attention reads it without a copy
-    out = torch.empty(batch, n, heads, d, dtype=q.dtype, device=q.device).transpose(1, 2)
-    lse = torch.empty(batch, heads, n, dtype=torch.float32, device=q.device)
+    out = _heads_major(q, heads)
+    lse = q.new_empty(batch, heads, n, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
     bm, bn, warps, stages = _config(d, backward=False)
     fwd, _, _ = _kernels()
     fwd[(batch * heads * -(-n // bm),)](
-        q, k, v, out, lse,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        n, heads, group, scale,
+        q, k, v, out, lse, *_strides(q, k, v, out), n, heads, group, scale,
         D=d, BM=bm, BN=bn, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out, lse
@@ -126,9 +134,8 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Ten
 
 @_forward.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    batch, heads, n, d = q.shape
-    out = q.new_empty(batch, n, heads, d).transpose(1, 2)
-    return out, q.new_empty(batch, heads, n, dtype=torch.float32)
+    batch, heads, n, _ = q.shape
+    return _heads_major(q, heads), q.new_empty(batch, heads, n, dtype=torch.float32)
 
 
 @torch.library.custom_op("lmforge::causal_attention_backward", mutates_args=())
@@ -140,27 +147,19 @@ def _backward_op(
     group = heads // kv_heads
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
     lse = lse.contiguous()  # indexed as (B·H, T) rows
-    dq = torch.empty(batch, n, heads, d, dtype=q.dtype, device=q.device).transpose(1, 2)
-    dk = torch.empty(batch, n, kv_heads, d, dtype=k.dtype, device=k.device).transpose(1, 2)
-    dv = torch.empty(batch, n, kv_heads, d, dtype=v.dtype, device=v.device).transpose(1, 2)
+    dq, dk, dv = _heads_major(q, heads), _heads_major(k, kv_heads), _heads_major(v, kv_heads)
     delta = torch.empty_like(lse)
     if dq.numel() == 0:
         return dq, dk.zero_(), dv.zero_()
     bm, bn, warps, stages = _config(d, backward=True)
     _, bwd_dq, bwd_dkdv = _kernels()
     bwd_dq[(batch * heads * -(-n // bm),)](
-        q, k, v, out, grad, lse, delta, dq,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        grad.stride(0), grad.stride(1), grad.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
+        q, k, v, out, grad, lse, delta, dq, *_strides(q, k, v, out, grad, dq),
         n, heads, group, scale,
         D=d, BM=bm, BN=bn, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     bwd_dkdv[(batch * kv_heads * -(-n // bn),)](
-        q, k, v, grad, lse, delta, dk, dv,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), grad.stride(0), grad.stride(1), grad.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        q, k, v, grad, lse, delta, dk, dv, *_strides(q, k, v, grad, dk, dv),
         n, heads, group, scale,
         D=d, BM=bm, BN=bn, num_warps=warps, num_stages=stages,
     )  # fmt: skip
@@ -171,11 +170,8 @@ def _backward_op(
 def _(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad: Tensor, scale: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    batch, heads, n, d = q.shape
-    kv_heads = k.shape[1]
-    dq = q.new_empty(batch, n, heads, d).transpose(1, 2)
-    dk = k.new_empty(batch, n, kv_heads, d).transpose(1, 2)
-    return dq, dk, v.new_empty(batch, n, kv_heads, d).transpose(1, 2)
+    heads, kv_heads = q.shape[1], k.shape[1]
+    return _heads_major(q, heads), _heads_major(k, kv_heads), _heads_major(v, kv_heads)
 
 
 def _setup(ctx, inputs, output) -> None:
